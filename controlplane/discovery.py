@@ -1,0 +1,167 @@
+"""Routing-table distribution to proxies (the Discovery service).
+
+Modelled on Envoy's ADS: a proxy opens one bidirectional stream and names
+itself; the control plane pushes the current table and every newer one as it
+is published; the proxy answers each push with an ACK or a NACK echoing the
+push's nonce. The registry records what each proxy runs, for the admin API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+
+import grpc
+from prometheus_client import Counter, Gauge
+
+from megarouter.v1 import admin_pb2, discovery_pb2, discovery_pb2_grpc, routing_pb2
+
+log = logging.getLogger("megarouter.controlplane.discovery")
+
+PUSHES = Counter("megarouter_cp_table_pushes_total", "Routing tables pushed to proxies")
+ACKS = Counter("megarouter_cp_table_acks_total", "Routing-table ACKs received")
+NACKS = Counter("megarouter_cp_table_nacks_total", "Routing-table NACKs received")
+CONNECTED = Gauge("megarouter_cp_connected_proxies", "Proxies with an open discovery stream")
+TABLE_VERSION = Gauge("megarouter_cp_table_version", "Version of the table being pushed")
+
+
+class SnapshotCache:
+    """The table currently pushed, and a way to await the next one.
+
+    Each publish bumps a generation counter; streams remember the generation
+    they last sent, so a table republished with the same version (a test
+    hook's raw push) is still delivered.
+    """
+
+    def __init__(self) -> None:
+        self._table: routing_pb2.RoutingTable | None = None
+        self._generation = 0
+        self._changed = asyncio.Condition()
+
+    @property
+    def current(self) -> routing_pb2.RoutingTable | None:
+        return self._table
+
+    async def publish(self, table: routing_pb2.RoutingTable) -> None:
+        async with self._changed:
+            self._table = table
+            self._generation += 1
+            TABLE_VERSION.set(table.version)
+            self._changed.notify_all()
+
+    async def next_after(self, generation: int) -> tuple[routing_pb2.RoutingTable, int]:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._generation > generation and self._table is not None)
+            assert self._table is not None
+            return self._table, self._generation
+
+
+@dataclass
+class ProxyConnection:
+    stream_id: int
+    node_id: str
+    region: str
+    peer: str
+    software_version: str
+    connected_at_unix_ms: int
+    acked_version: int = 0
+    pushed_version: int = 0
+    pending_nonce: str = ""
+    last_nack: str = ""
+
+    def status(self) -> admin_pb2.ProxyStatus:
+        return admin_pb2.ProxyStatus(
+            node_id=self.node_id,
+            region=self.region,
+            peer=self.peer,
+            acked_version=self.acked_version,
+            pushed_version=self.pushed_version,
+            last_nack=self.last_nack,
+            connected_at_unix_ms=self.connected_at_unix_ms,
+            software_version=self.software_version,
+        )
+
+
+class ProxyRegistry:
+    """Open discovery streams and what each proxy last ACKed."""
+
+    def __init__(self) -> None:
+        self._connections: dict[int, ProxyConnection] = {}
+        self._ids = itertools.count(1)
+
+    def connect(self, node: discovery_pb2.Node, peer: str, version: int) -> ProxyConnection:
+        conn = ProxyConnection(
+            stream_id=next(self._ids),
+            node_id=node.id,
+            region=node.region,
+            peer=peer,
+            software_version=node.version,
+            connected_at_unix_ms=int(time.time() * 1000),
+            acked_version=version,
+        )
+        self._connections[conn.stream_id] = conn
+        CONNECTED.set(len(self._connections))
+        return conn
+
+    def disconnect(self, conn: ProxyConnection) -> None:
+        self._connections.pop(conn.stream_id, None)
+        CONNECTED.set(len(self._connections))
+
+    def statuses(self) -> list[admin_pb2.ProxyStatus]:
+        return [conn.status() for conn in sorted(self._connections.values(), key=lambda c: c.node_id)]
+
+
+class DiscoveryService(discovery_pb2_grpc.DiscoveryServicer):
+    def __init__(self, snapshots: SnapshotCache, registry: ProxyRegistry) -> None:
+        self._snapshots = snapshots
+        self._registry = registry
+
+    async def StreamRoutingTables(self, request_iterator, context: grpc.aio.ServicerContext) -> None:
+        try:
+            hello = await anext(request_iterator)
+        except StopAsyncIteration:
+            return
+        if not hello.node.id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node.id is required on the first request")
+        conn = self._registry.connect(hello.node, context.peer(), hello.version_info)
+        log.info("proxy connected node=%s region=%s version=%d", conn.node_id, conn.region, hello.version_info)
+        acks = asyncio.create_task(self._read_responses(request_iterator, conn))
+        generation = 0
+        try:
+            while True:
+                next_table = asyncio.create_task(self._snapshots.next_after(generation))
+                done, _ = await asyncio.wait({next_table, acks}, return_when=asyncio.FIRST_COMPLETED)
+                if acks in done:
+                    next_table.cancel()
+                    return  # the proxy closed its side or the stream broke
+                table, generation = next_table.result()
+                conn.pending_nonce = secrets.token_hex(8)
+                conn.pushed_version = table.version
+                await context.write(
+                    discovery_pb2.DiscoveryResponse(version=table.version, table=table, nonce=conn.pending_nonce)
+                )
+                PUSHES.inc()
+        finally:
+            acks.cancel()
+            self._registry.disconnect(conn)
+            log.info("proxy disconnected node=%s", conn.node_id)
+
+    async def _read_responses(self, request_iterator, conn: ProxyConnection) -> None:
+        async for request in request_iterator:
+            if request.response_nonce != conn.pending_nonce:
+                continue  # answers an older push, superseded by a newer one
+            conn.acked_version = request.version_info
+            if request.error_detail.message:
+                conn.last_nack = request.error_detail.message
+                NACKS.inc()
+                log.warning(
+                    "proxy NACKed table node=%s pushed=%d keeps=%d error=%s",
+                    conn.node_id, conn.pushed_version, request.version_info, request.error_detail.message,
+                )
+            else:
+                conn.last_nack = ""
+                ACKS.inc()

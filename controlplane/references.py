@@ -1,0 +1,44 @@
+"""Referential integrity between resources.
+
+A write that would leave a reference dangling is refused with
+FAILED_PRECONDITION, so every compiled table is internally consistent.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from controlplane.repository import StoreContents
+from megarouter.resources import ApiKey, Endpoint, Route
+
+
+def missing_references(resource: BaseModel, contents: StoreContents) -> list[str]:
+    """What `resource` refers to that does not exist, as messages."""
+    problems: list[str] = []
+    if isinstance(resource, Endpoint):
+        if resource.model not in contents.models:
+            problems.append(f"endpoint {resource.name!r} names unknown model {resource.model!r}")
+        if resource.provider not in contents.providers:
+            problems.append(f"endpoint {resource.name!r} names unknown provider {resource.provider!r}")
+    elif isinstance(resource, Route):
+        for model in resource.models:
+            if model not in contents.models:
+                problems.append(f"route {resource.name!r} names unknown model {model!r}")
+    elif isinstance(resource, ApiKey):
+        for name in resource.allowed_models:
+            if name not in contents.models and name not in contents.routes:
+                problems.append(f"API key {resource.name!r} allows unknown route or model {name!r}")
+    return problems
+
+
+def blocking_references(collection: str, name: str, contents: StoreContents) -> list[str]:
+    """What still refers to the resource `collection/name`, as messages."""
+    users: list[str] = []
+    if collection == "providers":
+        users += [f"endpoint {e.name!r}" for e in contents.endpoints.values() if e.provider == name]
+    elif collection == "models":
+        users += [f"endpoint {e.name!r}" for e in contents.endpoints.values() if e.model == name]
+        users += [f"route {r.name!r}" for r in contents.routes.values() if name in r.models]
+    if collection in ("models", "routes"):
+        users += [f"API key {k.name!r}" for k in contents.api_keys.values() if name in k.allowed_models]
+    return users

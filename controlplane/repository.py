@@ -1,0 +1,86 @@
+"""Typed access to resources in the store.
+
+Keys are `/megarouter/v1/<collection>/<name>`; values are the pydantic
+model's JSON. This is the only module that knows the key layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import orjson
+from pydantic import BaseModel
+
+from controlplane.store import KeyValue, Store
+from megarouter.resources import ApiKey, Endpoint, Model, Provider, Route
+
+ROOT = "/megarouter/v1/"
+
+R = TypeVar("R", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Collection(Generic[R]):
+    """One kind of resource and where it lives in the store."""
+
+    name: str          # plural, used in keys and messages: "providers"
+    kind: str          # singular, used in messages: "provider"
+    model: type[R]
+
+    @property
+    def prefix(self) -> str:
+        return f"{ROOT}{self.name}/"
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+    def decode(self, kv: KeyValue) -> R:
+        return self.model.model_validate_json(kv.value)
+
+    @staticmethod
+    def encode(resource: BaseModel) -> bytes:
+        return orjson.dumps(resource.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+
+
+PROVIDERS = Collection("providers", "provider", Provider)
+MODELS = Collection("models", "model", Model)
+ENDPOINTS = Collection("endpoints", "endpoint", Endpoint)
+ROUTES = Collection("routes", "route", Route)
+API_KEYS = Collection("apikeys", "API key", ApiKey)
+
+COLLECTIONS = (PROVIDERS, MODELS, ENDPOINTS, ROUTES, API_KEYS)
+
+
+@dataclass(frozen=True)
+class StoreContents:
+    """Every resource at one store revision."""
+
+    revision: int
+    providers: dict[str, Provider]
+    models: dict[str, Model]
+    endpoints: dict[str, Endpoint]
+    routes: dict[str, Route]
+    api_keys: dict[str, ApiKey]
+
+
+async def read_all(store: Store) -> StoreContents:
+    """All resources, read in one list call so they share a revision."""
+    items, revision = await store.list(ROOT)
+    buckets: dict[str, dict] = {c.name: {} for c in COLLECTIONS}
+    by_prefix = {c.prefix: c for c in COLLECTIONS}
+    for kv in items:
+        collection_prefix = kv.key[: kv.key.index("/", len(ROOT)) + 1]
+        collection = by_prefix.get(collection_prefix)
+        if collection is None:
+            continue  # a key written by a newer version; ignore rather than fail
+        resource = collection.decode(kv)
+        buckets[collection.name][resource.name] = resource
+    return StoreContents(
+        revision=revision,
+        providers=buckets["providers"],
+        models=buckets["models"],
+        endpoints=buckets["endpoints"],
+        routes=buckets["routes"],
+        api_keys=buckets["apikeys"],
+    )

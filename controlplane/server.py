@@ -1,0 +1,135 @@
+"""`megarouter controlplane`: the gRPC control plane process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from controlplane.admin import AdminService, TestHooksService
+from controlplane.discovery import DiscoveryService, ProxyRegistry, SnapshotCache
+from controlplane.snapshot import follow_store
+from controlplane.store import open_store
+from controlplane.telemetry import TelemetryService
+from megarouter.runtime import announce_ready, env_default, setup_logging, stop_event
+from megarouter.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    discovery_pb2,
+    discovery_pb2_grpc,
+    telemetry_pb2,
+    telemetry_pb2_grpc,
+)
+
+log = logging.getLogger("megarouter.controlplane")
+
+# Routing tables for large catalogs exceed gRPC's 4 MiB default.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+SERVER_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # Proxies ping every few seconds to notice a dead control plane quickly.
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 2000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", default=env_default("CP_LISTEN", "127.0.0.1:50051"),
+                        help="gRPC address (host:port; port 0 picks one) [MEGAROUTER_CP_LISTEN]")
+    parser.add_argument("--store", default=env_default("STORE", "./.megarouter"),
+                        help="store URL or data directory [MEGAROUTER_STORE]")
+    parser.add_argument("--metrics-listen", default=env_default("CP_METRICS_LISTEN", "127.0.0.1:9464"),
+                        help="HTTP address for /metrics and /healthz [MEGAROUTER_CP_METRICS_LISTEN]")
+    parser.add_argument("--enable-test-hooks", action="store_true",
+                        default=env_default("ENABLE_TEST_HOOKS", "") == "1",
+                        help="register the TestHooks service (tests only)")
+    parser.add_argument("--log-level", default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    from megarouter.runtime import run_service
+
+    setup_logging(args.log_level)
+    return run_service(serve(args))
+
+
+async def serve(args: argparse.Namespace) -> int:
+    stop = stop_event()
+    store = await open_store(args.store)
+    snapshots = SnapshotCache()
+    registry = ProxyRegistry()
+
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminService(store, snapshots, registry), server)
+    discovery_pb2_grpc.add_DiscoveryServicer_to_server(DiscoveryService(snapshots, registry), server)
+    telemetry_pb2_grpc.add_TelemetryServicer_to_server(TelemetryService(), server)
+    service_names = [
+        admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+        discovery_pb2.DESCRIPTOR.services_by_name["Discovery"].full_name,
+        telemetry_pb2.DESCRIPTOR.services_by_name["Telemetry"].full_name,
+    ]
+    if args.enable_test_hooks:
+        log.warning("test hooks enabled: TestHooks.PushRawTable bypasses validation")
+        admin_pb2_grpc.add_TestHooksServicer_to_server(TestHooksService(snapshots, registry), server)
+        service_names.append(admin_pb2.DESCRIPTOR.services_by_name["TestHooks"].full_name)
+
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection([*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+
+    port = server.add_insecure_port(args.listen)
+    if port == 0:
+        raise SystemExit(f"cannot listen on {args.listen}")
+    await server.start()
+
+    publisher = asyncio.create_task(follow_store(store, snapshots), name="follow-store")
+    await snapshots.next_after(0)  # serve nothing until the first table exists
+    for name in ["", *service_names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    metrics_runner, metrics_port = await _start_metrics(args.metrics_listen)
+    host = args.listen.rsplit(":", 1)[0]
+    log.info("control plane listening grpc=%s:%d metrics=%d store=%s", host, port, metrics_port, args.store)
+    announce_ready("controlplane", port=port, metrics_port=metrics_port)
+
+    stopped = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({publisher, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    exit_code = 0
+    if publisher in done and publisher.exception() is not None:
+        log.error("store watch failed: %s", publisher.exception())
+        exit_code = 1
+    log.info("control plane stopping")
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace=2)
+    publisher.cancel()
+    stopped.cancel()
+    await metrics_runner.cleanup()
+    await store.close()
+    return exit_code
+
+
+async def _start_metrics(listen: str) -> tuple[web.AppRunner, int]:
+    async def metrics(_request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, _, port = listen.rpartition(":")
+    site = web.TCPSite(runner, host or "127.0.0.1", int(port))
+    await site.start()
+    bound_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, bound_port

@@ -1,0 +1,80 @@
+"""Snapshot compiler: store contents -> one immutable RoutingTable.
+
+The table is versioned by the store revision it was read at, so a version
+names exactly one state of the configuration. Only what proxies need goes
+in: key hashes (not keys), credential references (not secrets).
+"""
+
+from __future__ import annotations
+
+import time
+
+from controlplane.discovery import SnapshotCache
+from controlplane.repository import ROOT, StoreContents, read_all
+from controlplane.store import Store
+from megarouter.resources import (
+    PROTO_TYPES,
+    Endpoint,
+    resource_to_proto,
+)
+from megarouter.v1 import routing_pb2
+
+
+def compile_table(contents: StoreContents) -> routing_pb2.RoutingTable:
+    table = routing_pb2.RoutingTable(
+        version=contents.revision,
+        generated_at_unix_ms=int(time.time() * 1000),
+        defaults=routing_pb2.Defaults(strategy=routing_pb2.STRATEGY_BALANCED),
+    )
+    for provider in _sorted(contents.providers):
+        table.providers.append(resource_to_proto(provider, PROTO_TYPES[type(provider)]))
+    for model in _sorted(contents.models):
+        table.models.append(resource_to_proto(model, PROTO_TYPES[type(model)]))
+    for endpoint in _sorted(contents.endpoints):
+        table.endpoints.append(_endpoint(endpoint, contents))
+    for route in _sorted(contents.routes):
+        table.routes.append(resource_to_proto(route, PROTO_TYPES[type(route)]))
+    for key in _sorted(contents.api_keys):
+        table.api_keys.append(
+            routing_pb2.ApiKeyEntry(
+                key_hash=key.key_hash,
+                name=key.name,
+                principal=key.principal,
+                allowed_models=key.allowed_models,
+            )
+        )
+    return table
+
+
+def _endpoint(endpoint: Endpoint, contents: StoreContents) -> routing_pb2.Endpoint:
+    # Resolve the defaults here so proxies never have to.
+    provider = contents.providers[endpoint.provider]
+    return routing_pb2.Endpoint(
+        name=endpoint.name,
+        model=endpoint.model,
+        provider=endpoint.provider,
+        upstream_model=endpoint.upstream_model or endpoint.model,
+        region=endpoint.region or provider.region,
+        weight=endpoint.weight,
+    )
+
+
+def _sorted(resources: dict) -> list:
+    return [resources[name] for name in sorted(resources)]
+
+
+async def follow_store(store: Store, snapshots: SnapshotCache) -> None:
+    """Publish a fresh table whenever the store changes.
+
+    Bursts coalesce for free: each compile reads the latest state, and
+    events at or below the compiled revision are then skipped.
+    """
+    contents = await read_all(store)
+    await snapshots.publish(compile_table(contents))
+    compiled = contents.revision
+    async for event in store.watch(ROOT, compiled + 1):
+        if event.revision <= compiled:
+            continue
+        contents = await read_all(store)
+        await snapshots.publish(compile_table(contents))
+        compiled = contents.revision

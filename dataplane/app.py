@@ -1,0 +1,142 @@
+"""The proxy's HTTP application: OpenAI-compatible API plus health and metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from dataplane.chat import ChatHandler, parse_body
+from dataplane.errors import ApiError
+from dataplane.stats import TABLE_VERSION, EndpointStats
+from dataplane.table import KeyInfo, RuntimeTable
+from dataplane.upstream import SessionPool
+
+log = logging.getLogger("megarouter.proxy")
+
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # base64 images make chat bodies large
+
+
+class ProxyState:
+    """What the proxy holds: caches only. The table is swapped whole."""
+
+    def __init__(self) -> None:
+        self.table: RuntimeTable | None = None
+        self.sessions = SessionPool()
+        self.stats = EndpointStats()
+        self.chat = ChatHandler(self.sessions, self.stats)
+
+    def install(self, table: RuntimeTable) -> None:
+        self.table = table
+        TABLE_VERSION.set(table.version)
+
+
+STATE = web.AppKey("state", ProxyState)
+
+
+def _table(request: web.Request) -> RuntimeTable:
+    table = request.app[STATE].table
+    if table is None:
+        raise ApiError(503, "the gateway has no routing table yet", type="server_error", code="not_ready")
+    return table
+
+
+def authenticate(request: web.Request, table: RuntimeTable) -> KeyInfo:
+    header = request.headers.get("Authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise ApiError(
+            401,
+            "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
+            code="missing_api_key",
+        )
+    key = table.keys.get(hashlib.sha256(secret.strip().encode()).hexdigest())
+    if key is None:
+        # Like OpenAI, show only the key's first characters.
+        shown = secret.strip()[:8] + "…"
+        raise ApiError(401, f"Incorrect API key provided: {shown}", code="invalid_api_key")
+    return key
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    table = _table(request)
+    key = authenticate(request, table)
+    payload = parse_body(await request.read())
+    return await request.app[STATE].chat.handle(request, table, key, payload)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    table = _table(request)
+    key = authenticate(request, table)
+    created = table.proto.generated_at_unix_ms // 1000
+    data = []
+    for name in (*table.route_names, *table.model_names):
+        target = table.resolve(name)
+        if target is not None and target.endpoints and key.may_use(name):
+            owner = "megarouter-route" if target.kind == "route" else "megarouter"
+            data.append({"id": name, "object": "model", "created": created, "owned_by": owner})
+    return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    table = request.app[STATE].table
+    if table is None:
+        return web.json_response({"status": "no routing table yet"}, status=503)
+    return web.json_response({"status": "ready", "table_version": table.version})
+
+
+async def metrics(_request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+_API_NAMES = {"/v1/chat/completions": "chat", "/v1/models": "models"}
+
+
+@web.middleware
+async def openai_errors(request: web.Request, handler) -> web.StreamResponse:
+    """Every failure leaves as an OpenAI error body; never a stack trace."""
+    try:
+        response = await handler(request)
+    except ApiError as error:
+        response = error.response()
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app._client_max_size
+        response = ApiError(
+            413, f"Request body too large: the limit is {limit} bytes.", code="request_too_large"
+        ).response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = ApiError(exc.status, exc.reason, code=None).response()
+    except Exception:
+        # The traceback goes to our log (it holds no request content); the
+        # client gets a generic message.
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        response = ApiError(500, "internal gateway error", type="server_error", code="internal_error").response()
+    api = _API_NAMES.get(request.path)
+    if api is not None:
+        request.app[STATE].stats.client_response(api, response.status)
+    return response
+
+
+def build_app(state: ProxyState, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> web.Application:
+    app = web.Application(middlewares=[openai_errors], client_max_size=max_body_bytes)
+    app[STATE] = state
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+
+    async def close_sessions(_app: web.Application) -> None:
+        await state.sessions.close()
+
+    app.on_cleanup.append(close_sessions)
+    return app

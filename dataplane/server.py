@@ -1,0 +1,84 @@
+"""`megarouter proxy`: the data-plane process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+from pathlib import Path
+
+from aiohttp import web
+
+from dataplane.app import DEFAULT_MAX_BODY_BYTES, ProxyState, build_app
+from dataplane.discovery_client import DiscoveryClient, load_cached_table
+from dataplane.telemetry_client import report_stats
+from megarouter import __version__
+from megarouter.runtime import announce_ready, env_default, run_service, setup_logging, stop_event
+from megarouter.v1 import discovery_pb2
+
+log = logging.getLogger("megarouter.proxy")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", default=env_default("PROXY_LISTEN", "127.0.0.1:8080"),
+                        help="HTTP address (host:port; port 0 picks one) [MEGAROUTER_PROXY_LISTEN]")
+    parser.add_argument("--control-plane", default=env_default("CONTROL_PLANE", "127.0.0.1:50051"),
+                        help="comma-separated control-plane gRPC addresses [MEGAROUTER_CONTROL_PLANE]")
+    parser.add_argument("--node-id", default=env_default("NODE_ID", f"{socket.gethostname()}-{os.getpid()}"),
+                        help="this proxy's name in the fleet [MEGAROUTER_NODE_ID]")
+    parser.add_argument("--region", default=env_default("REGION", "default"), help="[MEGAROUTER_REGION]")
+    parser.add_argument("--cache-file", default=env_default("CACHE_FILE", "./.megarouter/proxy-table.pb"),
+                        help="last good routing table, used when the control plane is unreachable; "
+                             "'' disables [MEGAROUTER_CACHE_FILE]")
+    parser.add_argument("--max-body-bytes", type=int,
+                        default=int(env_default("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
+                        help="largest accepted request body [MEGAROUTER_MAX_BODY_BYTES]")
+    parser.add_argument("--telemetry-interval", type=float,
+                        default=float(env_default("TELEMETRY_INTERVAL", 5.0)),
+                        help="seconds between stats reports [MEGAROUTER_TELEMETRY_INTERVAL]")
+    parser.add_argument("--log-level", default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    return run_service(serve(args))
+
+
+async def serve(args: argparse.Namespace) -> int:
+    stop = stop_event()
+    state = ProxyState()
+    cache_path = Path(args.cache_file) if args.cache_file else None
+    if cache_path is not None:
+        cached = load_cached_table(cache_path)
+        if cached is not None:
+            state.install(cached)
+            log.info("serving cached table version=%d until the control plane answers", cached.version)
+
+    node = discovery_pb2.Node(id=args.node_id, region=args.region, version=__version__)
+    addresses = [a.strip() for a in args.control_plane.split(",") if a.strip()]
+    discovery = DiscoveryClient(addresses, node, lambda: state.table, state.install, cache_path)
+
+    app = build_app(state, args.max_body_bytes)
+    # handler_cancellation: a client that disconnects cancels its upstream call.
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    await runner.setup()
+    host, _, port = args.listen.rpartition(":")
+    site = web.TCPSite(runner, host or "127.0.0.1", int(port), backlog=1024, reuse_address=True)
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    tasks = [
+        asyncio.create_task(discovery.run(), name="discovery"),
+        asyncio.create_task(report_stats(addresses, node, state.stats, args.telemetry_interval), name="telemetry"),
+    ]
+    log.info("proxy %s listening on http://%s:%d/v1", args.node_id, host, bound)
+    announce_ready("proxy", port=bound, node_id=args.node_id)
+    await stop.wait()
+    log.info("proxy stopping")
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await runner.cleanup()
+    return 0

@@ -1,0 +1,100 @@
+"""Per-endpoint counters: Prometheus metrics and telemetry deltas.
+
+The request path calls `record` once per upstream attempt. Prometheus label
+children are cached so a record costs a few dictionary lookups. Telemetry
+takes the counters accumulated since its last report with `drain`.
+Counts, latencies and token totals only — never content.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CLIENT_REQUESTS = Counter(
+    "megarouter_requests_total", "Client requests by API and HTTP status", ["api", "status"]
+)
+UPSTREAM_REQUESTS = Counter(
+    "megarouter_upstream_requests_total", "Upstream attempts by endpoint and outcome", ["endpoint", "outcome"]
+)
+UPSTREAM_LATENCY = Histogram(
+    "megarouter_upstream_latency_seconds",
+    "Upstream time to response headers (JSON: whole response)",
+    ["endpoint"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+TOKENS = Counter("megarouter_tokens_total", "Tokens reported by upstreams", ["endpoint", "kind"])
+ATTEMPTS = Histogram(
+    "megarouter_attempts_per_request", "Upstream attempts per client request", buckets=(1, 2, 3, 4, 5, 10)
+)
+TABLE_VERSION = Gauge("megarouter_table_version", "Version of the routing table in use")
+TABLE_NACKS = Counter("megarouter_table_nacks_total", "Routing tables rejected by this proxy")
+
+
+@dataclass(slots=True)
+class EndpointCounters:
+    requests: int = 0
+    successes: int = 0
+    errors_by_class: dict[str, int] = field(default_factory=dict)
+    latency_ms_sum: float = 0.0
+    ttft_ms_sum: float = 0.0
+    ttft_count: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class EndpointStats:
+    def __init__(self) -> None:
+        self._counters: dict[str, EndpointCounters] = {}
+        self._outcome_children: dict[tuple[str, str], object] = {}
+        self._latency_children: dict[str, object] = {}
+        self._client_children: dict[tuple[str, int], object] = {}
+
+    def record(
+        self,
+        endpoint: str,
+        outcome: str,                # "success" or an error class
+        latency_s: float,
+        *,
+        ttft_s: float | None = None,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+    ) -> None:
+        counters = self._counters.get(endpoint)
+        if counters is None:
+            counters = self._counters[endpoint] = EndpointCounters()
+        counters.requests += 1
+        if outcome == "success":
+            counters.successes += 1
+        else:
+            counters.errors_by_class[outcome] = counters.errors_by_class.get(outcome, 0) + 1
+        counters.latency_ms_sum += latency_s * 1000.0
+        if ttft_s is not None:
+            counters.ttft_ms_sum += ttft_s * 1000.0
+            counters.ttft_count += 1
+        counters.prompt_tokens += prompt_tokens
+        counters.completion_tokens += completion_tokens
+
+        child = self._outcome_children.get((endpoint, outcome))
+        if child is None:
+            child = self._outcome_children[(endpoint, outcome)] = UPSTREAM_REQUESTS.labels(endpoint, outcome)
+        child.inc()  # type: ignore[attr-defined]
+        latency = self._latency_children.get(endpoint)
+        if latency is None:
+            latency = self._latency_children[endpoint] = UPSTREAM_LATENCY.labels(endpoint)
+        latency.observe(latency_s)  # type: ignore[attr-defined]
+        if prompt_tokens or completion_tokens:
+            TOKENS.labels(endpoint, "prompt").inc(prompt_tokens)
+            TOKENS.labels(endpoint, "completion").inc(completion_tokens)
+
+    def client_response(self, api: str, status: int) -> None:
+        child = self._client_children.get((api, status))
+        if child is None:
+            child = self._client_children[(api, status)] = CLIENT_REQUESTS.labels(api, str(status))
+        child.inc()  # type: ignore[attr-defined]
+
+    def drain(self) -> dict[str, EndpointCounters]:
+        """Counters since the previous drain, resetting them."""
+        counters, self._counters = self._counters, {}
+        return counters

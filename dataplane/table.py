@@ -1,0 +1,222 @@
+"""The routing table as the proxy uses it on the request path.
+
+`RuntimeTable.load` turns a pushed `RoutingTable` proto into plain, frozen
+objects with every lookup precomputed, or raises `TableError` — which the
+discovery client turns into a NACK, keeping the previous table. Provider
+secrets are resolved here from their references (environment variable or
+file) and live only in this process's memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dataplane.providers import ADAPTERS, Adapter
+from megarouter.resources import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_PER_TRY_TIMEOUT_S,
+    DEFAULT_PROVIDER_TIMEOUT_S,
+    DEFAULT_TOTAL_TIMEOUT_S,
+)
+from megarouter.v1 import routing_pb2
+
+log = logging.getLogger("megarouter.proxy.table")
+
+_KEY_HASH = re.compile(r"[0-9a-f]{64}")
+
+
+class TableError(ValueError):
+    """The table cannot be served; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderRuntime:
+    name: str
+    kind: str
+    adapter: Adapter
+    base_url: str
+    region: str
+    headers: dict[str, str]     # static + auth headers, ready to send
+    timeout_s: float
+    unusable_reason: str        # non-empty: e.g. its secret is missing here
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointRuntime:
+    name: str
+    model: str
+    upstream_model: str
+    region: str
+    provider: ProviderRuntime
+    chat_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a request's `model` resolved to: candidates in order, and limits."""
+
+    name: str
+    kind: str                   # "route" or "model"
+    endpoints: tuple[EndpointRuntime, ...]
+    max_attempts: int
+    per_try_timeout_s: float
+    total_timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    name: str
+    principal: str
+    allowed: frozenset[str] | None   # None: every route and model
+
+    def may_use(self, target: str) -> bool:
+        return self.allowed is None or target in self.allowed
+
+
+SecretReader = Callable[[routing_pb2.CredentialRef], str | None]
+
+
+def read_secret(ref: routing_pb2.CredentialRef) -> str | None:
+    """The secret a reference points at, or None if it is not available here."""
+    source = ref.WhichOneof("source")
+    if source == "env":
+        return os.environ.get(ref.env) or None
+    if source == "file":
+        try:
+            with open(ref.file, encoding="utf-8") as handle:
+                return handle.read().strip() or None
+        except OSError:
+            return None
+    return None
+
+
+@dataclass(frozen=True)
+class RuntimeTable:
+    version: int
+    keys: dict[str, KeyInfo]            # sha256 hex of the secret -> key
+    targets: dict[str, Target]          # route names and model names
+    route_names: tuple[str, ...]
+    model_names: tuple[str, ...]
+    proto: routing_pb2.RoutingTable
+
+    def resolve(self, name: str) -> Target | None:
+        return self.targets.get(name)
+
+    @classmethod
+    def load(cls, table: routing_pb2.RoutingTable, secrets: SecretReader = read_secret) -> RuntimeTable:
+        providers = _load_providers(table, secrets)
+        models = _unique(table.models, "model")
+        endpoints_by_model: dict[str, list[EndpointRuntime]] = {name: [] for name in models}
+        for endpoint in _unique(table.endpoints, "endpoint").values():
+            provider = providers.get(endpoint.provider)
+            if provider is None:
+                raise TableError(f"endpoint {endpoint.name!r} names unknown provider {endpoint.provider!r}")
+            if endpoint.model not in models:
+                raise TableError(f"endpoint {endpoint.name!r} names unknown model {endpoint.model!r}")
+            if provider.unusable_reason:
+                continue
+            upstream = endpoint.upstream_model or endpoint.model
+            endpoints_by_model[endpoint.model].append(
+                EndpointRuntime(
+                    name=endpoint.name,
+                    model=endpoint.model,
+                    upstream_model=upstream,
+                    region=endpoint.region or provider.region,
+                    provider=provider,
+                    chat_url=provider.adapter.chat_url(provider.base_url, upstream),
+                )
+            )
+
+        targets: dict[str, Target] = {}
+        for name, eps in endpoints_by_model.items():
+            targets[name] = Target(
+                name=name,
+                kind="model",
+                endpoints=tuple(eps),
+                max_attempts=DEFAULT_MAX_ATTEMPTS,
+                per_try_timeout_s=DEFAULT_PER_TRY_TIMEOUT_S,
+                total_timeout_s=DEFAULT_TOTAL_TIMEOUT_S,
+            )
+        routes = _unique(table.routes, "route")
+        for name, route in routes.items():
+            if name in models:
+                raise TableError(f"route {name!r} has the same name as a model")
+            if not route.tiers:
+                raise TableError(f"route {name!r} has an empty degradation path")
+            ordered: list[EndpointRuntime] = []
+            for tier in route.tiers:
+                for model in tier.models:
+                    if model not in models:
+                        raise TableError(f"route {name!r} names unknown model {model!r}")
+                    ordered.extend(endpoints_by_model[model])
+            retry = route.retry
+            targets[name] = Target(
+                name=name,
+                kind="route",
+                endpoints=tuple(ordered),
+                max_attempts=retry.max_attempts or DEFAULT_MAX_ATTEMPTS,
+                per_try_timeout_s=retry.per_try_timeout_s or DEFAULT_PER_TRY_TIMEOUT_S,
+                total_timeout_s=retry.total_timeout_s or DEFAULT_TOTAL_TIMEOUT_S,
+            )
+
+        keys: dict[str, KeyInfo] = {}
+        for entry in table.api_keys:
+            if not _KEY_HASH.fullmatch(entry.key_hash):
+                raise TableError(f"API key {entry.name!r} has a malformed hash")
+            allowed = frozenset(entry.allowed_models) if entry.allowed_models else None
+            keys[entry.key_hash] = KeyInfo(entry.name, entry.principal, allowed)
+
+        return cls(
+            version=table.version,
+            keys=keys,
+            targets=targets,
+            route_names=tuple(sorted(routes)),
+            model_names=tuple(sorted(models)),
+            proto=table,
+        )
+
+
+def _load_providers(table: routing_pb2.RoutingTable, secrets: SecretReader) -> dict[str, ProviderRuntime]:
+    providers: dict[str, ProviderRuntime] = {}
+    for name, provider in _unique(table.providers, "provider").items():
+        kind = routing_pb2.ProviderKind.Name(provider.kind).removeprefix("PROVIDER_KIND_").lower()
+        adapter = ADAPTERS.get(kind)
+        if adapter is None:
+            raise TableError(f"provider {name!r} has kind {kind!r}, which this proxy cannot serve")
+        if not provider.base_url.startswith(("http://", "https://")):
+            raise TableError(f"provider {name!r} has an invalid base_url")
+        unusable = ""
+        secret = None
+        if provider.HasField("credential"):
+            secret = secrets(provider.credential)
+            if secret is None:
+                where = provider.credential.env or provider.credential.file
+                unusable = f"credential {where!r} is not available on this proxy"
+                # The reference is named, never the secret.
+                log.warning("provider %s skipped: %s", name, unusable)
+        providers[name] = ProviderRuntime(
+            name=name,
+            kind=kind,
+            adapter=adapter,
+            base_url=provider.base_url.rstrip("/"),
+            region=provider.region,
+            headers={**provider.headers, **adapter.auth_headers(secret), "Content-Type": "application/json"},
+            timeout_s=provider.timeout_s or DEFAULT_PROVIDER_TIMEOUT_S,
+            unusable_reason=unusable,
+        )
+    return providers
+
+
+def _unique(items, what: str) -> dict:
+    out = {}
+    for item in items:
+        if not item.name:
+            raise TableError(f"a {what} has no name")
+        if item.name in out:
+            raise TableError(f"duplicate {what} {item.name!r}")
+        out[item.name] = item
+    return out

@@ -1,0 +1,5 @@
+import sys
+
+from megarouter.cli import main
+
+sys.exit(main())

@@ -1,0 +1,49 @@
+"""`megarouter`: run a MegaRouter service.
+
+  megarouter up            control plane + proxy + simulated providers, seeded
+  megarouter controlplane  the gRPC control plane
+  megarouter proxy         an OpenAI-compatible data-plane proxy
+  megarouter sim           a simulated provider
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from megarouter import __version__
+
+# Subcommand -> module with add_arguments(parser) and run(args) -> int.
+# Imported lazily so `megarouter sim` does not load gRPC, and so on.
+COMMANDS = {
+    "up": ("megarouter.up", "run the whole system locally (control plane, proxy, simulators)"),
+    "controlplane": ("controlplane.server", "run the gRPC control plane"),
+    "proxy": ("dataplane.server", "run a data-plane proxy"),
+    "sim": ("megarouter.sim.server", "run a simulated provider"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="megarouter", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"megarouter {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_module, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text)
+    # Parse the command name first, then let its module add its own flags.
+    known, _rest = parser.parse_known_args(argv[:1] if argv and not argv[0].startswith("-") else argv)
+    if known.command is None:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(COMMANDS[known.command][0])
+    command_parser = argparse.ArgumentParser(prog=f"megarouter {known.command}",
+                                             description=COMMANDS[known.command][1])
+    module.add_arguments(command_parser)
+    args = command_parser.parse_args(argv[1:])
+    return module.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""`megarouterctl`: operate a MegaRouter control plane over its admin API.
+
+  megarouterctl apply -f config.yaml          create or update resources
+  megarouterctl get routes [NAME] [-o yaml]   show resources
+  megarouterctl delete route NAME             delete a resource
+  megarouterctl keys create NAME              create an API key (secret shown once)
+  megarouterctl proxies                       connected proxies and their table versions
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+import grpc
+import yaml
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from megarouter.manifest import ManifestError, apply_resources, describe_rpc_error, parse_manifest
+from megarouter.resources import proto_to_dict
+from megarouter.runtime import env_default
+from megarouter.v1 import admin_pb2, admin_pb2_grpc
+
+# kind (any accepted spelling) -> (Get, List, Delete method names, table columns)
+_KINDS: dict[str, tuple[str, str, str, list[str]]] = {
+    "providers": ("GetProvider", "ListProviders", "DeleteProvider", ["name", "kind", "base_url", "region"]),
+    "models": ("GetModel", "ListModels", "DeleteModel",
+               ["name", "input_price_per_mtok", "output_price_per_mtok", "context_window", "quality_tier"]),
+    "endpoints": ("GetEndpoint", "ListEndpoints", "DeleteEndpoint",
+                  ["name", "model", "provider", "upstream_model", "region"]),
+    "routes": ("GetRoute", "ListRoutes", "DeleteRoute", ["name", "strategy", "tiers"]),
+    "apikeys": ("GetApiKey", "ListApiKeys", "DeleteApiKey", ["name", "prefix", "principal", "allowed_models"]),
+}
+_ALIASES = {
+    "provider": "providers", "model": "models", "endpoint": "endpoints", "route": "routes",
+    "apikey": "apikeys", "key": "apikeys", "keys": "apikeys",
+}
+
+
+class CtlError(Exception):
+    pass
+
+
+def _kind(name: str) -> str:
+    kind = _ALIASES.get(name, name)
+    if kind not in _KINDS:
+        raise CtlError(f"unknown kind {name!r}; expected one of: {', '.join(_KINDS)}")
+    return kind
+
+
+def _as_dict(message: Message) -> dict[str, Any]:
+    return proto_to_dict(message)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, list):
+        if value and isinstance(value[0], dict) and "models" in value[0]:
+            return " > ".join(",".join(tier["models"]) for tier in value)  # degradation path
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def print_items(items: list[dict[str, Any]], columns: list[str], output: str) -> None:
+    if output == "json":
+        print(json.dumps(items, indent=2))
+        return
+    if output == "yaml":
+        print(yaml.safe_dump_all(items, sort_keys=False), end="")
+        return
+    rows = [[c.upper() for c in columns]] + [[_cell(item.get(c, "")) for c in columns] for item in items]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+async def cmd_apply(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -> int:
+    if args.file == "-":
+        text, source = sys.stdin.read(), "<stdin>"
+    else:
+        try:
+            with open(args.file, encoding="utf-8") as handle:
+                text, source = handle.read(), args.file
+        except OSError as exc:
+            raise CtlError(f"cannot read {args.file}: {exc.strerror}") from None
+    resources = parse_manifest(text, source)
+    if not resources:
+        raise CtlError(f"{source}: no resources found")
+    for result in await apply_resources(stub, resources):
+        print(f"{result.resource.type.singular}/{result.resource.name} {result.outcome}")
+    return 0
+
+
+async def cmd_get(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -> int:
+    kind = _kind(args.kind)
+    get_method, list_method, _, columns = _KINDS[kind]
+    if args.name:
+        items = [_as_dict(await getattr(stub, get_method)(admin_pb2.GetRequest(name=args.name)))]
+    else:
+        response = await getattr(stub, list_method)(admin_pb2.ListRequest())
+        items = [_as_dict(item) for item in response.items]
+    print_items(items, columns, args.output)
+    return 0
+
+
+async def cmd_delete(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -> int:
+    kind = _kind(args.kind)
+    response = await getattr(stub, _KINDS[kind][2])(admin_pb2.DeleteRequest(name=args.name))
+    print(f"{kind.rstrip('s')}/{args.name} deleted (revision {response.revision})")
+    return 0
+
+
+async def cmd_keys_create(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -> int:
+    allowed = [m.strip() for m in args.allow.split(",") if m.strip()] if args.allow else []
+    response = await stub.CreateApiKey(
+        admin_pb2.CreateApiKeyRequest(name=args.name, principal=args.principal or "", allowed_models=allowed)
+    )
+    print(f"apikey/{response.key.name} created for principal {response.key.principal}")
+    print("secret (shown once, store it now):")
+    print(response.secret)
+    return 0
+
+
+async def cmd_proxies(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -> int:
+    response = await stub.ListProxies(admin_pb2.ListProxiesRequest())
+    items = [json_format.MessageToDict(p, preserving_proto_field_name=True,
+                                       always_print_fields_with_no_presence=True) for p in response.proxies]
+    if args.output == "table":
+        print(f"control plane table version: {response.current_version}")
+        for item in items:
+            item["in_sync"] = "yes" if int(item["acked_version"]) == response.current_version else "no"
+    print_items(items, ["node_id", "region", "acked_version", "pushed_version", "in_sync", "last_nack", "peer"],
+                args.output)
+    return 0
+
+
+async def cmd_table(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -> int:
+    table = await stub.GetRoutingTable(admin_pb2.GetRoutingTableRequest())
+    print(json_format.MessageToJson(table, preserving_proto_field_name=True))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="megarouterctl", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--server", default=env_default("ADMIN", "127.0.0.1:50051"),
+                        help="control-plane gRPC address [MEGAROUTER_ADMIN]")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per admin call")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    apply = sub.add_parser("apply", help="create or update resources from a YAML file")
+    apply.add_argument("-f", "--file", required=True, help="YAML file, or - for stdin")
+    apply.set_defaults(handler=cmd_apply)
+
+    output_choices = ["table", "yaml", "json"]
+    get = sub.add_parser("get", help="list resources, or show one")
+    get.add_argument("kind", help="providers | models | endpoints | routes | apikeys")
+    get.add_argument("name", nargs="?")
+    get.add_argument("-o", "--output", choices=output_choices, default="table")
+    get.set_defaults(handler=cmd_get)
+
+    delete = sub.add_parser("delete", help="delete a resource")
+    delete.add_argument("kind")
+    delete.add_argument("name")
+    delete.set_defaults(handler=cmd_delete)
+
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create an API key; prints the secret once")
+    create.add_argument("name")
+    create.add_argument("--principal", help="who the key belongs to (default key:<name>)")
+    create.add_argument("--allow", help="comma-separated routes/models the key may use (default: all)")
+    create.set_defaults(handler=cmd_keys_create)
+
+    proxies = sub.add_parser("proxies", help="connected proxies and the table version each ACKed")
+    proxies.add_argument("-o", "--output", choices=output_choices, default="table")
+    proxies.set_defaults(handler=cmd_proxies)
+
+    table = sub.add_parser("table", help="print the routing table being pushed (JSON)")
+    table.set_defaults(handler=cmd_table)
+    return parser
+
+
+async def _run(args: argparse.Namespace) -> int:
+    async with grpc.aio.insecure_channel(args.server) as channel:
+        stub = admin_pb2_grpc.AdminStub(channel)
+        # Every call on this stub gets the same deadline.
+        for name in dir(stub):
+            method = getattr(stub, name)
+            if callable(method) and name[0].isupper():
+                setattr(stub, name, _with_timeout(method, args.timeout))
+        return await args.handler(stub, args)
+
+
+def _with_timeout(method, timeout: float):
+    def call(request):
+        return method(request, timeout=timeout)
+    return call
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(_run(args))
+    except (CtlError, ManifestError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            print(f"error: cannot reach the control plane at {args.server} ({exc.details()})", file=sys.stderr)
+        else:
+            print(f"error: {describe_rpc_error(exc)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Declarative config files and applying them through the admin API.
+
+A file is a YAML stream; each document names one resource type at its top
+level, either one resource or a list of them:
+
+    provider:
+      name: openai
+      kind: openai
+      base_url: https://api.openai.com/v1
+      credential: {env: OPENAI_API_KEY}
+    ---
+    models:
+      - {name: gpt-4o-mini, input_price_per_mtok: 0.15, output_price_per_mtok: 0.6, context_window: 128000}
+
+Applying is idempotent and ordered by dependency (providers and models,
+then endpoints, then routes) whatever the order in the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import yaml
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from megarouter.resources import dict_to_proto
+from megarouter.v1 import admin_pb2_grpc, routing_pb2
+
+
+@dataclass(frozen=True)
+class ResourceType:
+    singular: str
+    plural: str
+    message: type[Message]
+    put_method: str
+    order: int
+
+
+RESOURCE_TYPES = [
+    ResourceType("provider", "providers", routing_pb2.Provider, "PutProvider", 0),
+    ResourceType("model", "models", routing_pb2.Model, "PutModel", 0),
+    ResourceType("endpoint", "endpoints", routing_pb2.Endpoint, "PutEndpoint", 1),
+    ResourceType("route", "routes", routing_pb2.Route, "PutRoute", 2),
+]
+_BY_NAME = {name: t for t in RESOURCE_TYPES for name in (t.singular, t.plural)}
+
+
+class ManifestError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Resource:
+    type: ResourceType
+    message: Message
+    source: str  # "file.yaml document 2" — for error messages
+
+    @property
+    def name(self) -> str:
+        return self.message.name  # type: ignore[attr-defined]
+
+
+def parse_manifest(text: str, source: str = "<input>") -> list[Resource]:
+    try:
+        documents = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{source}: not valid YAML: {exc}") from None
+    resources: list[Resource] = []
+    for index, document in enumerate(documents, start=1):
+        where = f"{source} document {index}"
+        if document is None:
+            continue
+        if not isinstance(document, dict) or len(document) != 1:
+            raise ManifestError(f"{where}: expected one top-level key naming the type, one of: "
+                                + ", ".join(sorted(_BY_NAME)))
+        (type_name, body), = document.items()
+        rtype = _BY_NAME.get(type_name)
+        if rtype is None:
+            raise ManifestError(f"{where}: unknown type {type_name!r}; expected one of: "
+                                + ", ".join(sorted(_BY_NAME)))
+        items = body if isinstance(body, list) else [body]
+        for position, item in enumerate(items):
+            item_where = where if not isinstance(body, list) else f"{where} item {position + 1}"
+            resources.append(Resource(rtype, _to_message(rtype, item, item_where), item_where))
+    return sorted(resources, key=lambda r: r.type.order)
+
+
+def _to_message(rtype: ResourceType, item: Any, where: str) -> Message:
+    if not isinstance(item, dict):
+        raise ManifestError(f"{where}: a {rtype.singular} must be a mapping")
+    try:
+        return dict_to_proto(item, rtype.message)
+    except json_format.ParseError as exc:
+        raise ManifestError(f"{where}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    resource: Resource
+    outcome: str  # created | configured | unchanged
+    revision: int
+
+
+async def apply_resources(stub: admin_pb2_grpc.AdminStub, resources: list[Resource]) -> list[ApplyResult]:
+    """Put each resource; stops at the first error (an AioRpcError)."""
+    results = []
+    for resource in resources:
+        response = await getattr(stub, resource.type.put_method)(resource.message)
+        outcome = "created" if response.created else "configured" if response.changed else "unchanged"
+        results.append(ApplyResult(resource, outcome, response.revision))
+    return results
+
+
+def describe_rpc_error(exc: grpc.aio.AioRpcError) -> str:
+    return f"{exc.code().name}: {exc.details()}"

@@ -1,0 +1,301 @@
+"""Resources an operator manages, as pydantic models.
+
+Every admin write and every YAML document passes through these models, so
+this module is where "what is valid" lives. The same field names are used in
+the protobuf messages of `routing.proto`; `to_proto`/`from_proto` convert,
+mapping the proto enums (`PROVIDER_KIND_OPENAI`) to the short lowercase names
+operators write (`openai`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from megarouter.v1 import admin_pb2, routing_pb2
+
+# Names of providers, endpoints, routes and keys: DNS-label-like, so they are
+# safe in URLs, metric labels and store keys.
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,62})$"
+# Model ids follow the providers' own spelling: "gpt-4o-mini",
+# "claude-3-5-sonnet-20241022", "meta-llama/Llama-3.1-70B-Instruct".
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+ModelName = Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]
+
+ProviderKindName = Literal["openai", "azure_openai", "anthropic", "gemini"]
+StrategyName = Literal["unspecified", "balanced", "cost", "latency", "availability"]
+
+# Provider kinds this release of the proxy can serve. The admin API rejects
+# the others so that no table ever names a kind the proxies would NACK.
+SUPPORTED_PROVIDER_KINDS: frozenset[str] = frozenset({"openai"})
+
+# Headers that carry credentials must come from a credential reference, never
+# from the stored config.
+_SECRET_HEADERS = {"authorization", "api-key", "x-api-key", "proxy-authorization", "cookie"}
+
+DEFAULT_PROVIDER_TIMEOUT_S = 60.0
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_PER_TRY_TIMEOUT_S = 60.0
+DEFAULT_TOTAL_TIMEOUT_S = 180.0
+
+
+class _Resource(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CredentialRef(_Resource):
+    env: str = ""
+    file: str = ""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CredentialRef:
+        if self.env and self.file:
+            raise ValueError("set either env or file, not both")
+        if self.env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.env):
+            raise ValueError(f"env must be an environment variable name, got {self.env!r}")
+        return self
+
+    @property
+    def is_set(self) -> bool:
+        return bool(self.env or self.file)
+
+
+class Provider(_Resource):
+    name: Name
+    kind: ProviderKindName
+    base_url: str
+    region: str = "default"
+    credential: CredentialRef = CredentialRef()
+    headers: dict[str, str] = {}
+    timeout_s: float = Field(DEFAULT_PROVIDER_TIMEOUT_S, ge=0, le=3600)
+
+    @field_validator("kind")
+    @classmethod
+    def _kind_supported(cls, kind: str) -> str:
+        if kind not in SUPPORTED_PROVIDER_KINDS:
+            supported = ", ".join(sorted(SUPPORTED_PROVIDER_KINDS))
+            raise ValueError(f"provider kind {kind!r} is not supported yet (supported: {supported})")
+        return kind
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", url):
+            raise ValueError("base_url must be an http(s) URL without query, e.g. https://api.openai.com/v1")
+        return url.rstrip("/")
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, region: str) -> str:
+        return region or "default"
+
+    @field_validator("headers")
+    @classmethod
+    def _no_secret_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        for header in headers:
+            if header.lower() in _SECRET_HEADERS:
+                raise ValueError(f"header {header!r} carries a secret: use credential.env or credential.file")
+        return headers
+
+    @field_validator("timeout_s")
+    @classmethod
+    def _timeout(cls, timeout: float) -> float:
+        return timeout or DEFAULT_PROVIDER_TIMEOUT_S
+
+
+class Capabilities(_Resource):
+    tools: bool = False
+    vision: bool = False
+    json_mode: bool = False
+    streaming: bool = False
+    reasoning: bool = False
+    embeddings: bool = False
+
+
+class Model(_Resource):
+    name: ModelName
+    input_price_per_mtok: float = Field(0, ge=0)
+    output_price_per_mtok: float = Field(0, ge=0)
+    context_window: int = Field(ge=1, le=100_000_000)
+    max_output_tokens: int = Field(0, ge=0, le=100_000_000)
+    capabilities: Capabilities = Capabilities()
+    # 0 = unrated; otherwise 1 (basic) .. 5 (frontier).
+    quality_tier: int = Field(0, ge=0, le=5)
+
+
+class Endpoint(_Resource):
+    name: Name
+    model: ModelName
+    provider: Name
+    upstream_model: str = ""   # empty: the model's own name
+    region: str = ""           # empty: the provider's region
+    weight: int = Field(1, ge=0, le=1000)
+
+    @field_validator("weight")
+    @classmethod
+    def _weight(cls, weight: int) -> int:
+        return weight or 1
+
+
+class RetryPolicy(_Resource):
+    max_attempts: int = Field(DEFAULT_MAX_ATTEMPTS, ge=0, le=10)
+    per_try_timeout_s: float = Field(DEFAULT_PER_TRY_TIMEOUT_S, ge=0, le=3600)
+    total_timeout_s: float = Field(DEFAULT_TOTAL_TIMEOUT_S, ge=0, le=3600)
+
+    # Zero is what an unset proto field reads as; it means "the default".
+    @model_validator(mode="after")
+    def _defaults(self) -> RetryPolicy:
+        values = {
+            "max_attempts": self.max_attempts or DEFAULT_MAX_ATTEMPTS,
+            "per_try_timeout_s": self.per_try_timeout_s or DEFAULT_PER_TRY_TIMEOUT_S,
+            "total_timeout_s": self.total_timeout_s or DEFAULT_TOTAL_TIMEOUT_S,
+        }
+        for field, value in values.items():
+            object.__setattr__(self, field, value)
+        if self.per_try_timeout_s > self.total_timeout_s:
+            raise ValueError("per_try_timeout_s must not exceed total_timeout_s")
+        return self
+
+
+class Tier(_Resource):
+    models: list[ModelName] = Field(min_length=1)
+
+
+class Route(_Resource):
+    name: Name
+    strategy: StrategyName = "unspecified"
+    tiers: list[Tier] = Field(min_length=1)
+    retry: RetryPolicy = RetryPolicy()
+    quality_floor: int = Field(0, ge=0, le=5)
+    description: str = Field("", max_length=500)
+
+    @field_validator("tiers")
+    @classmethod
+    def _distinct_models(cls, tiers: list[Tier]) -> list[Tier]:
+        seen: set[str] = set()
+        for tier in tiers:
+            for model in tier.models:
+                if model in seen:
+                    raise ValueError(f"model {model!r} appears more than once in the degradation path")
+                seen.add(model)
+        return tiers
+
+    @property
+    def models(self) -> list[str]:
+        return [model for tier in self.tiers for model in tier.models]
+
+
+class ApiKey(_Resource):
+    """An API key as stored: the hash of the secret, never the secret."""
+
+    name: Name
+    key_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    prefix: str
+    principal: str = Field(min_length=1, max_length=200)
+    allowed_models: list[str] = []
+    created_at_unix_ms: int = 0
+
+
+class CreateApiKey(_Resource):
+    name: Name
+    principal: str = Field("", max_length=200)
+    allowed_models: list[str] = []
+    secret: str = ""
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, secret: str) -> str:
+        if secret and not re.fullmatch(r"[A-Za-z0-9._~+/=-]{16,200}", secret):
+            raise ValueError("secret must be 16-200 characters of letters, digits or ._~+/=-")
+        return secret
+
+
+# ---------------------------------------------------------------- conversion
+
+_ENUM_PREFIXES = {"kind": "PROVIDER_KIND_", "strategy": "STRATEGY_"}
+
+
+def _enum_to_short(data: Any) -> Any:
+    if isinstance(data, dict):
+        out = {}
+        for key, value in data.items():
+            prefix = _ENUM_PREFIXES.get(key)
+            if prefix and isinstance(value, str) and value.startswith(prefix):
+                value = value[len(prefix):].lower()
+            out[key] = _enum_to_short(value)
+        return out
+    if isinstance(data, list):
+        return [_enum_to_short(item) for item in data]
+    return data
+
+
+def _enum_to_proto(data: Any) -> Any:
+    if isinstance(data, dict):
+        out = {}
+        for key, value in data.items():
+            prefix = _ENUM_PREFIXES.get(key)
+            if prefix and isinstance(value, str) and not value.startswith(prefix):
+                value = prefix + value.upper()
+            out[key] = _enum_to_proto(value)
+        return out
+    if isinstance(data, list):
+        return [_enum_to_proto(item) for item in data]
+    return data
+
+
+def proto_to_dict(message: Message) -> dict[str, Any]:
+    """A proto message as the plain dict the pydantic models validate.
+
+    Fields without presence are always included, so a missing string reads as
+    "" and fails its validator with the field's name rather than silently
+    taking a default.
+    """
+    data = json_format.MessageToDict(
+        message,
+        preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=True,
+    )
+    # The credential oneof is absent when unset; normalise to empty strings.
+    return _enum_to_short(data)
+
+
+def dict_to_proto(data: dict[str, Any], message_type: type[Message]) -> Message:
+    """A plain dict (YAML document, pydantic dump) as a proto message.
+
+    Raises json_format.ParseError naming an unknown or mistyped field.
+    """
+    return json_format.ParseDict(_enum_to_proto(data), message_type())
+
+
+def resource_to_proto(resource: _Resource, message_type: type[Message]) -> Message:
+    data = resource.model_dump(mode="json")
+    if isinstance(resource, Provider):
+        credential = {k: v for k, v in data["credential"].items() if v}
+        data["credential"] = credential
+        if not credential:
+            del data["credential"]
+    return dict_to_proto(data, message_type)
+
+
+def api_key_public(key: ApiKey) -> admin_pb2.ApiKey:
+    return admin_pb2.ApiKey(
+        name=key.name,
+        prefix=key.prefix,
+        principal=key.principal,
+        allowed_models=key.allowed_models,
+        created_at_unix_ms=key.created_at_unix_ms,
+    )
+
+
+PROTO_TYPES: dict[type[_Resource], type[Message]] = {
+    Provider: routing_pb2.Provider,
+    Model: routing_pb2.Model,
+    Endpoint: routing_pb2.Endpoint,
+    Route: routing_pb2.Route,
+}

@@ -1,0 +1,55 @@
+"""Process plumbing shared by every MegaRouter service.
+
+Each service prints one JSON "ready" line on stdout once it listens, so a
+supervisor (`megarouter up`, the tests) learns its real port without
+polling; and each stops cleanly on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+
+def announce_ready(service: str, **fields: Any) -> None:
+    print(json.dumps({"event": "ready", "service": service, **fields}), flush=True)
+
+
+def setup_logging(level: str | None = None) -> None:
+    level = (level or os.environ.get("MEGAROUTER_LOG_LEVEL") or "info").upper()
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # grpc's own debug output is per-call noise, not ours to debug.
+    logging.getLogger("grpc").setLevel(max(logging.getLogger().level, logging.INFO))
+
+
+def stop_event() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def run_service(main: Coroutine[Any, Any, int]) -> int:
+    """Run a service's main coroutine on uvloop when available."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+def env_default(name: str, default: Any) -> Any:
+    """The MEGAROUTER_<NAME> environment variable, else `default`."""
+    return os.environ.get(f"MEGAROUTER_{name}", default)

@@ -1,0 +1,5 @@
+"""Provider simulator: an OpenAI chat-completions server with scriptable faults."""
+
+from megarouter.sim.server import SimSettings, add_arguments, build_app, run
+
+__all__ = ["SimSettings", "add_arguments", "build_app", "run"]

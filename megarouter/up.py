@@ -1,0 +1,222 @@
+"""`megarouter up`: the whole system on one machine, ready for an OpenAI SDK.
+
+Starts three simulated providers, the control plane (embedded store in
+./.megarouter/), and one proxy on http://127.0.0.1:8080/v1; seeds a demo
+configuration and a dev API key; prints how to call it. Ctrl-C stops all.
+Each service is a child process, exactly as it runs in production.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import grpc
+
+from megarouter.manifest import apply_resources, describe_rpc_error, parse_manifest
+from megarouter.runtime import env_default, run_service, stop_event
+from megarouter.v1 import admin_pb2, admin_pb2_grpc
+
+# name, region, upstream model ids it serves, and its simulated behaviour.
+SIMULATORS = [
+    ("sim-east", "us-east", ["demo-small", "demo-medium"], ["--latency-ms", "30", "--ttft-ms", "20"]),
+    ("sim-west", "us-west", ["demo-small", "demo-medium"], ["--latency-ms", "60", "--ttft-ms", "40"]),
+    ("sim-eu", "eu-west", ["demo-medium", "demo-large"], ["--latency-ms", "120", "--ttft-ms", "80"]),
+]
+
+DEMO_MODELS = """
+models:
+  - {name: demo-small, input_price_per_mtok: 0.15, output_price_per_mtok: 0.60, context_window: 128000,
+     max_output_tokens: 16384, quality_tier: 2,
+     capabilities: {tools: true, json_mode: true, streaming: true}}
+  - {name: demo-medium, input_price_per_mtok: 2.50, output_price_per_mtok: 10.00, context_window: 128000,
+     max_output_tokens: 16384, quality_tier: 4,
+     capabilities: {tools: true, vision: true, json_mode: true, streaming: true}}
+  - {name: demo-large, input_price_per_mtok: 15.00, output_price_per_mtok: 60.00, context_window: 200000,
+     max_output_tokens: 32768, quality_tier: 5,
+     capabilities: {tools: true, vision: true, json_mode: true, streaming: true, reasoning: true}}
+---
+endpoints:
+  - {name: demo-small-east, model: demo-small, provider: sim-east}
+  - {name: demo-small-west, model: demo-small, provider: sim-west}
+  - {name: demo-medium-west, model: demo-medium, provider: sim-west}
+  - {name: demo-medium-eu, model: demo-medium, provider: sim-eu}
+  - {name: demo-large-eu, model: demo-large, provider: sim-eu}
+---
+routes:
+  - name: auto
+    description: capable first, cheaper fallback
+    tiers: [{models: [demo-medium]}, {models: [demo-small]}]
+    retry: {max_attempts: 3, per_try_timeout_s: 30, total_timeout_s: 90}
+  - name: chat
+    description: cheap interactive chat, escalating when the cheap tier is down
+    tiers: [{models: [demo-small]}, {models: [demo-medium]}]
+    retry: {max_attempts: 3, per_try_timeout_s: 30, total_timeout_s: 90}
+"""
+
+
+def demo_manifest(sim_ports: dict[str, int]) -> str:
+    providers = "\n".join(
+        f"  - {{name: {name}, kind: openai, base_url: 'http://127.0.0.1:{sim_ports[name]}/v1', region: {region}}}"
+        for name, region, _models, _flags in SIMULATORS
+    )
+    return f"providers:\n{providers}\n---\n{DEMO_MODELS}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", default=env_default("DATA_DIR", "./.megarouter"),
+                        help="store, proxy cache and dev key live here [MEGAROUTER_DATA_DIR]")
+    parser.add_argument("--admin-listen", default="127.0.0.1:50051")
+    parser.add_argument("--proxy-listen", default="127.0.0.1:8080")
+    parser.add_argument("--metrics-listen", default="127.0.0.1:9464")
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_service(up(args))
+
+
+@dataclass
+class Child:
+    name: str
+    process: asyncio.subprocess.Process
+    ready: dict
+
+
+async def _start(name: str, argv: list[str]) -> Child:
+    """Start `megarouter <argv>` and wait for its ready line."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "megarouter", *argv, stdout=asyncio.subprocess.PIPE
+    )
+    assert process.stdout is not None
+    while True:
+        line = await process.stdout.readline()
+        if not line:
+            code = await process.wait()
+            raise RuntimeError(f"{name} exited with code {code} before becoming ready (see its log above)")
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == "ready":
+            return Child(name, process, event)
+
+
+def dev_key(data_dir: Path) -> str:
+    """MEGAROUTER_DEV_KEY, else the key saved by an earlier run, else a new one."""
+    given = os.environ.get("MEGAROUTER_DEV_KEY")
+    if given:
+        return given
+    path = data_dir / "dev-key"
+    if path.exists():
+        return path.read_text().strip()
+    key = "sk-mr-dev-" + secrets.token_urlsafe(24)
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return key
+
+
+async def seed(admin_address: str, sim_ports: dict[str, int], key: str) -> None:
+    async with grpc.aio.insecure_channel(admin_address) as channel:
+        stub = admin_pb2_grpc.AdminStub(channel)
+        await apply_resources(stub, parse_manifest(demo_manifest(sim_ports), "demo config"))
+        # The dev key is re-imported each start so MEGAROUTER_DEV_KEY can change.
+        try:
+            await stub.DeleteApiKey(admin_pb2.DeleteRequest(name="dev"))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+        await stub.CreateApiKey(admin_pb2.CreateApiKeyRequest(name="dev", principal="dev", secret=key))
+
+
+async def wait_ready(url: str, stop: asyncio.Event) -> None:
+    """Poll the proxy's /readyz until it has a routing table."""
+    async with aiohttp.ClientSession() as session:
+        while not stop.is_set():
+            try:
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+
+
+async def up(args: argparse.Namespace) -> int:
+    stop = stop_event()
+    data_dir = Path(args.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    children: list[Child] = []
+    try:
+        for name, _region, models, flags in SIMULATORS:
+            children.append(await _start(name, ["sim", "--name", name, "--models", ",".join(models), *flags]))
+        sim_ports = {child.name: child.ready["port"] for child in children}
+        children.append(await _start("controlplane", [
+            "controlplane", "--listen", args.admin_listen, "--store", str(data_dir / "store"),
+            "--metrics-listen", args.metrics_listen,
+        ]))
+        admin = f"127.0.0.1:{children[-1].ready['port']}"
+        key = dev_key(data_dir)
+        await seed(admin, sim_ports, key)
+        children.append(await _start("proxy", [
+            "proxy", "--listen", args.proxy_listen, "--control-plane", admin, "--node-id", "local-proxy",
+            "--cache-file", str(data_dir / "proxy-table.pb"),
+        ]))
+        base_url = f"http://127.0.0.1:{children[-1].ready['port']}/v1"
+        await wait_ready(base_url.removesuffix("/v1") + "/readyz", stop)
+        if not stop.is_set():
+            print(_banner(base_url, key, admin), flush=True)
+        exited = [asyncio.create_task(child.process.wait()) for child in children]
+        stopping = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({stopping, *exited}, return_when=asyncio.FIRST_COMPLETED)
+        if stopping not in done:
+            dead = next(c for c, t in zip(children, exited, strict=True) if t in done)
+            print(f"megarouter up: {dead.name} exited with code {dead.process.returncode}; stopping",
+                  file=sys.stderr)
+            return 1
+        return 0
+    except grpc.aio.AioRpcError as exc:
+        print(f"megarouter up: seeding the demo config failed: {describe_rpc_error(exc)}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:
+        print(f"megarouter up: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await _stop_all(children)
+
+
+async def _stop_all(children: list[Child]) -> None:
+    for child in reversed(children):  # proxy first, simulators last
+        if child.process.returncode is None:
+            child.process.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            await asyncio.wait_for(child.process.wait(), timeout=10)
+        except TimeoutError:
+            child.process.kill()
+            await child.process.wait()
+
+
+def _banner(base_url: str, key: str, admin: str) -> str:
+    return f"""
+MegaRouter is running.
+
+  OpenAI base URL : {base_url}
+  API key         : {key}
+  Admin API       : {admin}   (megarouterctl --server {admin} get routes)
+  Routes          : auto, chat     Models: demo-small, demo-medium, demo-large
+
+  from openai import OpenAI
+  client = OpenAI(base_url="{base_url}", api_key="{key}")
+  print(client.chat.completions.create(model="auto",
+        messages=[{{"role": "user", "content": "Hello!"}}]).choices[0].message.content)
+
+Press Ctrl-C to stop.
+"""

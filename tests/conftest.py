@@ -1,0 +1,162 @@
+"""Fixtures that start the real system: simulators, control plane, proxies."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import grpc
+import pytest
+
+from megarouter.manifest import apply_resources, parse_manifest
+from megarouter.v1 import admin_pb2, admin_pb2_grpc
+from tests.harness import Service, eventually, start_service
+
+API_KEY = "sk-mr-test-0123456789abcdef"
+_names = itertools.count(1)
+
+
+def demo_manifest(sim_port: int, models: tuple[str, ...] = ("demo-small", "demo-medium")) -> str:
+    """A provider backed by one simulator, two models, and routes over them."""
+    return f"""
+provider: {{name: sim, kind: openai, base_url: 'http://127.0.0.1:{sim_port}/v1', region: local}}
+---
+models:
+  - {{name: demo-small, input_price_per_mtok: 0.15, output_price_per_mtok: 0.6, context_window: 128000,
+     quality_tier: 2, capabilities: {{tools: true, streaming: true, json_mode: true}}}}
+  - {{name: demo-medium, input_price_per_mtok: 2.5, output_price_per_mtok: 10, context_window: 128000,
+     quality_tier: 4, capabilities: {{tools: true, vision: true, streaming: true, json_mode: true}}}}
+---
+endpoints:
+  - {{name: small-sim, model: demo-small, provider: sim}}
+  - {{name: medium-sim, model: demo-medium, provider: sim}}
+---
+routes:
+  - {{name: auto, tiers: [{{models: [demo-medium]}}, {{models: [demo-small]}}]}}
+  - {{name: chat, tiers: [{{models: [demo-small]}}]}}
+"""
+
+
+@dataclass
+class System:
+    """One control plane, its simulator(s) and proxies, and an admin client."""
+
+    tmp: Path
+    controlplane: Service
+    sims: list[Service]
+    proxies: list[Service] = field(default_factory=list)
+    channel: grpc.aio.Channel | None = None
+
+    @property
+    def admin_address(self) -> str:
+        return f"127.0.0.1:{self.controlplane.port}"
+
+    @property
+    def admin(self) -> admin_pb2_grpc.AdminStub:
+        assert self.channel is not None
+        return admin_pb2_grpc.AdminStub(self.channel)
+
+    def base_url(self, index: int = 0) -> str:
+        return f"http://127.0.0.1:{self.proxies[index].port}/v1"
+
+    def sim_url(self, index: int = 0) -> str:
+        return f"http://127.0.0.1:{self.sims[index].port}"
+
+    async def start_proxy(self, *extra: str, node_id: str | None = None) -> Service:
+        node_id = node_id or f"proxy-{next(_names)}"
+        proxy = await start_service(node_id, [
+            "proxy", "--listen", "127.0.0.1:0", "--control-plane", self.admin_address,
+            "--node-id", node_id, "--cache-file", str(self.tmp / f"{node_id}.table"),
+            "--telemetry-interval", "1", "--log-level", "debug", *extra,
+        ], self.tmp / "logs")
+        self.proxies.append(proxy)
+        return proxy
+
+    async def proxy_version(self, index: int = 0) -> int:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(self.base_url(index).removesuffix("/v1") + "/readyz") as response:
+                if response.status != 200:
+                    return 0
+                return int((await response.json())["table_version"])
+
+    async def wait_proxy_version(self, at_least: int, index: int = 0) -> None:
+        async def reached() -> bool:
+            return await self.proxy_version(index) >= at_least
+        await eventually(reached, what=f"proxy {index} to run table version >= {at_least}")
+
+    async def apply(self, manifest: str) -> int:
+        results = await apply_resources(self.admin, parse_manifest(manifest))
+        return max(result.revision for result in results)
+
+    async def set_sim(self, index: int = 0, **settings) -> None:
+        async with aiohttp.ClientSession() as session:
+            async with session.put(self.sim_url(index) + "/_sim/config", json=settings) as response:
+                assert response.status == 200, await response.text()
+
+    async def sim_stats(self, index: int = 0) -> dict:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(self.sim_url(index) + "/_sim/stats") as response:
+                return await response.json()
+
+    async def close(self) -> None:
+        for service in [*self.proxies, self.controlplane, *self.sims]:
+            await service.stop()
+        if self.channel is not None:
+            await self.channel.close()
+
+
+async def start_controlplane(tmp: Path, store_dir: Path | None = None) -> Service:
+    return await start_service("controlplane", [
+        "controlplane", "--listen", "127.0.0.1:0", "--store", str(store_dir or tmp / "store"),
+        "--metrics-listen", "127.0.0.1:0", "--enable-test-hooks", "--log-level", "debug",
+    ], tmp / "logs")
+
+
+async def start_sim(tmp: Path, name: str = "sim", *flags: str) -> Service:
+    return await start_service(name, [
+        "sim", "--port", "0", "--name", name, "--models", "demo-small,demo-medium", *flags,
+    ], tmp / "logs")
+
+
+async def build_system(tmp: Path, proxies: int = 1) -> System:
+    sim = await start_sim(tmp)
+    controlplane = await start_controlplane(tmp)
+    system = System(tmp=tmp, controlplane=controlplane, sims=[sim])
+    system.channel = grpc.aio.insecure_channel(system.admin_address)
+    await system.apply(demo_manifest(sim.port))
+    created = await system.admin.CreateApiKey(
+        admin_pb2.CreateApiKeyRequest(name="test", principal="team-test", secret=API_KEY)
+    )
+    for _ in range(proxies):
+        await system.start_proxy()
+    for index in range(proxies):
+        await system.wait_proxy_version(created.revision, index)
+    return system
+
+
+@pytest.fixture(scope="module")
+async def system(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[System]:
+    """A shared system for tests that do not change its configuration."""
+    built = await build_system(tmp_path_factory.mktemp("system"))
+    try:
+        yield built
+    finally:
+        await built.close()
+
+
+@pytest.fixture
+async def fresh_system(tmp_path: Path) -> AsyncIterator[System]:
+    """A system of the test's own, for tests that change or break it."""
+    built = await build_system(tmp_path)
+    try:
+        yield built
+    finally:
+        await built.close()
+
+
+def key_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()

@@ -1,0 +1,173 @@
+"""The store contract on the SQLite backend, plus what is specific to SQLite."""
+
+from __future__ import annotations
+
+import gc
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from pathlib import Path
+
+import pytest
+
+from controlplane.store import Compacted, SqliteStore, Store, StoreError, open_store
+from controlplane.store import sqlite as sqlite_backend
+
+try:
+    from store_contract import StoreContract, StoreFactory, take
+except ImportError:  # tests/ imported as a package
+    from tests.store_contract import StoreContract, StoreFactory, take
+
+
+class TestSqliteStore(StoreContract):
+    @pytest.fixture
+    async def store_factory(self, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+        opened: list[Store] = []
+
+        async def factory(**kwargs: int) -> Store:
+            store = await SqliteStore.open(tmp_path / "store.db", **kwargs)
+            opened.append(store)
+            return store
+
+        yield factory
+        for store in opened:
+            await store.close()
+
+    async def compact_history(self, store: Store, revision: int) -> None:
+        assert isinstance(store, SqliteStore)
+        await store.compact(revision)
+
+
+class TestSqliteStoreTinyBuffers(TestSqliteStore):
+    """The whole contract again with tiny replay pages and live buffers, so that paged replay
+    and the overflow fallback (slow watchers) are exercised by every watch test."""
+
+    @pytest.fixture(autouse=True)
+    def _tiny_buffers(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(sqlite_backend, "_REPLAY_BATCH", 2)
+        monkeypatch.setattr(sqlite_backend, "_LIVE_BUFFER_LIMIT", 3)
+
+
+async def test_history_limit_compacts_old_events(tmp_path: Path) -> None:
+    db = tmp_path / "store.db"
+    store = await SqliteStore.open(db, history_limit=5)
+    try:
+        for i in range(12):
+            await store.put(f"h/{i}", b"x")
+        with pytest.raises(Compacted) as info:
+            await take(store.watch("h/", 1), 1)
+        assert info.value.compact_revision == 8  # the five newest revisions remain
+        async with aclosing(store.watch("", 8)) as events:
+            assert [e.revision for e in await take(events, 5)] == [8, 9, 10, 11, 12]
+    finally:
+        await store.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT min(revision), count(*) FROM events").fetchone() == (8, 5)
+        meta = dict(conn.execute("SELECT name, value FROM meta"))
+        assert meta == {"revision": 12, "compact_revision": 8}
+    conn.close()
+
+
+async def test_compacted_history_persists_across_restart(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "store.db")
+    for i in range(4):
+        await store.put("k", str(i).encode())
+    await store.compact(3)
+    with pytest.raises(StoreError, match="current revision is 4"):
+        await store.compact(5)
+    await store.close()
+    store = await SqliteStore.open(tmp_path / "store.db")
+    try:
+        with pytest.raises(Compacted):
+            await take(store.watch("k", 2), 1)
+        assert [e.value for e in await take(store.watch("k", 3), 2)] == [b"2", b"3"]
+    finally:
+        await store.close()
+
+
+async def test_database_settings(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "store.db")
+    try:
+        conn = store._db._conn
+        pragmas = await store._run(
+            lambda: (
+                conn.execute("PRAGMA journal_mode").fetchone()[0],
+                conn.execute("PRAGMA synchronous").fetchone()[0],
+            )
+        )
+        assert pragmas == ("wal", 2)  # 2 = FULL
+        with pytest.raises(StoreError, match="history_limit"):
+            await SqliteStore.open(tmp_path / "other.db", history_limit=0)
+        with pytest.raises(StoreError, match="non-empty"):
+            await store.put("", b"x")
+    finally:
+        await store.close()
+
+
+async def test_unreadable_database_is_a_store_error(tmp_path: Path) -> None:
+    bad = tmp_path / "store.db"
+    bad.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="cannot open store database"):
+        await SqliteStore.open(bad)
+
+
+async def test_abandoned_watch_is_released(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "store.db")
+    try:
+        kept = store.watch("a/", 0)
+        store.watch("a/", 0)  # dropped without aclose()
+        gc.collect()
+        assert set(store._watchers) == {kept}
+        await kept.aclose()
+        assert not set(store._watchers)
+    finally:
+        await store.close()
+
+
+class TestOpenStore:
+    async def _check_opens(self, url: str, directory: Path) -> None:
+        store = await open_store(url)
+        try:
+            assert isinstance(store, SqliteStore)
+            await store.put("k", b"v")
+        finally:
+            await store.close()
+        assert (directory / "store.db").is_file()
+
+    async def test_plain_path(self, tmp_path: Path) -> None:
+        await self._check_opens(str(tmp_path / "plain" / "nested"), tmp_path / "plain" / "nested")
+
+    async def test_absolute_sqlite_url(self, tmp_path: Path) -> None:
+        await self._check_opens(f"sqlite://{tmp_path}/abs", tmp_path / "abs")
+
+    async def test_relative_sqlite_url(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.chdir(tmp_path)
+        await self._check_opens("sqlite://rel/dir", tmp_path / "rel" / "dir")
+
+    async def test_reopen_keeps_data(self, tmp_path: Path) -> None:
+        url = f"sqlite://{tmp_path}/data"
+        store = await open_store(url)
+        await store.put("k", b"v")
+        await store.close()
+        store = await open_store(url)
+        try:
+            assert (await store.get("k")).value == b"v"  # type: ignore[union-attr]
+        finally:
+            await store.close()
+
+    async def test_etcd_not_available_yet(self) -> None:
+        with pytest.raises(StoreError, match="etcd backend is not available yet"):
+            await open_store("etcd://localhost:2379")
+
+    @pytest.mark.parametrize("url", ["http://example.com/x", "postgres://db", "sqlite://"])
+    async def test_rejected_urls(self, url: str) -> None:
+        with pytest.raises(StoreError, match="sqlite://") as info:
+            await open_store(url)
+        assert url in str(info.value)
+
+    async def test_directory_is_a_file(self, tmp_path: Path) -> None:
+        (tmp_path / "file").write_text("x")
+        with pytest.raises(StoreError, match="cannot create store directory"):
+            await open_store(str(tmp_path / "file"))
