@@ -22,7 +22,7 @@ import aiohttp
 import grpc
 
 from megarouter.manifest import apply_resources, describe_rpc_error, parse_manifest
-from megarouter.runtime import env_default, run_service, stop_event
+from megarouter.runtime import announce_ready, env_default, run_service, stop_event
 from megarouter.v1 import admin_pb2, admin_pb2_grpc
 
 # name, region, upstream model ids it serves, and its simulated behaviour.
@@ -173,6 +173,7 @@ async def up(args: argparse.Namespace) -> int:
         await wait_ready(base_url.removesuffix("/v1") + "/readyz", stop)
         if not stop.is_set():
             print(_banner(base_url, key, admin), flush=True)
+            announce_ready("up", base_url=base_url, admin=admin)
         exited = [asyncio.create_task(child.process.wait()) for child in children]
         stopping = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({stopping, *exited}, return_when=asyncio.FIRST_COMPLETED)

@@ -1,0 +1,71 @@
+"""Loading a pushed table: what a proxy accepts, what it NACKs, and why."""
+
+from __future__ import annotations
+
+import pytest
+
+from dataplane.table import RuntimeTable, TableError
+from megarouter.v1 import routing_pb2
+from tests.conftest import key_hash
+
+
+def _table(**overrides) -> routing_pb2.RoutingTable:
+    table = routing_pb2.RoutingTable(
+        version=7,
+        providers=[
+            routing_pb2.Provider(name="a", kind=routing_pb2.PROVIDER_KIND_OPENAI, base_url="http://a/v1/",
+                                 credential=routing_pb2.CredentialRef(env="MR_TEST_SECRET_A")),
+            routing_pb2.Provider(name="b", kind=routing_pb2.PROVIDER_KIND_OPENAI, base_url="http://b/v1"),
+        ],
+        models=[routing_pb2.Model(name="m1", context_window=10), routing_pb2.Model(name="m2", context_window=10)],
+        endpoints=[
+            routing_pb2.Endpoint(name="m1-a", model="m1", provider="a", upstream_model="up-m1"),
+            routing_pb2.Endpoint(name="m2-b", model="m2", provider="b"),
+            routing_pb2.Endpoint(name="m1-b", model="m1", provider="b"),
+        ],
+        routes=[routing_pb2.Route(name="r", tiers=[routing_pb2.Tier(models=["m2"]), routing_pb2.Tier(models=["m1"])],
+                                  retry=routing_pb2.RetryPolicy(max_attempts=4))],
+        api_keys=[routing_pb2.ApiKeyEntry(key_hash=key_hash("secret-1"), name="k", principal="p",
+                                          allowed_models=["r"])],
+    )
+    for field, value in overrides.items():
+        getattr(table, field).append(value)
+    return table
+
+
+def test_route_orders_endpoints_by_tier_and_resolves_secrets() -> None:
+    secrets = {"MR_TEST_SECRET_A": "sk-a"}
+    table = RuntimeTable.load(_table(), secrets=lambda ref: secrets.get(ref.env))
+    route = table.resolve("r")
+    assert route is not None and route.kind == "route" and route.max_attempts == 4
+    assert [e.name for e in route.endpoints] == ["m2-b", "m1-a", "m1-b"]
+    m1a = route.endpoints[1]
+    assert m1a.upstream_model == "up-m1"
+    assert m1a.chat_url == "http://a/v1/chat/completions"
+    assert m1a.provider.headers["Authorization"] == "Bearer sk-a"
+    assert "Authorization" not in route.endpoints[0].provider.headers
+    key = table.keys[key_hash("secret-1")]
+    assert key.may_use("r") and not key.may_use("m1")
+
+
+def test_provider_without_its_secret_is_left_out_not_nacked() -> None:
+    table = RuntimeTable.load(_table(), secrets=lambda ref: None)
+    assert [e.name for e in table.resolve("m1").endpoints] == ["m1-b"]
+
+
+@pytest.mark.parametrize(
+    ("field", "bad", "message"),
+    [
+        ("routes", routing_pb2.Route(name="x", tiers=[routing_pb2.Tier(models=["ghost"])]), "unknown model 'ghost'"),
+        ("routes", routing_pb2.Route(name="x"), "empty degradation path"),
+        ("routes", routing_pb2.Route(name="m1", tiers=[routing_pb2.Tier(models=["m1"])]), "same name as a model"),
+        ("endpoints", routing_pb2.Endpoint(name="e", model="m1", provider="ghost"), "unknown provider"),
+        ("endpoints", routing_pb2.Endpoint(name="m1-a", model="m1", provider="a"), "duplicate endpoint"),
+        ("providers", routing_pb2.Provider(name="g", kind=routing_pb2.PROVIDER_KIND_GEMINI, base_url="http://g"),
+         "cannot serve"),
+        ("api_keys", routing_pb2.ApiKeyEntry(key_hash="not-a-hash", name="bad"), "malformed hash"),
+    ],
+)
+def test_invalid_tables_are_rejected_with_a_reason(field, bad, message) -> None:
+    with pytest.raises(TableError, match=message):
+        RuntimeTable.load(_table(**{field: bad}), secrets=lambda ref: "x")
