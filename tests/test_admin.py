@@ -139,11 +139,11 @@ async def test_api_keys_store_only_a_hash(admin) -> None:
 
 async def test_table_tracks_store_revision(admin) -> None:
     put = await admin.PutModel(routing_pb2.Model(name="rev-m", context_window=4096))
-    # The table is recompiled from the store watch, within a second of the write.
+    # The table is recompiled from the store watch (push latency is measured in bench/, not here).
     async def compiled() -> bool:
         table = await admin.GetRoutingTable(admin_pb2.GetRoutingTableRequest())
         return table.version >= put.revision and "rev-m" in [m.name for m in table.models]
-    await eventually(compiled, timeout=1.0, what="the table to include the write")
+    await eventually(compiled, what="the table to include the write")
 
 
 async def test_health_reflection_and_metrics(controlplane: Service) -> None:
