@@ -9,6 +9,7 @@ import openai
 import pytest
 
 from tests.conftest import API_KEY, System
+from tests.harness import eventually
 
 WEATHER_TOOL = {
     "type": "function",
@@ -220,3 +221,16 @@ async def test_health_ready_and_metrics(system: System) -> None:
             text = await r.text()
     assert "megarouter_upstream_requests_total" in text
     assert 'megarouter_requests_total{api="chat",status="200"}' in text
+
+
+async def test_proxy_reports_endpoint_stats_to_control_plane(system: System, client: openai.AsyncOpenAI) -> None:
+    await client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "x"}])
+    url = f"http://127.0.0.1:{system.controlplane.ready['metrics_port']}/metrics"
+
+    async def reported() -> bool:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url) as response:
+                text = await response.text()
+        return 'megarouter_cp_fleet_endpoint_requests_total{endpoint="small-sim"}' in text
+
+    await eventually(reported, what="the proxy's telemetry report for small-sim")
