@@ -19,20 +19,10 @@ import orjson
 from aiohttp import web
 
 from dataplane.errors import bad_request, model_not_found
+from dataplane.providers.base import FAILOVER_CLASSES, ErrorClass, ProviderError, Usage
 from dataplane.stats import ATTEMPTS, EndpointStats
 from dataplane.table import EndpointRuntime, KeyInfo, RuntimeTable, Target
-from dataplane.upstream import (
-    STREAM_INTERRUPTED,
-    SessionPool,
-    UpstreamFailure,
-    caller_fault_error,
-    exhausted_error,
-    is_stream_error,
-    send,
-)
-
-# Bytes kept from the end of a stream: enough for the usage chunk and [DONE].
-_STREAM_TAIL_BYTES = 8192
+from dataplane.upstream import STREAM_INTERRUPTED, SessionPool, caller_error, exhausted_error, send
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -91,12 +81,13 @@ class ChatHandler:
         self, request: web.Request, table: RuntimeTable, key: KeyInfo, payload: dict[str, Any]
     ) -> web.StreamResponse:
         check_chat_request(payload)
-        target = resolve(table, key, payload["model"])
+        requested = payload["model"]
+        target = resolve(table, key, requested)
         stream = payload.get("stream") is True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + target.total_timeout_s
         attempts = 0
-        last_failure: UpstreamFailure | None = None
+        last_failure: ProviderError | None = None
 
         for endpoint in target.endpoints:
             remaining = deadline - loop.time()
@@ -104,24 +95,24 @@ class ChatHandler:
                 break
             attempts += 1
             timeout_s = min(target.per_try_timeout_s, endpoint.provider.timeout_s, remaining)
-            payload["model"] = endpoint.upstream_model
+            adapter = endpoint.provider.adapter
             started = loop.time()
             try:
-                upstream = await send(
-                    self._sessions, endpoint, orjson.dumps(payload), timeout_s=timeout_s, stream=stream
-                )
-            except UpstreamFailure as failure:
+                body = adapter.chat_request(payload, endpoint.upstream_model)
+                upstream = await send(self._sessions, endpoint, body, timeout_s=timeout_s, stream=stream)
+            except ProviderError as failure:
                 self._stats.record(endpoint.name, failure.error_class, loop.time() - started)
-                if failure.error_class == "invalid_request":
+                if failure.error_class not in FAILOVER_CLASSES:
                     ATTEMPTS.observe(attempts)
-                    raise caller_fault_error(failure) from None
+                    raise caller_error(failure) from None
                 last_failure = failure
                 continue
             ATTEMPTS.observe(attempts)
             headers = _served_by(target, endpoint, attempts)
             if stream:
-                return await self._relay_stream(request, upstream, endpoint, headers, started)
-            return await self._relay_json(upstream, endpoint, headers, started, timeout_s)
+                include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+                return await self._relay_stream(request, upstream, endpoint, headers, started, include_usage)
+            return await self._relay_json(upstream, endpoint, headers, started)
 
         ATTEMPTS.observe(max(attempts, 1))
         raise exhausted_error(last_failure, attempts)
@@ -132,22 +123,19 @@ class ChatHandler:
         endpoint: EndpointRuntime,
         headers: dict[str, str],
         started: float,
-        timeout_s: float,
     ) -> web.Response:
         loop = asyncio.get_running_loop()
         try:
             async with upstream:
-                body = await upstream.read()
+                raw = await upstream.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            self._stats.record(endpoint.name, "retryable", loop.time() - started)
-            raise exhausted_error(
-                UpstreamFailure("retryable", endpoint.name, f"response body lost ({type(exc).__name__})"), 1
-            ) from None
-        prompt_tokens, completion_tokens = _usage_from_json(body)
-        self._stats.record(
-            endpoint.name, "success", loop.time() - started,
-            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-        )
+            failure = ProviderError(
+                ErrorClass.RETRYABLE, f"response body lost ({type(exc).__name__})", endpoint=endpoint.name
+            )
+            self._stats.record(endpoint.name, failure.error_class, loop.time() - started)
+            raise exhausted_error(failure, 1) from None
+        body, usage = endpoint.provider.adapter.chat_response(raw, endpoint.model)
+        self._record(endpoint.name, "success", loop.time() - started, None, usage)
         return web.Response(body=body, content_type="application/json", headers=headers)
 
     async def _relay_stream(
@@ -157,39 +145,48 @@ class ChatHandler:
         endpoint: EndpointRuntime,
         headers: dict[str, str],
         started: float,
+        include_usage: bool,
     ) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
+        translator = endpoint.provider.adapter.chat_stream(endpoint.model, include_usage)
         response = web.StreamResponse(
             status=200,
             headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
         )
-        tail = b""
         first_chunk_at: float | None = None
-        outcome = "success"
+        interrupted = False
         async with upstream:
             await response.prepare(request)
             try:
                 async for chunk in upstream.content.iter_any():
                     if first_chunk_at is None:
                         first_chunk_at = loop.time()
-                    await response.write(chunk)
-                    tail = (tail + chunk)[-_STREAM_TAIL_BYTES:]
-            except Exception as exc:
-                if not is_stream_error(exc):
-                    raise
-                outcome = "stream_interrupted"
-            if outcome == "success" and not tail.rstrip().endswith(b"data: [DONE]"):
-                outcome = "stream_interrupted"  # upstream closed early without [DONE]
-            if outcome != "success":
-                await response.write(STREAM_INTERRUPTED)
-        prompt_tokens, completion_tokens = _usage_from_stream_tail(tail)
-        self._stats.record(
-            endpoint.name, outcome, loop.time() - started,
-            ttft_s=None if first_chunk_at is None else first_chunk_at - started,
-            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-        )
+                    out = translator.feed(chunk)
+                    if out:
+                        await response.write(out)
+                tail = translator.finish()
+                if tail:
+                    await response.write(tail)
+            except (aiohttp.ClientError, TimeoutError, asyncio.IncompleteReadError):
+                interrupted = True
+        outcome = "success"
+        if translator.error is not None:
+            outcome = str(translator.error.error_class)  # the upstream's own error event was relayed
+        elif interrupted or not translator.complete:
+            # Never end cleanly on a broken stream: the client must not take
+            # half an answer for a whole one.
+            outcome = "stream_interrupted"
+            await response.write(STREAM_INTERRUPTED)
+        ttft = None if first_chunk_at is None else first_chunk_at - started
+        self._record(endpoint.name, outcome, loop.time() - started, ttft, translator.usage)
         await response.write_eof()
         return response
+
+    def _record(self, endpoint: str, outcome: str, latency: float, ttft: float | None, usage: Usage) -> None:
+        self._stats.record(
+            endpoint, outcome, latency, ttft_s=ttft,
+            prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+        )
 
 
 def _served_by(target: Target, endpoint: EndpointRuntime, attempts: int) -> dict[str, str]:
@@ -201,23 +198,3 @@ def _served_by(target: Target, endpoint: EndpointRuntime, attempts: int) -> dict
     if target.kind == "route":
         headers["x-megarouter-route"] = target.name
     return headers
-
-
-def _usage_from_json(body: bytes) -> tuple[int, int]:
-    try:
-        usage = orjson.loads(body).get("usage") or {}
-        return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
-        return 0, 0
-
-
-def _usage_from_stream_tail(tail: bytes) -> tuple[int, int]:
-    """Usage from the last chunk that carries it (include_usage streams)."""
-    at = tail.rfind(b'"usage":{')
-    if at < 0:
-        return 0, 0
-    start = tail.rfind(b"data: ", 0, at)
-    end = tail.find(b"\n", at)
-    if start < 0 or end < 0:
-        return 0, 0
-    return _usage_from_json(tail[start + 6 : end])

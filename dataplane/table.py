@@ -53,6 +53,7 @@ class EndpointRuntime:
     region: str
     provider: ProviderRuntime
     chat_url: str
+    chat_stream_url: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +128,8 @@ class RuntimeTable:
                     upstream_model=upstream,
                     region=endpoint.region or provider.region,
                     provider=provider,
-                    chat_url=provider.adapter.chat_url(provider.base_url, upstream),
+                    chat_url=provider.adapter.chat_url(provider.base_url, upstream, False),
+                    chat_stream_url=provider.adapter.chat_url(provider.base_url, upstream, True),
                 )
             )
 

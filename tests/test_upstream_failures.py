@@ -69,10 +69,15 @@ async def test_stream_stalling_after_first_chunk_ends_with_error_event(fresh_sys
     assert received  # the client had content before the stall: no failover possible
 
 
-async def test_rate_limited_provider_fails_over_and_reports(fresh_system: System) -> None:
+async def test_rate_limited_everywhere_is_429_with_retry_after(fresh_system: System) -> None:
     await fresh_system.set_sim(rate_limit_rate=1.0, retry_after_s=7)
-    with pytest.raises(openai.InternalServerError) as caught:
+    before = (await fresh_system.sim_stats())["requests"]
+    with pytest.raises(openai.RateLimitError) as caught:
         await _client(fresh_system).chat.completions.create(
             model="auto", messages=[{"role": "user", "content": "x"}]
         )
-    assert "429" in caught.value.message
+    # Both tiers were tried; every candidate being rate-limited is a 429 for
+    # the caller too, with the provider's Retry-After.
+    assert (await fresh_system.sim_stats())["requests"] - before == 2
+    assert caught.value.response.headers["Retry-After"] == "7"
+    assert caught.value.code == "rate_limit_exceeded"

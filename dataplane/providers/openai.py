@@ -1,11 +1,97 @@
-"""OpenAI's own wire format: requests and responses pass through unchanged.
+"""OpenAI's own wire format (and the OpenAI-compatible family).
 
-Only `model` is rewritten (to the endpoint's upstream id), so everything the
-caller sent — tools, response_format, multimodal parts, stream_options —
-reaches the provider as it was.
+Requests and responses pass through unchanged except `model` (rewritten to
+the endpoint's upstream id), so everything the caller sent — tools,
+response_format, multimodal parts — reaches the provider as it was. Streams
+are relayed byte for byte; the translator only watches for the usage chunk
+and `[DONE]`, and asks the upstream for usage even when the caller did not,
+dropping that extra chunk, so every request's tokens are counted.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from dataplane.providers.base import ErrorClass, ProviderError, Usage
+from dataplane.providers.errors import class_for_status, parse_retry_after
+
+_DONE = b"data: [DONE]"
+_CONTEXT_CODES = {"context_length_exceeded", "string_above_max_length"}
+_FILTER_CODES = {"content_filter", "content_policy_violation"}
+
+
+def usage_from(data: Any) -> Usage:
+    usage = data.get("usage") if isinstance(data, dict) else None
+    if not isinstance(usage, dict):
+        return Usage()
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
+    return Usage(
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+        cached_prompt_tokens=int(cached or 0),
+    )
+
+
+class OpenAIStream:
+    """Relays OpenAI SSE unchanged, event by event, noting usage and [DONE]."""
+
+    __slots__ = ("usage", "complete", "error", "_pending", "_drop_usage_chunk")
+
+    def __init__(self, include_usage: bool) -> None:
+        self.usage = Usage()
+        self.complete = False
+        self.error: ProviderError | None = None
+        self._pending = b""
+        self._drop_usage_chunk = not include_usage
+
+    def feed(self, data: bytes) -> bytes:
+        buffer = self._pending + data if self._pending else data
+        end = buffer.rfind(b"\n\n")
+        if end < 0:
+            self._pending = buffer
+            return b""
+        self._pending = buffer[end + 2 :]
+        complete_events = buffer[: end + 2]
+        # Only events that can carry usage, an error or the end need a look;
+        # content deltas pass without parsing.
+        if b'"usage":{' in complete_events or b'"error"' in complete_events or _DONE in complete_events:
+            return self._inspect(complete_events)
+        return complete_events
+
+    def _inspect(self, events: bytes) -> bytes:
+        out = []
+        for event in events.split(b"\n\n"):
+            if not event:
+                continue
+            if event.startswith(_DONE):
+                self.complete = True
+            elif b'"usage":{' in event or b'"error"' in event:
+                try:
+                    data = orjson.loads(event.removeprefix(b"data: "))
+                except orjson.JSONDecodeError:
+                    data = None
+                if isinstance(data, dict):
+                    if isinstance(data.get("error"), dict):
+                        inner = data["error"]
+                        self.error = ProviderError(ErrorClass.RETRYABLE, str(inner.get("message") or "stream error"),
+                                                   code=inner.get("code"))
+                    elif data.get("usage"):
+                        self.usage = usage_from(data)
+                        if self._drop_usage_chunk and data.get("choices") == []:
+                            continue
+            out.append(event)
+            out.append(b"\n\n")
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        rest, self._pending = self._pending, b""
+        if rest.strip():
+            return self._inspect(rest if rest.endswith(b"\n\n") else rest + b"\n\n")
+        return b""
 
 
 class OpenAIAdapter:
@@ -14,5 +100,46 @@ class OpenAIAdapter:
     def auth_headers(self, secret: str | None) -> dict[str, str]:
         return {"Authorization": f"Bearer {secret}"} if secret else {}
 
-    def chat_url(self, base_url: str, upstream_model: str) -> str:
+    def chat_url(self, base_url: str, upstream_model: str, stream: bool) -> str:
         return f"{base_url}/chat/completions"
+
+    def chat_request(self, payload: dict[str, Any], upstream_model: str) -> bytes:
+        if payload.get("stream") is True:
+            options = payload.get("stream_options") or {}
+            if not options.get("include_usage"):
+                payload = {**payload, "stream_options": {**options, "include_usage": True}}
+        payload["model"] = upstream_model
+        return orjson.dumps(payload)
+
+    def chat_response(self, body: bytes, model: str) -> tuple[bytes, Usage]:
+        try:
+            return body, usage_from(orjson.loads(body))
+        except orjson.JSONDecodeError:
+            return body, Usage()
+
+    def chat_stream(self, model: str, include_usage: bool) -> OpenAIStream:
+        return OpenAIStream(include_usage)
+
+    def classify_error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
+        message, code, param = f"HTTP {status}", None, None
+        try:
+            parsed = orjson.loads(body)
+            inner = parsed.get("error") if isinstance(parsed, dict) else None
+            if isinstance(inner, dict):
+                message = str(inner.get("message") or message)
+                code, param = inner.get("code"), inner.get("param")
+        except orjson.JSONDecodeError:
+            pass
+        error_class = class_for_status(status)
+        if code in _CONTEXT_CODES:
+            error_class = ErrorClass.CONTEXT_LENGTH
+        elif code in _FILTER_CODES:
+            error_class = ErrorClass.CONTENT_FILTER
+        return ProviderError(
+            error_class,
+            message,
+            status=status,
+            code=code if isinstance(code, str) else None,
+            param=param if isinstance(param, str) else None,
+            retry_after_s=parse_retry_after(headers) if status == 429 or status >= 500 else None,
+        )
