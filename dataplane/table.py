@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dataplane.providers import ADAPTERS, Adapter
+from dataplane.providers import Adapter, adapter_for
 from megarouter.resources import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_PER_TRY_TIMEOUT_S,
@@ -41,6 +41,7 @@ class ProviderRuntime:
     base_url: str
     region: str
     headers: dict[str, str]     # static + auth headers, ready to send
+    options: dict[str, str]     # adapter-specific settings
     timeout_s: float
     unusable_reason: str        # non-empty: e.g. its secret is missing here
 
@@ -128,8 +129,8 @@ class RuntimeTable:
                     upstream_model=upstream,
                     region=endpoint.region or provider.region,
                     provider=provider,
-                    chat_url=provider.adapter.chat_url(provider.base_url, upstream, False),
-                    chat_stream_url=provider.adapter.chat_url(provider.base_url, upstream, True),
+                    chat_url=provider.adapter.chat_url(provider.base_url, provider.options, upstream, False),
+                    chat_stream_url=provider.adapter.chat_url(provider.base_url, provider.options, upstream, True),
                 )
             )
 
@@ -186,9 +187,10 @@ def _load_providers(table: routing_pb2.RoutingTable, secrets: SecretReader) -> d
     providers: dict[str, ProviderRuntime] = {}
     for name, provider in _unique(table.providers, "provider").items():
         kind = routing_pb2.ProviderKind.Name(provider.kind).removeprefix("PROVIDER_KIND_").lower()
-        adapter = ADAPTERS.get(kind)
+        adapter = adapter_for(kind, provider.preset)
         if adapter is None:
-            raise TableError(f"provider {name!r} has kind {kind!r}, which this proxy cannot serve")
+            what = f"preset {provider.preset!r}" if provider.preset else f"kind {kind!r}"
+            raise TableError(f"provider {name!r} has {what}, which this proxy cannot serve")
         if not provider.base_url.startswith(("http://", "https://")):
             raise TableError(f"provider {name!r} has an invalid base_url")
         unusable = ""
@@ -207,6 +209,7 @@ def _load_providers(table: routing_pb2.RoutingTable, secrets: SecretReader) -> d
             base_url=provider.base_url.rstrip("/"),
             region=provider.region,
             headers={**provider.headers, **adapter.auth_headers(secret), "Content-Type": "application/json"},
+            options=dict(provider.options),
             timeout_s=provider.timeout_s or DEFAULT_PROVIDER_TIMEOUT_S,
             unusable_reason=unusable,
         )

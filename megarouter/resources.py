@@ -16,6 +16,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from megarouter.presets import PRESETS
 from megarouter.v1 import admin_pb2, routing_pb2
 
 # Names of providers, endpoints, routes and keys: DNS-label-like, so they are
@@ -69,11 +70,26 @@ class CredentialRef(_Resource):
 class Provider(_Resource):
     name: Name
     kind: ProviderKindName
-    base_url: str
+    base_url: str = ""           # may be empty when a preset supplies it
     region: str = "default"
     credential: CredentialRef = CredentialRef()
     headers: dict[str, str] = {}
     timeout_s: float = Field(DEFAULT_PROVIDER_TIMEOUT_S, ge=0, le=3600)
+    options: dict[str, str] = {}
+    preset: str = ""
+
+    @model_validator(mode="after")
+    def _preset(self) -> Provider:
+        if self.preset:
+            if self.preset not in PRESETS:
+                raise ValueError(f"preset: unknown preset {self.preset!r} (known: {', '.join(sorted(PRESETS))})")
+            if self.kind != "openai":
+                raise ValueError("preset: presets are OpenAI-compatible services; use kind openai")
+            if not self.base_url:
+                object.__setattr__(self, "base_url", PRESETS[self.preset].base_url)
+        if not self.base_url:
+            raise ValueError("base_url: required (or name a preset)")
+        return self
 
     @field_validator("kind")
     @classmethod
@@ -86,7 +102,7 @@ class Provider(_Resource):
     @field_validator("base_url")
     @classmethod
     def _url(cls, url: str) -> str:
-        if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", url):
+        if url and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", url):
             raise ValueError("base_url must be an http(s) URL without query, e.g. https://api.openai.com/v1")
         return url.rstrip("/")
 

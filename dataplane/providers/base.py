@@ -95,13 +95,18 @@ class StreamTranslator(Protocol):
 
 class Adapter(Protocol):
     kind: str
+    supports_embeddings: bool
 
     def auth_headers(self, secret: str | None) -> dict[str, str]:
         """Headers that authenticate to the provider (empty without a secret)."""
         ...
 
-    def chat_url(self, base_url: str, upstream_model: str, stream: bool) -> str:
-        """Where a chat request for `upstream_model` is sent."""
+    def chat_url(self, base_url: str, options: Mapping[str, str], upstream_model: str, stream: bool) -> str:
+        """Where a chat request for `upstream_model` is sent.
+
+        `options` are the provider's adapter-specific settings (e.g. Azure's
+        api_version); `base_url` has no trailing slash.
+        """
         ...
 
     def chat_request(self, payload: dict[str, Any], upstream_model: str) -> bytes:
@@ -122,4 +127,14 @@ class Adapter(Protocol):
 
     def classify_error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
         """A provider's non-200 answer, classified."""
+        ...
+
+    def embeddings_request(
+        self, base_url: str, options: Mapping[str, str], payload: dict[str, Any], upstream_model: str
+    ) -> tuple[str, bytes]:
+        """URL and body for an OpenAI embeddings request (`supports_embeddings` only)."""
+        ...
+
+    def embeddings_response(self, body: bytes, model: str) -> tuple[bytes, Usage]:
+        """The OpenAI embeddings list body for a provider's 200 response."""
         ...

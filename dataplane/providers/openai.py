@@ -96,15 +96,31 @@ class OpenAIStream:
 
 class OpenAIAdapter:
     kind = "openai"
+    supports_embeddings = True
+
+    def __init__(self, stream_options: bool = True) -> None:
+        # False for services that reject `stream_options` (see presets).
+        self._stream_options = stream_options
 
     def auth_headers(self, secret: str | None) -> dict[str, str]:
         return {"Authorization": f"Bearer {secret}"} if secret else {}
 
-    def chat_url(self, base_url: str, upstream_model: str, stream: bool) -> str:
+    def chat_url(self, base_url: str, options: Mapping[str, str], upstream_model: str, stream: bool) -> str:
         return f"{base_url}/chat/completions"
 
+    def embeddings_request(
+        self, base_url: str, options: Mapping[str, str], payload: dict[str, Any], upstream_model: str
+    ) -> tuple[str, bytes]:
+        payload["model"] = upstream_model
+        return f"{base_url}/embeddings", orjson.dumps(payload)
+
+    def embeddings_response(self, body: bytes, model: str) -> tuple[bytes, Usage]:
+        return self.chat_response(body, model)
+
     def chat_request(self, payload: dict[str, Any], upstream_model: str) -> bytes:
-        if payload.get("stream") is True:
+        if payload.get("stream") is True and not self._stream_options:
+            payload = {k: v for k, v in payload.items() if k != "stream_options"}
+        elif payload.get("stream") is True:
             options = payload.get("stream_options") or {}
             if not options.get("include_usage"):
                 payload = {**payload, "stream_options": {**options, "include_usage": True}}

@@ -42,8 +42,15 @@ class CredentialRef(_message.Message):
     def __init__(self, env: _Optional[str] = ..., file: _Optional[str] = ...) -> None: ...
 
 class Provider(_message.Message):
-    __slots__ = ("name", "kind", "base_url", "region", "credential", "headers", "timeout_s")
+    __slots__ = ("name", "kind", "base_url", "region", "credential", "headers", "timeout_s", "options", "preset")
     class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +64,8 @@ class Provider(_message.Message):
     CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    PRESET_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: ProviderKind
     base_url: str
@@ -64,7 +73,9 @@ class Provider(_message.Message):
     credential: CredentialRef
     headers: _containers.ScalarMap[str, str]
     timeout_s: float
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ProviderKind, str]] = ..., base_url: _Optional[str] = ..., region: _Optional[str] = ..., credential: _Optional[_Union[CredentialRef, _Mapping]] = ..., headers: _Optional[_Mapping[str, str]] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+    options: _containers.ScalarMap[str, str]
+    preset: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ProviderKind, str]] = ..., base_url: _Optional[str] = ..., region: _Optional[str] = ..., credential: _Optional[_Union[CredentialRef, _Mapping]] = ..., headers: _Optional[_Mapping[str, str]] = ..., timeout_s: _Optional[float] = ..., options: _Optional[_Mapping[str, str]] = ..., preset: _Optional[str] = ...) -> None: ...
 
 class Capabilities(_message.Message):
     __slots__ = ("tools", "vision", "json_mode", "streaming", "reasoning", "embeddings")

@@ -1,0 +1,625 @@
+#!/usr/bin/env python3
+"""`make bench`: throughput, latency overhead, CPU and memory of one proxy.
+
+Starts a fast static upstream (or the simulator), a control plane and one
+proxy, pins the proxy to one CPU and wrk + upstream to the other, then for
+each workload (JSON, streaming) x connections (1, 32) runs wrk against the
+upstream directly (the baseline) and through the proxy. Prints the machine,
+the CPU placement, a results table and the issue's targets on stdout, ready
+to paste into bench/RESULTS.md; `--json PATH` also writes the raw numbers.
+
+    .venv/bin/python bench/proxy_bench.py [--quick | --duration S] [--upstream static|sim] [--json PATH]
+
+See bench/README.md for what is measured and the caveats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import importlib.metadata
+import json
+import os
+import platform
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+LUA_DIR = BENCH_DIR / "lua"
+REPO_DIR = BENCH_DIR.parent
+
+API_KEY = "sk-mr-bench-0123456789abcdef"
+MODEL = "bench-model"
+CHAT_PATH = "/v1/chat/completions"
+WORKLOADS = {"json": LUA_DIR / "chat_json.lua", "stream": LUA_DIR / "chat_stream.lua"}
+CONNECTIONS = (1, 32)
+
+READY_TIMEOUT_S = 30.0  # a service that has not announced itself by then is broken
+STOP_TIMEOUT_S = 10.0   # then SIGKILL
+WRK_SLACK_S = 30.0      # wrk runs for --duration; this much longer and it is killed
+
+# The issue's targets for one proxy process on one core.
+TARGET_RPS = 2000          # at 32 connections
+TARGET_CPU_MS = 0.5        # per request
+TARGET_ADDED_P50_MS = 1.0  # at 1 connection, proxy p50 - direct p50
+TARGET_RSS_MB = 80.0       # VmHWM
+
+PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr so stdout holds only the report."""
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ processes
+
+@dataclass
+class Service:
+    name: str
+    process: subprocess.Popen
+    log_path: Path
+    cpu: int | None
+    ready: dict = field(default_factory=dict)
+
+    @property
+    def port(self) -> int:
+        return int(self.ready["port"])
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def _die_with_parent() -> None:
+    # Runs in the child before exec: if this script is SIGKILLed (no chance
+    # to clean up), the kernel still sends the child SIGTERM.
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def pinned(cpu: int | None, argv: list[str]) -> list[str]:
+    return argv if cpu is None else ["taskset", "-c", str(cpu), *argv]
+
+
+class Services:
+    """The child processes of one run; `stop_all` ends every one of them."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.started: list[Service] = []
+
+    def start(self, name: str, argv: list[str], cpu: int | None) -> Service:
+        log_path = self.log_dir / f"{name}.log"
+        with open(log_path, "ab") as log_file:
+            process = subprocess.Popen(
+                pinned(cpu, argv), cwd=REPO_DIR, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=log_file, bufsize=0, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                # Own session: Ctrl-C reaches only this script, which then
+                # stops the services in order instead of all at once.
+                start_new_session=True, preexec_fn=_die_with_parent,
+            )
+        service = Service(name, process, log_path, cpu)
+        self.started.append(service)
+        service.ready = _read_ready(service)
+        # Keep reading stdout so a chatty child can never block on a full pipe.
+        threading.Thread(target=_drain, args=(process.stdout,), daemon=True).start()
+        return service
+
+    def stop_all(self) -> None:
+        """SIGTERM everything (newest first), wait, SIGKILL what is left."""
+        alive = [s for s in reversed(self.started) if s.process.poll() is None]
+        for service in alive:
+            service.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for service in alive:
+            try:
+                service.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log(f"{service.name} ignored SIGTERM; killing it")
+                service.process.kill()
+                service.process.wait()
+
+
+def _read_ready(service: Service) -> dict:
+    """Wait for the service's JSON ready line (bounded by READY_TIMEOUT_S)."""
+    stdout = service.process.stdout
+    assert stdout is not None
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    pending = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(stdout, selectors.EVENT_READ)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RuntimeError(f"{service.name} not ready after {READY_TIMEOUT_S:g}s; see {service.log_path}")
+            if not selector.select(remaining):
+                continue
+            data = os.read(stdout.fileno(), 65536)
+            if not data:
+                service.process.wait()
+                raise RuntimeError(
+                    f"{service.name} exited ({service.process.returncode}) before it was ready:\n"
+                    + _tail(service.log_path)
+                )
+            pending += data
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(event, dict) and event.get("event") == "ready":
+                    return event
+
+
+def _drain(stream) -> None:
+    try:
+        while stream.read(65536):
+            pass
+    except (OSError, ValueError):
+        pass
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# ------------------------------------------------------------------ the system
+
+def bench_manifest(upstream_port: int) -> str:
+    """One provider (the upstream), one model, one endpoint: the shortest route."""
+    return f"""
+provider: {{name: bench-upstream, kind: openai, base_url: 'http://127.0.0.1:{upstream_port}/v1', region: local}}
+---
+models:
+  - {{name: {MODEL}, input_price_per_mtok: 0.15, output_price_per_mtok: 0.6, context_window: 128000,
+     quality_tier: 2, capabilities: {{streaming: true}}}}
+---
+endpoints:
+  - {{name: bench-endpoint, model: {MODEL}, provider: bench-upstream}}
+"""
+
+
+def seed_control_plane(admin_address: str, upstream_port: int) -> int:
+    """Apply the manifest and the API key; return the revision to wait for."""
+    # Imported here so `--help` and the wrk check work without the package.
+    import grpc
+
+    from megarouter.manifest import apply_resources, describe_rpc_error, parse_manifest
+    from megarouter.v1 import admin_pb2, admin_pb2_grpc
+
+    async def seed() -> int:
+        async with grpc.aio.insecure_channel(admin_address) as channel:
+            admin = admin_pb2_grpc.AdminStub(channel)
+            await apply_resources(admin, parse_manifest(bench_manifest(upstream_port)))
+            created = await admin.CreateApiKey(
+                admin_pb2.CreateApiKeyRequest(name="bench", principal="bench", secret=API_KEY)
+            )
+            return created.revision
+
+    try:
+        return asyncio.run(seed())
+    except grpc.aio.AioRpcError as exc:
+        raise RuntimeError(f"seeding the control plane failed: {describe_rpc_error(exc)}") from None
+
+
+def wait_for_table(proxy_port: int, revision: int) -> None:
+    """Poll /readyz until the proxy runs the seeded table: the only way to
+    observe another process's table version."""
+    url = f"http://127.0.0.1:{proxy_port}/readyz"
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if json.load(response).get("table_version", 0) >= revision:
+                    return
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"proxy did not install table revision {revision} within {READY_TIMEOUT_S:g}s")
+
+
+def preflight(base_url: str, what: str) -> None:
+    """One request of each workload must succeed before anything is timed:
+    a bench that measures fast 401s is worse than none."""
+    requests = {
+        "json": {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+        "stream": {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                   "stream": True, "stream_options": {"include_usage": True}},
+    }
+    for workload, payload in requests.items():
+        request = urllib.request.Request(
+            base_url + CHAT_PATH, data=json.dumps(payload).encode(), method="POST",
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                body = response.read()
+        except urllib.error.HTTPError as error:
+            raise RuntimeError(f"{what} {workload} preflight: HTTP {error.code}: {error.read()[:300]!r}") from None
+        complete = b"data: [DONE]" in body if workload == "stream" else b'"usage"' in body
+        if not complete:
+            raise RuntimeError(f"{what} {workload} preflight: unexpected body {body[:300]!r}")
+
+
+# ------------------------------------------------------------------ measuring
+
+@dataclass
+class Run:
+    workload: str         # json | stream
+    connections: int
+    target: str           # upstream (direct) | proxy
+    requests: int
+    duration_s: float
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    non2xx: int
+    socket_errors: int
+    added_p50_ms: float | None = None        # proxy only: proxy p50 - direct p50
+    cpu_ms_per_request: float | None = None  # proxy only
+    cpu_percent: float | None = None         # proxy only: of one core, over the run
+    peak_rss_mb: float | None = None         # proxy only: VmHWM after the run
+    wrk_stdout: str = ""
+
+    @property
+    def errors(self) -> int:
+        return self.non2xx + self.socket_errors
+
+
+def run_wrk(url: str, workload: str, connections: int, duration_s: int, cpu: int | None) -> dict:
+    """One wrk run; returns the BENCH_RESULT line of bench/lua/report.lua plus wrk's stdout."""
+    argv = pinned(cpu, [
+        "wrk", "--threads", "1", "--connections", str(connections), "--duration", f"{duration_s}s",
+        "--timeout", "5s", "--latency", "--script", str(WORKLOADS[workload]), url,
+    ])
+    env = {**os.environ, "BENCH_API_KEY": API_KEY, "BENCH_MODEL": MODEL}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=duration_s + WRK_SLACK_S)
+    for line in done.stdout.splitlines():
+        if line.startswith("BENCH_RESULT "):
+            result = json.loads(line.removeprefix("BENCH_RESULT "))
+            result["stdout"] = done.stdout
+            return result
+    raise RuntimeError(f"wrk exited {done.returncode} without a result:\n{done.stdout}\n{done.stderr}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc/<pid>/stat (fields 14 and 15)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()  # the command name may contain spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_status(pid: int, key: str) -> str:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name == key:
+            return value.strip()
+    return ""
+
+
+def peak_rss_mb(pid: int) -> float:
+    return int(proc_status(pid, "VmHWM").split()[0]) / 1024  # kB -> MiB
+
+
+def measure(url: str, workload: str, connections: int, target: str, args: argparse.Namespace,
+            load_cpu: int | None, proxy: Service | None = None) -> Run:
+    """A warm-up run, then the measured run; for the proxy, its CPU and RSS."""
+    run_wrk(url, workload, connections, args.warmup, load_cpu)
+    cpu_before = cpu_seconds(proxy.pid) if proxy else 0.0
+    result = run_wrk(url, workload, connections, args.duration, load_cpu)
+    cpu_used = cpu_seconds(proxy.pid) - cpu_before if proxy else 0.0
+    latency = result["latency_us"]
+    duration_s = result["duration_us"] / 1e6
+    requests = result["requests"]
+    run = Run(
+        workload=workload, connections=connections, target=target,
+        requests=requests, duration_s=duration_s, rps=requests / duration_s,
+        p50_ms=latency["p50"] / 1000, p90_ms=latency["p90"] / 1000,
+        p99_ms=latency["p99"] / 1000, max_ms=latency["max"] / 1000,
+        non2xx=result["non2xx"],
+        socket_errors=sum(result[k] for k in ("connect_errors", "read_errors", "write_errors", "timeouts")),
+        wrk_stdout=result["stdout"],
+    )
+    if proxy is not None:
+        run.cpu_ms_per_request = cpu_used * 1000 / requests if requests else None
+        run.cpu_percent = 100 * cpu_used / duration_s
+        run.peak_rss_mb = peak_rss_mb(proxy.pid)
+    return run
+
+
+def run_scenarios(upstream: Service, proxy: Service, args: argparse.Namespace, load_cpu: int | None) -> list[Run]:
+    """Each workload x connections: upstream directly, then through the proxy,
+    back to back so both see the same machine state."""
+    runs = []
+    for workload in WORKLOADS:
+        for connections in CONNECTIONS:
+            direct = measure(f"http://127.0.0.1:{upstream.port}{CHAT_PATH}", workload, connections,
+                             "upstream", args, load_cpu)
+            log(f"{workload:6} c={connections:<2} upstream: {direct.rps:9,.0f} req/s  p50 {direct.p50_ms:.3f} ms")
+            through = measure(f"http://127.0.0.1:{proxy.port}{CHAT_PATH}", workload, connections,
+                              "proxy", args, load_cpu, proxy)
+            through.added_p50_ms = through.p50_ms - direct.p50_ms
+            log(f"{workload:6} c={connections:<2} proxy:    {through.rps:9,.0f} req/s  p50 {through.p50_ms:.3f} ms"
+                f"  CPU {through.cpu_ms_per_request or 0:.3f} ms/req")
+            runs += [direct, through]
+    return runs
+
+
+# ------------------------------------------------------------------ reporting
+
+def machine_description(proxy: Service) -> dict:
+    cpu_model = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        platform.processor() or "unknown",
+    )
+    # Whether the proxy really runs on uvloop: is the extension mapped into it?
+    maps = Path(f"/proc/{proxy.pid}/maps").read_text()
+    uvloop = f"yes ({importlib.metadata.version('uvloop')})" if "uvloop" in maps else "no (asyncio default loop)"
+    wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.splitlines()
+    return {
+        "cpu": cpu_model,
+        "cores": os.cpu_count(),
+        "kernel": f"{platform.system()} {platform.release()}",
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "aiohttp": importlib.metadata.version("aiohttp"),
+        "uvloop": uvloop,
+        "wrk": wrk[0].split(" Copyright")[0] if wrk else "unknown",
+        "commit": _git_commit(),
+    }
+
+
+def _git_commit() -> str:
+    try:
+        done = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO_DIR,
+                              capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return done.stdout.strip() or "unknown"
+
+
+def placement(services: dict[str, Service], proxy_cpu: int | None, load_cpu: int | None) -> dict[str, str]:
+    """Where each process may run, read back from the kernel (not assumed)."""
+    shown = {name: proc_status(s.pid, "Cpus_allowed_list") for name, s in services.items()}
+    shown["wrk"] = "unpinned" if load_cpu is None else str(load_cpu)
+    shown["this script"] = proc_status(os.getpid(), "Cpus_allowed_list")
+    return shown
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table, aligned so it also reads well as plain text."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.rjust(w) if i > 2 else c.ljust(w)
+                                 for i, (c, w) in enumerate(zip(cells, widths, strict=True))) + " |"
+
+    rule = "|" + "|".join("-" * (w + 1) + ":" if i > 2 else "-" * (w + 2) for i, w in enumerate(widths)) + "|"
+    return [line(header), rule, *(line(row) for row in rows)]
+
+
+def results_table(runs: list[Run]) -> list[str]:
+    header = ["workload", "conns", "target", "req/s", "p50 ms", "p99 ms", "errors",
+              "added p50 ms", "proxy CPU ms/req", "proxy CPU %", "proxy peak RSS MB"]
+    rows = [[
+        run.workload, str(run.connections), "upstream direct" if run.target == "upstream" else "proxy",
+        f"{run.rps:,.0f}", f"{run.p50_ms:.3f}", f"{run.p99_ms:.3f}", f"{run.errors:,}",
+        _num(run.added_p50_ms, ".3f"), _num(run.cpu_ms_per_request, ".3f"),
+        _num(run.cpu_percent, ".0f"), _num(run.peak_rss_mb, ".1f"),
+    ] for run in runs]
+    return _table(header, rows)
+
+
+def check_targets(runs: list[Run]) -> list[dict]:
+    """The issue's four targets, each checked against the proxy runs it is about."""
+    proxy = [r for r in runs if r.target == "proxy"]
+    busy = [r for r in proxy if r.connections == max(CONNECTIONS)]
+    single = [r for r in proxy if r.connections == 1]
+    worst_cpu = max(proxy, key=lambda r: r.cpu_ms_per_request or 0.0)
+    peak_rss = max(r.peak_rss_mb or 0.0 for r in proxy)
+    return [
+        {"target": f"throughput at {max(CONNECTIONS)} connections", "required": f">= {TARGET_RPS:,} req/s",
+         "measured": ", ".join(f"{r.workload} {r.rps:,.0f}" for r in busy),
+         "pass": all(r.rps >= TARGET_RPS for r in busy)},
+        {"target": "proxy CPU per request", "required": f"<= {TARGET_CPU_MS} ms",
+         "measured": f"worst {worst_cpu.cpu_ms_per_request or 0:.3f} ms ({worst_cpu.workload}, "
+                     f"{worst_cpu.connections} conn)",
+         "pass": all((r.cpu_ms_per_request or 0) <= TARGET_CPU_MS for r in proxy)},
+        {"target": "added p50 latency at 1 connection", "required": f"<= {TARGET_ADDED_P50_MS:g} ms",
+         "measured": ", ".join(f"{r.workload} {r.added_p50_ms:.3f} ms" for r in single),
+         "pass": all((r.added_p50_ms or 0) <= TARGET_ADDED_P50_MS for r in single)},
+        {"target": "proxy peak RSS (VmHWM)", "required": f"<= {TARGET_RSS_MB:g} MB",
+         "measured": f"{peak_rss:.1f} MB", "pass": peak_rss <= TARGET_RSS_MB},
+    ]
+
+
+def sanity_notes(runs: list[Run]) -> list[str]:
+    """Warnings that would make the numbers mean something else."""
+    notes = []
+    for run in runs:
+        if run.errors:
+            notes.append(f"{run.workload} c={run.connections} {run.target}: {run.errors:,} errors "
+                         f"({run.non2xx:,} non-2xx, {run.socket_errors:,} socket)")
+    direct = {(r.workload, r.connections): r for r in runs if r.target == "upstream"}
+    for run in (r for r in runs if r.target == "proxy"):
+        headroom = direct[run.workload, run.connections].rps / run.rps if run.rps else 0
+        if headroom < 3:
+            notes.append(f"{run.workload} c={run.connections}: the upstream alone is only {headroom:.1f}x faster "
+                         "than the proxy; it may be limiting the proxy numbers")
+    return notes
+
+
+def report(machine: dict, settings: dict, where: dict[str, str], runs: list[Run]) -> tuple[str, list[dict]]:
+    targets = check_targets(runs)
+    lines = ["## Machine", ""]
+    lines += [f"- {key}: {value}" for key, value in machine.items()]
+    lines += ["", "## Settings", ""]
+    lines += [f"- {key}: {value}" for key, value in settings.items()]
+    lines += ["", "## CPU placement (Cpus_allowed_list read from /proc)", ""]
+    lines += [f"- {name}: CPU {cpus}" for name, cpus in where.items()]
+    lines += ["", "## Results", ""]
+    lines += results_table(runs)
+    lines += ["", "## Targets (one proxy process on one core)", ""]
+    lines += _table(["target", "required", "measured", "result"],
+                    [[t["target"], t["required"], t["measured"], "PASS" if t["pass"] else "FAIL"] for t in targets])
+    notes = sanity_notes(runs)
+    if notes:
+        lines += ["", "## Warnings", ""] + [f"- {note}" for note in notes]
+    return "\n".join(lines), targets
+
+
+# ------------------------------------------------------------------ main
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Benchmark one MegaRouter proxy with wrk (see bench/README.md).")
+    parser.add_argument("--duration", type=int, default=10, help="whole seconds per measured run (default 10)")
+    parser.add_argument("--quick", action="store_true", help="3 s runs and 1 s warm-ups")
+    parser.add_argument("--upstream", choices=("static", "sim"), default="static",
+                        help="static: bench/static_upstream.py (default); sim: `megarouter sim`")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the raw numbers here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration = 3
+    if args.duration < 1:
+        parser.error("--duration must be at least 1 second")
+    args.warmup = 1 if args.quick else 2
+    return args
+
+
+def check_tools() -> str | None:
+    if shutil.which("wrk") is None:
+        return ("wrk (the load generator) is not installed. Install it with:\n"
+                "    sudo apt-get install -y wrk        # Debian/Ubuntu\n"
+                "then run `make bench` again.")
+    if shutil.which("taskset") is None:
+        return "taskset is not installed (it is part of util-linux): sudo apt-get install -y util-linux"
+    return None
+
+
+def choose_cpus() -> tuple[int | None, int | None]:
+    """Proxy on the first allowed CPU, everything else on the second."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        log(f"only {len(allowed)} CPU available: nothing is pinned, numbers include contention")
+        return None, None
+    return allowed[0], allowed[1]
+
+
+def start_system(services: Services, args: argparse.Namespace, tmp: Path,
+                 proxy_cpu: int | None, load_cpu: int | None) -> tuple[Service, Service, Service]:
+    python = sys.executable
+    if args.upstream == "static":
+        upstream = services.start("upstream", [python, str(BENCH_DIR / "static_upstream.py"), "--port", "0"],
+                                  load_cpu)
+    else:
+        upstream = services.start("upstream", [python, "-m", "megarouter", "sim", "--port", "0",
+                                               "--name", "bench-sim", "--models", MODEL], load_cpu)
+    controlplane = services.start("controlplane", [
+        python, "-m", "megarouter", "controlplane", "--listen", "127.0.0.1:0", "--store", str(tmp / "store"),
+        "--metrics-listen", "127.0.0.1:0",
+    ], load_cpu)
+    admin_address = f"127.0.0.1:{controlplane.port}"
+    # The proxy starts before seeding (it waits for its table): all children
+    # exist before this process opens gRPC channels and their threads.
+    proxy = services.start("proxy", [
+        python, "-m", "megarouter", "proxy", "--listen", "127.0.0.1:0", "--control-plane", admin_address,
+        "--node-id", "bench-proxy", "--cache-file", str(tmp / "proxy.table"),
+    ], proxy_cpu)
+    revision = seed_control_plane(admin_address, upstream.port)
+    wait_for_table(proxy.port, revision)
+    preflight(f"http://127.0.0.1:{upstream.port}", "upstream")
+    preflight(f"http://127.0.0.1:{proxy.port}", "proxy")
+    return upstream, controlplane, proxy
+
+
+def bench(args: argparse.Namespace, services: Services, tmp: Path) -> int:
+    proxy_cpu, load_cpu = choose_cpus()
+    if load_cpu is not None:
+        os.sched_setaffinity(0, {load_cpu})  # this script stays off the proxy's core too
+    upstream, controlplane, proxy = start_system(services, args, tmp, proxy_cpu, load_cpu)
+    where = placement({"proxy": proxy, f"upstream ({args.upstream})": upstream,
+                       "control plane (idle, not measured)": controlplane}, proxy_cpu, load_cpu)
+    runs_total = len(WORKLOADS) * len(CONNECTIONS) * 2
+    log(f"{runs_total} runs of {args.duration:g}s (+{args.warmup:g}s warm-up each), "
+        f"about {runs_total * (args.duration + args.warmup):.0f}s")
+
+    runs = run_scenarios(upstream, proxy, args, load_cpu)
+
+    machine = machine_description(proxy)
+    settings = {
+        "upstream": "bench/static_upstream.py (asyncio Protocol, canned replies)" if args.upstream == "static"
+                    else "megarouter sim (aiohttp simulator, no latency)",
+        "run": f"{args.duration:g} s measured after a {args.warmup:g} s warm-up, wrk 1 thread",
+        "workloads": "json: chat completion; stream: stream=true + include_usage (18 SSE events + [DONE])",
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+    }
+    text, targets = report(machine, settings, where, runs)
+    print(text, flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({
+            "machine": machine, "settings": settings, "placement": where,
+            "targets": {"rps": TARGET_RPS, "cpu_ms_per_request": TARGET_CPU_MS,
+                        "added_p50_ms": TARGET_ADDED_P50_MS, "rss_mb": TARGET_RSS_MB},
+            "checks": targets,
+            "runs": [{**asdict(run), "errors": run.errors} for run in runs],
+        }, indent=2) + "\n")
+        log(f"raw numbers written to {args.json}")
+    return 0
+
+
+def _terminate(signum: int, _frame) -> None:
+    # SIGTERM unwinds like Ctrl-C, so the `finally` below stops the services.
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    problem = check_tools()
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _terminate)
+    tmp = Path(tempfile.mkdtemp(prefix="megarouter-bench-"))
+    services = Services(tmp)
+    ok = False
+    try:
+        code = bench(args, services, tmp)
+        ok = True
+        return code
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
+        log(f"failed: {exc}")
+        return 1
+    finally:
+        services.stop_all()
+        if ok:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            log(f"service logs kept in {tmp}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
