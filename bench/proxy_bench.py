@@ -407,15 +407,16 @@ def _num(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    """A Markdown table, aligned so it also reads well as plain text."""
+def _table(header: list[str], rows: list[list[str]], numeric: frozenset[int] = frozenset()) -> list[str]:
+    """A Markdown table, padded so it also reads well as plain text; the
+    `numeric` columns are right-aligned."""
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.rjust(w) if i > 2 else c.ljust(w)
-                                 for i, (c, w) in enumerate(zip(cells, widths, strict=True))) + " |"
+        return "| " + " | ".join(cell.rjust(width) if i in numeric else cell.ljust(width)
+                                 for i, (cell, width) in enumerate(zip(cells, widths, strict=True))) + " |"
 
-    rule = "|" + "|".join("-" * (w + 1) + ":" if i > 2 else "-" * (w + 2) for i, w in enumerate(widths)) + "|"
+    rule = "|" + "|".join("-" * (w + 1) + ":" if i in numeric else "-" * (w + 2) for i, w in enumerate(widths)) + "|"
     return [line(header), rule, *(line(row) for row in rows)]
 
 
@@ -428,7 +429,7 @@ def results_table(runs: list[Run]) -> list[str]:
         _num(run.added_p50_ms, ".3f"), _num(run.cpu_ms_per_request, ".3f"),
         _num(run.cpu_percent, ".0f"), _num(run.peak_rss_mb, ".1f"),
     ] for run in runs]
-    return _table(header, rows)
+    return _table(header, rows, numeric=frozenset({1, *range(3, len(header))}))
 
 
 def check_targets(runs: list[Run]) -> list[dict]:

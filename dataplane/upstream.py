@@ -44,12 +44,13 @@ class SessionPool:
 async def send(
     sessions: SessionPool,
     endpoint: EndpointRuntime,
+    url: str,
     body: bytes,
     *,
     timeout_s: float,
     stream: bool,
 ) -> aiohttp.ClientResponse:
-    """POST `body` to the endpoint; return the open 200 response or raise."""
+    """POST `body` to `url` at the endpoint's provider; return the open 200 response or raise."""
     provider = endpoint.provider
     # A JSON call must finish within the timeout; a stream must start within
     # it and then never go silent for longer than it.
@@ -58,7 +59,6 @@ async def send(
         if stream
         else aiohttp.ClientTimeout(total=timeout_s)
     )
-    url = endpoint.chat_stream_url if stream else endpoint.chat_url
     try:
         response = await sessions.get(provider.name).post(url, data=body, headers=provider.headers, timeout=timeout)
     except TimeoutError as exc:

@@ -8,12 +8,14 @@ preset); a routing table naming a kind this proxy lacks is NACKed.
 
 from __future__ import annotations
 
+from dataplane.providers.azure_openai import AzureOpenAIAdapter
 from dataplane.providers.base import Adapter
 from dataplane.providers.openai import OpenAIAdapter
 from megarouter.presets import PRESETS
 
 ADAPTERS: dict[str, Adapter] = {
     "openai": OpenAIAdapter(),
+    "azure_openai": AzureOpenAIAdapter(),
 }
 
 _PRESET_ADAPTERS: dict[str, Adapter] = {

@@ -1,0 +1,87 @@
+"""Relaying a successful upstream response to the client.
+
+JSON is read whole and translated once. Streams are translated piece by
+piece as they arrive; a stream that breaks, stalls past the read timeout or
+ends without its terminal marker is finished with an OpenAI-style error
+event and no `[DONE]`, so a client never takes half an answer for a whole
+one. Stats are recorded here, once per request, with the usage the
+upstream reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import aiohttp
+from aiohttp import web
+
+from dataplane.attempts import Success
+from dataplane.providers.base import ErrorClass, ProviderError, StreamTranslator, Usage
+from dataplane.stats import EndpointStats
+from dataplane.upstream import STREAM_INTERRUPTED, exhausted_error
+
+
+def _record(stats: EndpointStats, endpoint: str, outcome: str, latency: float, ttft: float | None,
+            usage: Usage) -> None:
+    stats.record(endpoint, outcome, latency, ttft_s=ttft,
+                 prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+
+
+async def relay_json(
+    stats: EndpointStats,
+    success: Success,
+    translate: Callable[[bytes], tuple[bytes, Usage]],
+    headers: dict[str, str],
+) -> web.Response:
+    loop = asyncio.get_running_loop()
+    endpoint = success.endpoint.name
+    try:
+        async with success.response as upstream:
+            raw = await upstream.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        failure = ProviderError(ErrorClass.RETRYABLE, f"response body lost ({type(exc).__name__})", endpoint=endpoint)
+        stats.record(endpoint, failure.error_class, loop.time() - success.started)
+        raise exhausted_error(failure, success.attempts) from None
+    body, usage = translate(raw)
+    _record(stats, endpoint, "success", loop.time() - success.started, None, usage)
+    return web.Response(body=body, content_type="application/json", headers=headers)
+
+
+async def relay_stream(
+    request: web.Request,
+    stats: EndpointStats,
+    success: Success,
+    translator: StreamTranslator,
+    headers: dict[str, str],
+) -> web.StreamResponse:
+    loop = asyncio.get_running_loop()
+    response = web.StreamResponse(
+        status=200, headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    first_chunk_at: float | None = None
+    interrupted = False
+    async with success.response as upstream:
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_any():
+                if first_chunk_at is None:
+                    first_chunk_at = loop.time()
+                out = translator.feed(chunk)
+                if out:
+                    await response.write(out)
+            tail = translator.finish()
+            if tail:
+                await response.write(tail)
+        except (aiohttp.ClientError, TimeoutError, asyncio.IncompleteReadError):
+            interrupted = True
+    outcome = "success"
+    if translator.error is not None:
+        outcome = str(translator.error.error_class)  # the upstream's own error event was relayed
+    elif interrupted or not translator.complete:
+        outcome = "stream_interrupted"
+        await response.write(STREAM_INTERRUPTED)
+    ttft = None if first_chunk_at is None else first_chunk_at - success.started
+    _record(stats, success.endpoint.name, outcome, loop.time() - success.started, ttft, translator.usage)
+    await response.write_eof()
+    return response
