@@ -10,6 +10,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dataplane.chat import ChatHandler, parse_body
+from dataplane.completions import CompletionsHandler
+from dataplane.embeddings import EmbeddingsHandler
 from dataplane.errors import ApiError
 from dataplane.stats import TABLE_VERSION, EndpointStats
 from dataplane.table import KeyInfo, RuntimeTable
@@ -28,6 +30,8 @@ class ProxyState:
         self.sessions = SessionPool()
         self.stats = EndpointStats()
         self.chat = ChatHandler(self.sessions, self.stats)
+        self.embeddings = EmbeddingsHandler(self.sessions, self.stats)
+        self.completions = CompletionsHandler(self.sessions, self.stats)
 
     def install(self, table: RuntimeTable) -> None:
         self.table = table
@@ -61,11 +65,16 @@ def authenticate(request: web.Request, table: RuntimeTable) -> KeyInfo:
     return key
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    table = _table(request)
-    key = authenticate(request, table)
-    payload = parse_body(await request.read())
-    return await request.app[STATE].chat.handle(request, table, key, payload)
+def _api(handler: str):
+    """The aiohttp handler for a JSON API: table, auth and body, then `handler`."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        table = _table(request)
+        key = authenticate(request, table)
+        payload = parse_body(await request.read())
+        return await getattr(request.app[STATE], handler).handle(request, table, key, payload)
+
+    return handle
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -96,7 +105,12 @@ async def metrics(_request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-_API_NAMES = {"/v1/chat/completions": "chat", "/v1/models": "models"}
+_API_NAMES = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+    "/v1/models": "models",
+}
 
 
 @web.middleware
@@ -129,7 +143,9 @@ async def openai_errors(request: web.Request, handler) -> web.StreamResponse:
 def build_app(state: ProxyState, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> web.Application:
     app = web.Application(middlewares=[openai_errors], client_max_size=max_body_bytes)
     app[STATE] = state
-    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/chat/completions", _api("chat"))
+    app.router.add_post("/v1/completions", _api("completions"))
+    app.router.add_post("/v1/embeddings", _api("embeddings"))
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -55,6 +55,8 @@ class EndpointRuntime:
     provider: ProviderRuntime
     chat_url: str
     chat_stream_url: str
+    embeddings: bool            # the model is an embeddings model
+    native_completions: bool    # the model serves /v1/completions itself
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +124,7 @@ class RuntimeTable:
             if provider.unusable_reason:
                 continue
             upstream = endpoint.upstream_model or endpoint.model
+            capabilities = models[endpoint.model].capabilities
             endpoints_by_model[endpoint.model].append(
                 EndpointRuntime(
                     name=endpoint.name,
@@ -131,6 +134,8 @@ class RuntimeTable:
                     provider=provider,
                     chat_url=provider.adapter.chat_url(provider.base_url, provider.options, upstream, False),
                     chat_stream_url=provider.adapter.chat_url(provider.base_url, provider.options, upstream, True),
+                    embeddings=capabilities.embeddings and provider.adapter.supports_embeddings,
+                    native_completions=capabilities.completions and provider.adapter.supports_completions,
                 )
             )
 

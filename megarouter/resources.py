@@ -132,6 +132,7 @@ class Capabilities(_Resource):
     streaming: bool = False
     reasoning: bool = False
     embeddings: bool = False
+    completions: bool = False  # serves the legacy completions API natively
 
 
 class Model(_Resource):

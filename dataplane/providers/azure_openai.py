@@ -34,6 +34,9 @@ class AzureOpenAIAdapter(OpenAIAdapter):
     def chat_url(self, base_url: str, options: Mapping[str, str], upstream_model: str, stream: bool) -> str:
         return self._url(base_url, options, upstream_model, "chat/completions")
 
+    def completions_url(self, base_url: str, options: Mapping[str, str], upstream_model: str) -> str:
+        return self._url(base_url, options, upstream_model, "completions")
+
     def embeddings_request(
         self, base_url: str, options: Mapping[str, str], payload: dict[str, Any], upstream_model: str
     ) -> tuple[str, bytes]:

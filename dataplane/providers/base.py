@@ -96,6 +96,9 @@ class StreamTranslator(Protocol):
 class Adapter(Protocol):
     kind: str
     supports_embeddings: bool
+    # Has a native legacy completions API; otherwise /v1/completions is
+    # translated through chat.
+    supports_completions: bool
 
     def auth_headers(self, secret: str | None) -> dict[str, str]:
         """Headers that authenticate to the provider (empty without a secret)."""
@@ -137,4 +140,8 @@ class Adapter(Protocol):
 
     def embeddings_response(self, body: bytes, model: str) -> tuple[bytes, Usage]:
         """The OpenAI embeddings list body for a provider's 200 response."""
+        ...
+
+    def completions_url(self, base_url: str, options: Mapping[str, str], upstream_model: str) -> str:
+        """Where a native legacy completions request goes (`supports_completions` only)."""
         ...

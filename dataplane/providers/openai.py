@@ -97,6 +97,7 @@ class OpenAIStream:
 class OpenAIAdapter:
     kind = "openai"
     supports_embeddings = True
+    supports_completions = True
 
     def __init__(self, stream_options: bool = True) -> None:
         # False for services that reject `stream_options` (see presets).
@@ -116,6 +117,9 @@ class OpenAIAdapter:
 
     def embeddings_response(self, body: bytes, model: str) -> tuple[bytes, Usage]:
         return self.chat_response(body, model)
+
+    def completions_url(self, base_url: str, options: Mapping[str, str], upstream_model: str) -> str:
+        return f"{base_url}/completions"
 
     def chat_request(self, payload: dict[str, Any], upstream_model: str) -> bytes:
         if payload.get("stream") is True and not self._stream_options:

@@ -78,20 +78,22 @@ class Provider(_message.Message):
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ProviderKind, str]] = ..., base_url: _Optional[str] = ..., region: _Optional[str] = ..., credential: _Optional[_Union[CredentialRef, _Mapping]] = ..., headers: _Optional[_Mapping[str, str]] = ..., timeout_s: _Optional[float] = ..., options: _Optional[_Mapping[str, str]] = ..., preset: _Optional[str] = ...) -> None: ...
 
 class Capabilities(_message.Message):
-    __slots__ = ("tools", "vision", "json_mode", "streaming", "reasoning", "embeddings")
+    __slots__ = ("tools", "vision", "json_mode", "streaming", "reasoning", "embeddings", "completions")
     TOOLS_FIELD_NUMBER: _ClassVar[int]
     VISION_FIELD_NUMBER: _ClassVar[int]
     JSON_MODE_FIELD_NUMBER: _ClassVar[int]
     STREAMING_FIELD_NUMBER: _ClassVar[int]
     REASONING_FIELD_NUMBER: _ClassVar[int]
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
     tools: bool
     vision: bool
     json_mode: bool
     streaming: bool
     reasoning: bool
     embeddings: bool
-    def __init__(self, tools: _Optional[bool] = ..., vision: _Optional[bool] = ..., json_mode: _Optional[bool] = ..., streaming: _Optional[bool] = ..., reasoning: _Optional[bool] = ..., embeddings: _Optional[bool] = ...) -> None: ...
+    completions: bool
+    def __init__(self, tools: _Optional[bool] = ..., vision: _Optional[bool] = ..., json_mode: _Optional[bool] = ..., streaming: _Optional[bool] = ..., reasoning: _Optional[bool] = ..., embeddings: _Optional[bool] = ..., completions: _Optional[bool] = ...) -> None: ...
 
 class Model(_message.Message):
     __slots__ = ("name", "input_price_per_mtok", "output_price_per_mtok", "context_window", "max_output_tokens", "capabilities", "quality_tier")
