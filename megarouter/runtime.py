@@ -53,3 +53,15 @@ def run_service(main: Coroutine[Any, Any, int]) -> int:
 def env_default(name: str, default: Any) -> Any:
     """The MEGAROUTER_<NAME> environment variable, else `default`."""
     return os.environ.get(f"MEGAROUTER_{name}", default)
+
+
+def die_with_parent() -> None:
+    """For a child process (`preexec_fn`): receive SIGTERM when the parent
+    dies, however it dies, so a supervisor killed hard leaves no orphans.
+    Linux only; elsewhere a no-op."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

@@ -22,7 +22,7 @@ import aiohttp
 import grpc
 
 from megarouter.manifest import apply_resources, describe_rpc_error, parse_manifest
-from megarouter.runtime import announce_ready, env_default, run_service, stop_event
+from megarouter.runtime import announce_ready, die_with_parent, env_default, run_service, stop_event
 from megarouter.v1 import admin_pb2, admin_pb2_grpc
 
 # name, region, upstream model ids it serves, and its simulated behaviour.
@@ -93,7 +93,7 @@ class Child:
 async def _start(name: str, argv: list[str]) -> Child:
     """Start `megarouter <argv>` and wait for its ready line."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "megarouter", *argv, stdout=asyncio.subprocess.PIPE
+        sys.executable, "-m", "megarouter", *argv, stdout=asyncio.subprocess.PIPE, preexec_fn=die_with_parent
     )
     assert process.stdout is not None
     while True:

@@ -124,17 +124,25 @@ async def start_sim(tmp: Path, name: str = "sim", *flags: str) -> Service:
 
 async def build_system(tmp: Path, proxies: int = 1) -> System:
     sim = await start_sim(tmp)
-    controlplane = await start_controlplane(tmp)
+    try:
+        controlplane = await start_controlplane(tmp)
+    except BaseException:
+        await sim.stop()
+        raise
     system = System(tmp=tmp, controlplane=controlplane, sims=[sim])
-    system.channel = grpc.aio.insecure_channel(system.admin_address)
-    await system.apply(demo_manifest(sim.port))
-    created = await system.admin.CreateApiKey(
-        admin_pb2.CreateApiKeyRequest(name="test", principal="team-test", secret=API_KEY)
-    )
-    for _ in range(proxies):
-        await system.start_proxy()
-    for index in range(proxies):
-        await system.wait_proxy_version(created.revision, index)
+    try:
+        system.channel = grpc.aio.insecure_channel(system.admin_address)
+        await system.apply(demo_manifest(sim.port))
+        created = await system.admin.CreateApiKey(
+            admin_pb2.CreateApiKeyRequest(name="test", principal="team-test", secret=API_KEY)
+        )
+        for _ in range(proxies):
+            await system.start_proxy()
+        for index in range(proxies):
+            await system.wait_proxy_version(created.revision, index)
+    except BaseException:
+        await system.close()  # a half-built system must not outlive the test
+        raise
     return system
 
 

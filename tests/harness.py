@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from megarouter.runtime import die_with_parent
+
 READY_TIMEOUT_S = 30.0
 
 
@@ -61,7 +63,7 @@ async def start_service(
     with open(log_path, "ab") as log_file:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "megarouter", *argv,
-            stdout=asyncio.subprocess.PIPE, stderr=log_file, env=full_env,
+            stdout=asyncio.subprocess.PIPE, stderr=log_file, env=full_env, preexec_fn=die_with_parent,
         )
     assert process.stdout is not None
 

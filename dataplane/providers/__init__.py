@@ -8,6 +8,7 @@ preset); a routing table naming a kind this proxy lacks is NACKed.
 
 from __future__ import annotations
 
+from dataplane.providers.anthropic import AnthropicAdapter
 from dataplane.providers.azure_openai import AzureOpenAIAdapter
 from dataplane.providers.base import Adapter
 from dataplane.providers.openai import OpenAIAdapter
@@ -16,6 +17,7 @@ from megarouter.presets import PRESETS
 ADAPTERS: dict[str, Adapter] = {
     "openai": OpenAIAdapter(),
     "azure_openai": AzureOpenAIAdapter(),
+    "anthropic": AnthropicAdapter(),
 }
 
 _PRESET_ADAPTERS: dict[str, Adapter] = {

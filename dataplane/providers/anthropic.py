@@ -374,6 +374,7 @@ def completion(message: dict[str, Any], model: str) -> tuple[dict[str, Any], Usa
 class AnthropicAdapter:
     kind = "anthropic"
     supports_embeddings = False
+    supports_completions = False  # legacy completions are translated through chat
 
     def auth_headers(self, secret: str | None) -> dict[str, str]:
         # The version header is required on every request, keyed or not.
