@@ -62,5 +62,5 @@ class EmbeddingsHandler:
         success = await first_success(self._sessions, self._stats, target, endpoints, build, stream=False)
         adapter, model = success.endpoint.provider.adapter, success.endpoint.model
         return await relay_json(
-            self._stats, success, lambda raw: adapter.embeddings_response(raw, model), success.headers(target)
+            self._stats, success, lambda raw: adapter.embeddings_response(raw, model, payload), success.headers(target)
         )

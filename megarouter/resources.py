@@ -34,7 +34,7 @@ StrategyName = Literal["unspecified", "balanced", "cost", "latency", "availabili
 
 # Provider kinds this release of the proxy can serve. The admin API rejects
 # the others so that no table ever names a kind the proxies would NACK.
-SUPPORTED_PROVIDER_KINDS: frozenset[str] = frozenset({"openai", "azure_openai", "anthropic"})
+SUPPORTED_PROVIDER_KINDS: frozenset[str] = frozenset({"openai", "azure_openai", "anthropic", "gemini"})
 
 # Headers that carry credentials must come from a credential reference, never
 # from the stored config.

@@ -66,10 +66,9 @@ async def test_invalid_fields_name_the_field(admin) -> None:
     assert "headers" in details and "credential" in details
     details = await _expect(
         grpc.StatusCode.INVALID_ARGUMENT,
-        admin.PutProvider(routing_pb2.Provider(name="unsup", kind=routing_pb2.PROVIDER_KIND_GEMINI,
-                                               base_url="http://x/v1")),
+        admin.PutProvider(routing_pb2.Provider(name="unsup", base_url="http://x/v1")),
     )
-    assert "kind" in details and "not supported" in details
+    assert "kind" in details
     details = await _expect(
         grpc.StatusCode.INVALID_ARGUMENT,
         admin.PutModel(routing_pb2.Model(name="m", context_window=1000, input_price_per_mtok=-1)),

@@ -61,7 +61,7 @@ def test_provider_without_its_secret_is_left_out_not_nacked() -> None:
         ("routes", routing_pb2.Route(name="m1", tiers=[routing_pb2.Tier(models=["m1"])]), "same name as a model"),
         ("endpoints", routing_pb2.Endpoint(name="e", model="m1", provider="ghost"), "unknown provider"),
         ("endpoints", routing_pb2.Endpoint(name="m1-a", model="m1", provider="a"), "duplicate endpoint"),
-        ("providers", routing_pb2.Provider(name="g", kind=routing_pb2.PROVIDER_KIND_GEMINI, base_url="http://g"),
+        ("providers", routing_pb2.Provider(name="g", kind=routing_pb2.PROVIDER_KIND_UNSPECIFIED, base_url="http://g"),
          "cannot serve"),
         ("api_keys", routing_pb2.ApiKeyEntry(key_hash="not-a-hash", name="bad"), "malformed hash"),
     ],

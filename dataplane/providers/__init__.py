@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataplane.providers.anthropic import AnthropicAdapter
 from dataplane.providers.azure_openai import AzureOpenAIAdapter
 from dataplane.providers.base import Adapter
+from dataplane.providers.gemini import GeminiAdapter
 from dataplane.providers.openai import OpenAIAdapter
 from megarouter.presets import PRESETS
 
@@ -18,6 +19,7 @@ ADAPTERS: dict[str, Adapter] = {
     "openai": OpenAIAdapter(),
     "azure_openai": AzureOpenAIAdapter(),
     "anthropic": AnthropicAdapter(),
+    "gemini": GeminiAdapter(),
 }
 
 _PRESET_ADAPTERS: dict[str, Adapter] = {

@@ -427,7 +427,7 @@ class AnthropicAdapter:
     ) -> tuple[str, bytes]:
         raise _no_embeddings()
 
-    def embeddings_response(self, body: bytes, model: str) -> tuple[bytes, Usage]:
+    def embeddings_response(self, body: bytes, model: str, payload: dict | None = None) -> tuple[bytes, Usage]:
         raise _no_embeddings()
 
 

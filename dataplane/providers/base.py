@@ -138,8 +138,14 @@ class Adapter(Protocol):
         """URL and body for an OpenAI embeddings request (`supports_embeddings` only)."""
         ...
 
-    def embeddings_response(self, body: bytes, model: str) -> tuple[bytes, Usage]:
-        """The OpenAI embeddings list body for a provider's 200 response."""
+    def embeddings_response(
+        self, body: bytes, model: str, payload: dict[str, Any] | None = None
+    ) -> tuple[bytes, Usage]:
+        """The OpenAI embeddings list body for a provider's 200 response.
+
+        `payload` is the caller's request, for providers that do not report
+        token counts (usage is then estimated from the input).
+        """
         ...
 
     def completions_url(self, base_url: str, options: Mapping[str, str], upstream_model: str) -> str:

@@ -115,7 +115,9 @@ class OpenAIAdapter:
         payload["model"] = upstream_model
         return f"{base_url}/embeddings", orjson.dumps(payload)
 
-    def embeddings_response(self, body: bytes, model: str) -> tuple[bytes, Usage]:
+    def embeddings_response(
+        self, body: bytes, model: str, payload: dict[str, Any] | None = None
+    ) -> tuple[bytes, Usage]:
         return self.chat_response(body, model)
 
     def completions_url(self, base_url: str, options: Mapping[str, str], upstream_model: str) -> str:
