@@ -19,6 +19,7 @@ from dataplane.providers.base import ErrorClass, ProviderError, Usage
 from dataplane.providers.errors import class_for_status, parse_retry_after
 
 _DONE = b"data: [DONE]"
+_MARKERS = (b'"usage":{', b'"error"', _DONE)
 _CONTEXT_CODES = {"context_length_exceeded", "string_above_max_length"}
 _FILTER_CODES = {"content_filter", "content_policy_violation"}
 
@@ -57,10 +58,15 @@ class OpenAIStream:
         self._pending = buffer[end + 2 :]
         complete_events = buffer[: end + 2]
         # Only events that can carry usage, an error or the end need a look;
-        # content deltas pass without parsing.
-        if b'"usage":{' in complete_events or b'"error"' in complete_events or _DONE in complete_events:
-            return self._inspect(complete_events)
-        return complete_events
+        # content deltas before the first of them pass without parsing.
+        first = min(
+            (at for at in (complete_events.find(marker) for marker in _MARKERS) if at >= 0), default=-1
+        )
+        if first < 0:
+            return complete_events
+        cut = complete_events.rfind(b"\n\n", 0, first)
+        start = cut + 2 if cut >= 0 else 0
+        return complete_events[:start] + self._inspect(complete_events[start:])
 
     def _inspect(self, events: bytes) -> bytes:
         out = []
