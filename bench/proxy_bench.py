@@ -372,16 +372,17 @@ def machine_description(proxy: Service) -> dict:
     )
     # Whether the proxy really runs on uvloop: is the extension mapped into it?
     maps = Path(f"/proc/{proxy.pid}/maps").read_text()
-    uvloop = f"yes ({importlib.metadata.version('uvloop')})" if "uvloop" in maps else "no (asyncio default loop)"
+    uvloop = (f"yes, {importlib.metadata.version('uvloop')} (loaded in the proxy process)" if "uvloop" in maps
+              else "no (asyncio's default loop)")
     wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.splitlines()
     return {
-        "cpu": cpu_model,
+        "CPU": cpu_model,
         "cores": os.cpu_count(),
         "kernel": f"{platform.system()} {platform.release()}",
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "Python": f"{platform.python_implementation()} {platform.python_version()}",
         "aiohttp": importlib.metadata.version("aiohttp"),
         "uvloop": uvloop,
-        "wrk": wrk[0].split(" Copyright")[0] if wrk else "unknown",
+        "wrk": wrk[0].split(" Copyright")[0].removeprefix("wrk ") if wrk else "unknown",
         "commit": _git_commit(),
     }
 
@@ -455,6 +456,14 @@ def check_targets(runs: list[Run]) -> list[dict]:
     ]
 
 
+def headroom(runs: list[Run]) -> dict[tuple[str, int], float]:
+    """Upstream-direct req/s over proxy req/s: how far the upstream is from
+    being the bottleneck of the proxy runs."""
+    direct = {(r.workload, r.connections): r.rps for r in runs if r.target == "upstream"}
+    return {(r.workload, r.connections): direct[r.workload, r.connections] / r.rps if r.rps else 0.0
+            for r in runs if r.target == "proxy"}
+
+
 def sanity_notes(runs: list[Run]) -> list[str]:
     """Warnings that would make the numbers mean something else."""
     notes = []
@@ -462,11 +471,9 @@ def sanity_notes(runs: list[Run]) -> list[str]:
         if run.errors:
             notes.append(f"{run.workload} c={run.connections} {run.target}: {run.errors:,} errors "
                          f"({run.non2xx:,} non-2xx, {run.socket_errors:,} socket)")
-    direct = {(r.workload, r.connections): r for r in runs if r.target == "upstream"}
-    for run in (r for r in runs if r.target == "proxy"):
-        headroom = direct[run.workload, run.connections].rps / run.rps if run.rps else 0
-        if headroom < 3:
-            notes.append(f"{run.workload} c={run.connections}: the upstream alone is only {headroom:.1f}x faster "
+    for (workload, connections), ratio in headroom(runs).items():
+        if ratio < 3:
+            notes.append(f"{workload} c={connections}: the upstream alone is only {ratio:.1f}x faster "
                          "than the proxy; it may be limiting the proxy numbers")
     return notes
 
@@ -481,6 +488,8 @@ def report(machine: dict, settings: dict, where: dict[str, str], runs: list[Run]
     lines += [f"- {name}: CPU {cpus}" for name, cpus in where.items()]
     lines += ["", "## Results", ""]
     lines += results_table(runs)
+    ratios = ", ".join(f"{w} c={c} {ratio:.0f}x" for (w, c), ratio in headroom(runs).items())
+    lines += ["", f"Upstream headroom (upstream-direct req/s / proxy req/s): {ratios}."]
     lines += ["", "## Targets (one proxy process on one core)", ""]
     lines += _table(["target", "required", "measured", "result"],
                     [[t["target"], t["required"], t["measured"], "PASS" if t["pass"] else "FAIL"] for t in targets])
@@ -511,7 +520,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def check_tools() -> str | None:
     if shutil.which("wrk") is None:
         return ("wrk (the load generator) is not installed. Install it with:\n"
-                "    sudo apt-get install -y wrk        # Debian/Ubuntu\n"
+                "    apt-get install -y wrk        # Debian/Ubuntu, as root (or with sudo)\n"
                 "then run `make bench` again.")
     if shutil.which("taskset") is None:
         return "taskset is not installed (it is part of util-linux): sudo apt-get install -y util-linux"

@@ -74,10 +74,11 @@ def _type_of(schema: dict) -> str:
     kind = schema.get("type")
     if isinstance(kind, list):
         # ["string", "null"] means "optional string": prefer the real type.
-        real = [k for k in kind if k != "null"]
+        real = [k for k in kind if str(k).lower() != "null"]
         kind = real[0] if real else "null"
     if isinstance(kind, str):
-        return kind
+        # Gemini's OpenAPI-style schemas spell types in capitals ("OBJECT").
+        return kind.lower()
     if any(k in schema for k in ("properties", "required", "additionalProperties")):
         return "object"
     if "items" in schema or "prefixItems" in schema:
