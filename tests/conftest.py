@@ -66,13 +66,13 @@ class System:
     def sim_url(self, index: int = 0) -> str:
         return f"http://127.0.0.1:{self.sims[index].port}"
 
-    async def start_proxy(self, *extra: str, node_id: str | None = None) -> Service:
+    async def start_proxy(self, *extra: str, node_id: str | None = None, env: dict[str, str] | None = None) -> Service:
         node_id = node_id or f"proxy-{next(_names)}"
         proxy = await start_service(node_id, [
             "proxy", "--listen", "127.0.0.1:0", "--control-plane", self.admin_address,
             "--node-id", node_id, "--cache-file", str(self.tmp / f"{node_id}.table"),
             "--telemetry-interval", "1", "--log-level", "debug", *extra,
-        ], self.tmp / "logs")
+        ], self.tmp / "logs", env=env)
         self.proxies.append(proxy)
         return proxy
 
