@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import grpc
 from pydantic import BaseModel, ValidationError
 
+from controlplane.catalog_models import catalog_models, effective_models
 from controlplane.discovery import ProxyRegistry, SnapshotCache
 from controlplane.references import blocking_references, missing_references
 from controlplane.repository import (
@@ -33,6 +34,7 @@ from megarouter.resources import (
     PROTO_TYPES,
     ApiKey,
     CreateApiKey,
+    Model,
     api_key_public,
     proto_to_dict,
     resource_to_proto,
@@ -149,7 +151,23 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     PutProvider, GetProvider, ListProviders, DeleteProvider = _crud(
         PROVIDERS, admin_pb2.ListProvidersResponse
     )
-    PutModel, GetModel, ListModels, DeleteModel = _crud(MODELS, admin_pb2.ListModelsResponse)
+    PutModel, _GetStoredModel, _ListStoredModels, DeleteModel = _crud(MODELS, admin_pb2.ListModelsResponse)
+
+    # Models are the built-in catalog overlaid by admin-managed ones.
+    async def GetModel(self, request, context):
+        stored = await self.store.get(MODELS.key(request.name)) if request.name else None
+        if stored is not None:
+            return _model_proto(MODELS.decode(stored), "admin")
+        model = catalog_models().get(request.name)
+        if model is None:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, f"model {request.name!r} not found")
+        return _model_proto(model, "catalog")
+
+    async def ListModels(self, request, context):
+        contents = await read_all(self.store)
+        items = [_model_proto(model, "admin" if name in contents.models else "catalog")
+                 for name, model in sorted(effective_models(contents).items())]
+        return admin_pb2.ListModelsResponse(items=items, revision=contents.revision)
     PutEndpoint, GetEndpoint, ListEndpoints, DeleteEndpoint = _crud(
         ENDPOINTS, admin_pb2.ListEndpointsResponse
     )
@@ -207,6 +225,12 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         if current is None:
             await _abort(context, grpc.StatusCode.UNAVAILABLE, "no routing table compiled yet")
         return current
+
+
+def _model_proto(model: Model, source: str) -> routing_pb2.Model:
+    message = resource_to_proto(model, routing_pb2.Model)
+    message.source = source
+    return message
 
 
 class TestHooksService(admin_pb2_grpc.TestHooksServicer):

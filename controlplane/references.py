@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from controlplane.catalog_models import catalog_models, effective_models
 from controlplane.repository import StoreContents
 from megarouter.resources import ApiKey, Endpoint, Route
 
@@ -15,18 +16,19 @@ from megarouter.resources import ApiKey, Endpoint, Route
 def missing_references(resource: BaseModel, contents: StoreContents) -> list[str]:
     """What `resource` refers to that does not exist, as messages."""
     problems: list[str] = []
+    models = effective_models(contents)
     if isinstance(resource, Endpoint):
-        if resource.model not in contents.models:
+        if resource.model not in models:
             problems.append(f"endpoint {resource.name!r} names unknown model {resource.model!r}")
         if resource.provider not in contents.providers:
             problems.append(f"endpoint {resource.name!r} names unknown provider {resource.provider!r}")
     elif isinstance(resource, Route):
         for model in resource.models:
-            if model not in contents.models:
+            if model not in models:
                 problems.append(f"route {resource.name!r} names unknown model {model!r}")
     elif isinstance(resource, ApiKey):
         for name in resource.allowed_models:
-            if name not in contents.models and name not in contents.routes:
+            if name not in models and name not in contents.routes:
                 problems.append(f"API key {resource.name!r} allows unknown route or model {name!r}")
     return problems
 
@@ -34,6 +36,8 @@ def missing_references(resource: BaseModel, contents: StoreContents) -> list[str
 def blocking_references(collection: str, name: str, contents: StoreContents) -> list[str]:
     """What still refers to the resource `collection/name`, as messages."""
     users: list[str] = []
+    if collection == "models" and name in catalog_models():
+        return users  # deleting an override: the name falls back to the catalog entry
     if collection == "providers":
         users += [f"endpoint {e.name!r}" for e in contents.endpoints.values() if e.provider == name]
     elif collection == "models":

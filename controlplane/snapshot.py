@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import time
 
+from controlplane.catalog_models import effective_models
 from controlplane.discovery import SnapshotCache
 from controlplane.repository import ROOT, StoreContents, read_all
 from controlplane.store import Store
 from megarouter.resources import (
     PROTO_TYPES,
     Endpoint,
+    Model,
     resource_to_proto,
 )
 from megarouter.v1 import routing_pb2
@@ -28,7 +30,7 @@ def compile_table(contents: StoreContents) -> routing_pb2.RoutingTable:
     )
     for provider in _sorted(contents.providers):
         table.providers.append(resource_to_proto(provider, PROTO_TYPES[type(provider)]))
-    for model in _sorted(contents.models):
+    for model in _referenced_models(contents):
         table.models.append(resource_to_proto(model, PROTO_TYPES[type(model)]))
     for endpoint in _sorted(contents.endpoints):
         table.endpoints.append(_endpoint(endpoint, contents))
@@ -44,6 +46,15 @@ def compile_table(contents: StoreContents) -> routing_pb2.RoutingTable:
             )
         )
     return table
+
+
+def _referenced_models(contents: StoreContents) -> list[Model]:
+    """Admin-managed models, plus the catalog models endpoints or routes use."""
+    models = effective_models(contents)
+    names = set(contents.models)
+    names.update(endpoint.model for endpoint in contents.endpoints.values())
+    names.update(model for route in contents.routes.values() for model in route.models)
+    return [models[name] for name in sorted(names) if name in models]
 
 
 def _endpoint(endpoint: Endpoint, contents: StoreContents) -> routing_pb2.Endpoint:

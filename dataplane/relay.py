@@ -5,7 +5,9 @@ piece as they arrive; a stream that breaks, stalls past the read timeout or
 ends without its terminal marker is finished with an OpenAI-style error
 event and no `[DONE]`, so a client never takes half an answer for a whole
 one. Stats are recorded here, once per request, with the usage the
-upstream reported.
+upstream reported and its cost at catalog prices (also in the
+`x-megarouter-cost-usd` header of JSON responses; a stream's headers leave
+before its usage is known).
 """
 
 from __future__ import annotations
@@ -19,13 +21,22 @@ from aiohttp import web
 from dataplane.attempts import Success
 from dataplane.providers.base import ErrorClass, ProviderError, StreamTranslator, Usage
 from dataplane.stats import EndpointStats
+from dataplane.table import EndpointRuntime
 from dataplane.upstream import STREAM_INTERRUPTED, exhausted_error
+from megarouter.catalog import cost_usd
 
 
-def _record(stats: EndpointStats, endpoint: str, outcome: str, latency: float, ttft: float | None,
-            usage: Usage) -> None:
-    stats.record(endpoint, outcome, latency, ttft_s=ttft,
-                 prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+def request_cost(endpoint: EndpointRuntime, usage: Usage) -> float:
+    """USD at the model's catalog prices for the usage the upstream reported."""
+    return cost_usd(endpoint.pricing, usage.prompt_tokens, usage.completion_tokens, usage.cached_prompt_tokens)
+
+
+def _record(stats: EndpointStats, endpoint: EndpointRuntime, outcome: str, latency: float, ttft: float | None,
+            usage: Usage) -> float:
+    cost = request_cost(endpoint, usage)
+    stats.record(endpoint.name, outcome, latency, ttft_s=ttft,
+                 prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens, cost_usd=cost)
+    return cost
 
 
 async def relay_json(
@@ -44,7 +55,8 @@ async def relay_json(
         stats.record(endpoint, failure.error_class, loop.time() - success.started)
         raise exhausted_error(failure, success.attempts) from None
     body, usage = translate(raw)
-    _record(stats, endpoint, "success", loop.time() - success.started, None, usage)
+    cost = _record(stats, success.endpoint, "success", loop.time() - success.started, None, usage)
+    headers["x-megarouter-cost-usd"] = f"{cost:.8f}"
     return web.Response(body=body, content_type="application/json", headers=headers)
 
 
@@ -82,6 +94,6 @@ async def relay_stream(
         outcome = "stream_interrupted"
         await response.write(STREAM_INTERRUPTED)
     ttft = None if first_chunk_at is None else first_chunk_at - success.started
-    _record(stats, success.endpoint.name, outcome, loop.time() - success.started, ttft, translator.usage)
+    _record(stats, success.endpoint, outcome, loop.time() - success.started, ttft, translator.usage)
     await response.write_eof()
     return response

@@ -25,6 +25,7 @@ UPSTREAM_LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 TOKENS = Counter("megarouter_tokens_total", "Tokens reported by upstreams", ["endpoint", "kind"])
+COST = Counter("megarouter_cost_usd_total", "Cost of served requests at catalog prices", ["endpoint"])
 ATTEMPTS = Histogram(
     "megarouter_attempts_per_request", "Upstream attempts per client request", buckets=(1, 2, 3, 4, 5, 10)
 )
@@ -42,6 +43,7 @@ class EndpointCounters:
     ttft_count: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cost_usd: float = 0.0
 
 
 class EndpointStats:
@@ -60,6 +62,7 @@ class EndpointStats:
         ttft_s: float | None = None,
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
+        cost_usd: float = 0.0,
     ) -> None:
         counters = self._counters.get(endpoint)
         if counters is None:
@@ -75,6 +78,7 @@ class EndpointStats:
             counters.ttft_count += 1
         counters.prompt_tokens += prompt_tokens
         counters.completion_tokens += completion_tokens
+        counters.cost_usd += cost_usd
 
         child = self._outcome_children.get((endpoint, outcome))
         if child is None:
@@ -87,6 +91,7 @@ class EndpointStats:
         if prompt_tokens or completion_tokens:
             TOKENS.labels(endpoint, "prompt").inc(prompt_tokens)
             TOKENS.labels(endpoint, "completion").inc(completion_tokens)
+            COST.labels(endpoint).inc(cost_usd)
 
     def client_response(self, api: str, status: int) -> None:
         child = self._client_children.get((api, status))

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dataplane.providers import Adapter, adapter_for
+from megarouter.catalog import PriceTier, Pricing
 from megarouter.resources import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_PER_TRY_TIMEOUT_S,
@@ -57,6 +58,7 @@ class EndpointRuntime:
     chat_stream_url: str
     embeddings: bool            # the model is an embeddings model
     native_completions: bool    # the model serves /v1/completions itself
+    pricing: Pricing
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +116,7 @@ class RuntimeTable:
     def load(cls, table: routing_pb2.RoutingTable, secrets: SecretReader = read_secret) -> RuntimeTable:
         providers = _load_providers(table, secrets)
         models = _unique(table.models, "model")
+        pricings = {name: _pricing(model) for name, model in models.items()}
         endpoints_by_model: dict[str, list[EndpointRuntime]] = {name: [] for name in models}
         for endpoint in _unique(table.endpoints, "endpoint").values():
             provider = providers.get(endpoint.provider)
@@ -136,6 +139,7 @@ class RuntimeTable:
                     chat_stream_url=provider.adapter.chat_url(provider.base_url, provider.options, upstream, True),
                     embeddings=capabilities.embeddings and provider.adapter.supports_embeddings,
                     native_completions=capabilities.completions and provider.adapter.supports_completions,
+                    pricing=pricings[endpoint.model],
                 )
             )
 
@@ -219,6 +223,14 @@ def _load_providers(table: routing_pb2.RoutingTable, secrets: SecretReader) -> d
             unusable_reason=unusable,
         )
     return providers
+
+
+def _pricing(model: routing_pb2.Model) -> Pricing:
+    def tier(threshold: int, source) -> PriceTier:
+        cached = source.cached_input_price_per_mtok if source.HasField("cached_input_price_per_mtok") else None
+        return PriceTier(threshold, source.input_price_per_mtok, source.output_price_per_mtok, cached)
+
+    return Pricing(tier(0, model), tuple(tier(t.min_prompt_tokens, t) for t in model.price_tiers))
 
 
 def _unique(items, what: str) -> dict:

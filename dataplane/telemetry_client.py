@@ -33,6 +33,7 @@ def build_report(stats: EndpointStats, interval_s: float) -> telemetry_pb2.Stats
                 ttft_count=counters.ttft_count,
                 prompt_tokens=counters.prompt_tokens,
                 completion_tokens=counters.completion_tokens,
+                cost_usd=counters.cost_usd,
             )
         )
     return report

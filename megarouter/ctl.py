@@ -29,7 +29,7 @@ from megarouter.v1 import admin_pb2, admin_pb2_grpc
 _KINDS: dict[str, tuple[str, str, str, list[str]]] = {
     "providers": ("GetProvider", "ListProviders", "DeleteProvider", ["name", "kind", "base_url", "region"]),
     "models": ("GetModel", "ListModels", "DeleteModel",
-               ["name", "input_price_per_mtok", "output_price_per_mtok", "context_window", "quality_tier"]),
+               ["name", "input_price_per_mtok", "output_price_per_mtok", "context_window", "quality_tier", "source"]),
     "endpoints": ("GetEndpoint", "ListEndpoints", "DeleteEndpoint",
                   ["name", "model", "provider", "upstream_model", "region"]),
     "routes": ("GetRoute", "ListRoutes", "DeleteRoute", ["name", "strategy", "tiers"]),
@@ -53,7 +53,7 @@ def _kind(name: str) -> str:
 
 
 def _as_dict(message: Message) -> dict[str, Any]:
-    return proto_to_dict(message)
+    return proto_to_dict(message, keep_output_only=True)
 
 
 def _cell(value: Any) -> str:

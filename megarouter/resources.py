@@ -135,6 +135,13 @@ class Capabilities(_Resource):
     completions: bool = False  # serves the legacy completions API natively
 
 
+class PriceTier(_Resource):
+    min_prompt_tokens: int = Field(ge=1)
+    input_price_per_mtok: float = Field(ge=0)
+    output_price_per_mtok: float = Field(ge=0)
+    cached_input_price_per_mtok: float | None = Field(None, ge=0)
+
+
 class Model(_Resource):
     name: ModelName
     input_price_per_mtok: float = Field(0, ge=0)
@@ -144,6 +151,16 @@ class Model(_Resource):
     capabilities: Capabilities = Capabilities()
     # 0 = unrated; otherwise 1 (basic) .. 5 (frontier).
     quality_tier: int = Field(0, ge=0, le=5)
+    cached_input_price_per_mtok: float | None = Field(None, ge=0)
+    price_tiers: list[PriceTier] = []
+
+    @field_validator("price_tiers")
+    @classmethod
+    def _ascending(cls, tiers: list[PriceTier]) -> list[PriceTier]:
+        thresholds = [tier.min_prompt_tokens for tier in tiers]
+        if thresholds != sorted(set(thresholds)):
+            raise ValueError("tiers must have distinct, ascending min_prompt_tokens")
+        return tiers
 
 
 class Endpoint(_Resource):
@@ -266,7 +283,11 @@ def _enum_to_proto(data: Any) -> Any:
     return data
 
 
-def proto_to_dict(message: Message) -> dict[str, Any]:
+# Output-only proto fields, never part of what an operator writes.
+_OUTPUT_ONLY = {"source"}
+
+
+def proto_to_dict(message: Message, keep_output_only: bool = False) -> dict[str, Any]:
     """A proto message as the plain dict the pydantic models validate.
 
     Fields without presence are always included, so a missing string reads as
@@ -278,7 +299,9 @@ def proto_to_dict(message: Message) -> dict[str, Any]:
         preserving_proto_field_name=True,
         always_print_fields_with_no_presence=True,
     )
-    # The credential oneof is absent when unset; normalise to empty strings.
+    if not keep_output_only:
+        for field in _OUTPUT_ONLY:
+            data.pop(field, None)
     return _enum_to_short(data)
 
 
@@ -291,7 +314,7 @@ def dict_to_proto(data: dict[str, Any], message_type: type[Message]) -> Message:
 
 
 def resource_to_proto(resource: _Resource, message_type: type[Message]) -> Message:
-    data = resource.model_dump(mode="json")
+    data = resource.model_dump(mode="json", exclude_none=True)
     if isinstance(resource, Provider):
         credential = {k: v for k, v in data["credential"].items() if v}
         data["credential"] = credential

@@ -48,6 +48,10 @@ async def test_chat_completion_through_route(client: openai.AsyncOpenAI) -> None
     assert raw.headers["x-megarouter-endpoint"] == "medium-sim"
     assert raw.headers["x-megarouter-attempts"] == "1"
     assert raw.headers["x-megarouter-route"] == "auto"
+    # demo-medium costs $2.50 / $10 per million input / output tokens.
+    usage = completion.usage
+    expected = (usage.prompt_tokens * 2.5 + usage.completion_tokens * 10) / 1e6
+    assert float(raw.headers["x-megarouter-cost-usd"]) == pytest.approx(expected, abs=1e-8)
 
 
 async def test_chat_completion_by_model_id(client: openai.AsyncOpenAI) -> None:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmegarouter/v1/routing.proto\x12\rmegarouter.v1\"8\n\rCredentialRef\x12\r\n\x03\x65nv\x18\x01 \x01(\tH\x00\x12\x0e\n\x04\x66ile\x18\x02 \x01(\tH\x00\x42\x08\n\x06source\"\x88\x03\n\x08Provider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.megarouter.v1.ProviderKind\x12\x10\n\x08\x62\x61se_url\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x30\n\ncredential\x18\x05 \x01(\x0b\x32\x1c.megarouter.v1.CredentialRef\x12\x35\n\x07headers\x18\x06 \x03(\x0b\x32$.megarouter.v1.Provider.HeadersEntry\x12\x11\n\ttimeout_s\x18\x07 \x01(\x01\x12\x35\n\x07options\x18\x08 \x03(\x0b\x32$.megarouter.v1.Provider.OptionsEntry\x12\x0e\n\x06preset\x18\t \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8f\x01\n\x0c\x43\x61pabilities\x12\r\n\x05tools\x18\x01 \x01(\x08\x12\x0e\n\x06vision\x18\x02 \x01(\x08\x12\x11\n\tjson_mode\x18\x03 \x01(\x08\x12\x11\n\tstreaming\x18\x04 \x01(\x08\x12\x11\n\treasoning\x18\x05 \x01(\x08\x12\x12\n\nembeddings\x18\x06 \x01(\x08\x12\x13\n\x0b\x63ompletions\x18\x07 \x01(\x08\"\xce\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1c\n\x14input_price_per_mtok\x18\x02 \x01(\x01\x12\x1d\n\x15output_price_per_mtok\x18\x03 \x01(\x01\x12\x16\n\x0e\x63ontext_window\x18\x04 \x01(\r\x12\x19\n\x11max_output_tokens\x18\x05 \x01(\r\x12\x31\n\x0c\x63\x61pabilities\x18\x06 \x01(\x0b\x32\x1b.megarouter.v1.Capabilities\x12\x14\n\x0cquality_tier\x18\x07 \x01(\r\"q\n\x08\x45ndpoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x16\n\x0eupstream_model\x18\x04 \x01(\t\x12\x0e\n\x06region\x18\x05 \x01(\t\x12\x0e\n\x06weight\x18\x06 \x01(\r\"W\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\r\x12\x19\n\x11per_try_timeout_s\x18\x02 \x01(\x01\x12\x17\n\x0ftotal_timeout_s\x18\x03 \x01(\x01\"\x16\n\x04Tier\x12\x0e\n\x06models\x18\x01 \x03(\t\"\xbb\x01\n\x05Route\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x08strategy\x18\x02 \x01(\x0e\x32\x17.megarouter.v1.Strategy\x12\"\n\x05tiers\x18\x03 \x03(\x0b\x32\x13.megarouter.v1.Tier\x12)\n\x05retry\x18\x04 \x01(\x0b\x32\x1a.megarouter.v1.RetryPolicy\x12\x15\n\rquality_floor\x18\x05 \x01(\r\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\"X\n\x0b\x41piKeyEntry\x12\x10\n\x08key_hash\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x16\n\x0e\x61llowed_models\x18\x04 \x03(\t\"5\n\x08\x44\x65\x66\x61ults\x12)\n\x08strategy\x18\x01 \x01(\x0e\x32\x17.megarouter.v1.Strategy\"\xba\x02\n\x0cRoutingTable\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12*\n\tproviders\x18\x02 \x03(\x0b\x32\x17.megarouter.v1.Provider\x12$\n\x06models\x18\x03 \x03(\x0b\x32\x14.megarouter.v1.Model\x12*\n\tendpoints\x18\x04 \x03(\x0b\x32\x17.megarouter.v1.Endpoint\x12$\n\x06routes\x18\x05 \x03(\x0b\x32\x14.megarouter.v1.Route\x12,\n\x08\x61pi_keys\x18\x06 \x03(\x0b\x32\x1a.megarouter.v1.ApiKeyEntry\x12)\n\x08\x64\x65\x66\x61ults\x18\x07 \x01(\x0b\x32\x17.megarouter.v1.Defaults\x12\x1c\n\x14generated_at_unix_ms\x18\x08 \x01(\x03*\x9e\x01\n\x0cProviderKind\x12\x1d\n\x19PROVIDER_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14PROVIDER_KIND_OPENAI\x10\x01\x12\x1e\n\x1aPROVIDER_KIND_AZURE_OPENAI\x10\x02\x12\x1b\n\x17PROVIDER_KIND_ANTHROPIC\x10\x03\x12\x18\n\x14PROVIDER_KIND_GEMINI\x10\x04*\x7f\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x15\n\x11STRATEGY_BALANCED\x10\x01\x12\x11\n\rSTRATEGY_COST\x10\x02\x12\x14\n\x10STRATEGY_LATENCY\x10\x03\x12\x19\n\x15STRATEGY_AVAILABILITY\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmegarouter/v1/routing.proto\x12\rmegarouter.v1\"8\n\rCredentialRef\x12\r\n\x03\x65nv\x18\x01 \x01(\tH\x00\x12\x0e\n\x04\x66ile\x18\x02 \x01(\tH\x00\x42\x08\n\x06source\"\x88\x03\n\x08Provider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.megarouter.v1.ProviderKind\x12\x10\n\x08\x62\x61se_url\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x30\n\ncredential\x18\x05 \x01(\x0b\x32\x1c.megarouter.v1.CredentialRef\x12\x35\n\x07headers\x18\x06 \x03(\x0b\x32$.megarouter.v1.Provider.HeadersEntry\x12\x11\n\ttimeout_s\x18\x07 \x01(\x01\x12\x35\n\x07options\x18\x08 \x03(\x0b\x32$.megarouter.v1.Provider.OptionsEntry\x12\x0e\n\x06preset\x18\t \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8f\x01\n\x0c\x43\x61pabilities\x12\r\n\x05tools\x18\x01 \x01(\x08\x12\x0e\n\x06vision\x18\x02 \x01(\x08\x12\x11\n\tjson_mode\x18\x03 \x01(\x08\x12\x11\n\tstreaming\x18\x04 \x01(\x08\x12\x11\n\treasoning\x18\x05 \x01(\x08\x12\x12\n\nembeddings\x18\x06 \x01(\x08\x12\x13\n\x0b\x63ompletions\x18\x07 \x01(\x08\"\xad\x01\n\tPriceTier\x12\x19\n\x11min_prompt_tokens\x18\x01 \x01(\r\x12\x1c\n\x14input_price_per_mtok\x18\x02 \x01(\x01\x12\x1d\n\x15output_price_per_mtok\x18\x03 \x01(\x01\x12(\n\x1b\x63\x61\x63hed_input_price_per_mtok\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\x1e\n\x1c_cached_input_price_per_mtok\"\xd7\x02\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1c\n\x14input_price_per_mtok\x18\x02 \x01(\x01\x12\x1d\n\x15output_price_per_mtok\x18\x03 \x01(\x01\x12\x16\n\x0e\x63ontext_window\x18\x04 \x01(\r\x12\x19\n\x11max_output_tokens\x18\x05 \x01(\r\x12\x31\n\x0c\x63\x61pabilities\x18\x06 \x01(\x0b\x32\x1b.megarouter.v1.Capabilities\x12\x14\n\x0cquality_tier\x18\x07 \x01(\r\x12(\n\x1b\x63\x61\x63hed_input_price_per_mtok\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12-\n\x0bprice_tiers\x18\t \x03(\x0b\x32\x18.megarouter.v1.PriceTier\x12\x0e\n\x06source\x18\n \x01(\tB\x1e\n\x1c_cached_input_price_per_mtok\"q\n\x08\x45ndpoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x16\n\x0eupstream_model\x18\x04 \x01(\t\x12\x0e\n\x06region\x18\x05 \x01(\t\x12\x0e\n\x06weight\x18\x06 \x01(\r\"W\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\r\x12\x19\n\x11per_try_timeout_s\x18\x02 \x01(\x01\x12\x17\n\x0ftotal_timeout_s\x18\x03 \x01(\x01\"\x16\n\x04Tier\x12\x0e\n\x06models\x18\x01 \x03(\t\"\xbb\x01\n\x05Route\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x08strategy\x18\x02 \x01(\x0e\x32\x17.megarouter.v1.Strategy\x12\"\n\x05tiers\x18\x03 \x03(\x0b\x32\x13.megarouter.v1.Tier\x12)\n\x05retry\x18\x04 \x01(\x0b\x32\x1a.megarouter.v1.RetryPolicy\x12\x15\n\rquality_floor\x18\x05 \x01(\r\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\"X\n\x0b\x41piKeyEntry\x12\x10\n\x08key_hash\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x16\n\x0e\x61llowed_models\x18\x04 \x03(\t\"5\n\x08\x44\x65\x66\x61ults\x12)\n\x08strategy\x18\x01 \x01(\x0e\x32\x17.megarouter.v1.Strategy\"\xba\x02\n\x0cRoutingTable\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12*\n\tproviders\x18\x02 \x03(\x0b\x32\x17.megarouter.v1.Provider\x12$\n\x06models\x18\x03 \x03(\x0b\x32\x14.megarouter.v1.Model\x12*\n\tendpoints\x18\x04 \x03(\x0b\x32\x17.megarouter.v1.Endpoint\x12$\n\x06routes\x18\x05 \x03(\x0b\x32\x14.megarouter.v1.Route\x12,\n\x08\x61pi_keys\x18\x06 \x03(\x0b\x32\x1a.megarouter.v1.ApiKeyEntry\x12)\n\x08\x64\x65\x66\x61ults\x18\x07 \x01(\x0b\x32\x17.megarouter.v1.Defaults\x12\x1c\n\x14generated_at_unix_ms\x18\x08 \x01(\x03*\x9e\x01\n\x0cProviderKind\x12\x1d\n\x19PROVIDER_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14PROVIDER_KIND_OPENAI\x10\x01\x12\x1e\n\x1aPROVIDER_KIND_AZURE_OPENAI\x10\x02\x12\x1b\n\x17PROVIDER_KIND_ANTHROPIC\x10\x03\x12\x18\n\x14PROVIDER_KIND_GEMINI\x10\x04*\x7f\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x15\n\x11STRATEGY_BALANCED\x10\x01\x12\x11\n\rSTRATEGY_COST\x10\x02\x12\x14\n\x10STRATEGY_LATENCY\x10\x03\x12\x19\n\x15STRATEGY_AVAILABILITY\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,10 +35,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROVIDER_HEADERSENTRY']._serialized_options = b'8\001'
   _globals['_PROVIDER_OPTIONSENTRY']._loaded_options = None
   _globals['_PROVIDER_OPTIONSENTRY']._serialized_options = b'8\001'
-  _globals['_PROVIDERKIND']._serialized_start=1735
-  _globals['_PROVIDERKIND']._serialized_end=1893
-  _globals['_STRATEGY']._serialized_start=1895
-  _globals['_STRATEGY']._serialized_end=2022
+  _globals['_PROVIDERKIND']._serialized_start=2048
+  _globals['_PROVIDERKIND']._serialized_end=2206
+  _globals['_STRATEGY']._serialized_start=2208
+  _globals['_STRATEGY']._serialized_end=2335
   _globals['_CREDENTIALREF']._serialized_start=46
   _globals['_CREDENTIALREF']._serialized_end=102
   _globals['_PROVIDER']._serialized_start=105
@@ -49,20 +49,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROVIDER_OPTIONSENTRY']._serialized_end=497
   _globals['_CAPABILITIES']._serialized_start=500
   _globals['_CAPABILITIES']._serialized_end=643
-  _globals['_MODEL']._serialized_start=646
-  _globals['_MODEL']._serialized_end=852
-  _globals['_ENDPOINT']._serialized_start=854
-  _globals['_ENDPOINT']._serialized_end=967
-  _globals['_RETRYPOLICY']._serialized_start=969
-  _globals['_RETRYPOLICY']._serialized_end=1056
-  _globals['_TIER']._serialized_start=1058
-  _globals['_TIER']._serialized_end=1080
-  _globals['_ROUTE']._serialized_start=1083
-  _globals['_ROUTE']._serialized_end=1270
-  _globals['_APIKEYENTRY']._serialized_start=1272
-  _globals['_APIKEYENTRY']._serialized_end=1360
-  _globals['_DEFAULTS']._serialized_start=1362
-  _globals['_DEFAULTS']._serialized_end=1415
-  _globals['_ROUTINGTABLE']._serialized_start=1418
-  _globals['_ROUTINGTABLE']._serialized_end=1732
+  _globals['_PRICETIER']._serialized_start=646
+  _globals['_PRICETIER']._serialized_end=819
+  _globals['_MODEL']._serialized_start=822
+  _globals['_MODEL']._serialized_end=1165
+  _globals['_ENDPOINT']._serialized_start=1167
+  _globals['_ENDPOINT']._serialized_end=1280
+  _globals['_RETRYPOLICY']._serialized_start=1282
+  _globals['_RETRYPOLICY']._serialized_end=1369
+  _globals['_TIER']._serialized_start=1371
+  _globals['_TIER']._serialized_end=1393
+  _globals['_ROUTE']._serialized_start=1396
+  _globals['_ROUTE']._serialized_end=1583
+  _globals['_APIKEYENTRY']._serialized_start=1585
+  _globals['_APIKEYENTRY']._serialized_end=1673
+  _globals['_DEFAULTS']._serialized_start=1675
+  _globals['_DEFAULTS']._serialized_end=1728
+  _globals['_ROUTINGTABLE']._serialized_start=1731
+  _globals['_ROUTINGTABLE']._serialized_end=2045
 # @@protoc_insertion_point(module_scope)

@@ -95,8 +95,20 @@ class Capabilities(_message.Message):
     completions: bool
     def __init__(self, tools: _Optional[bool] = ..., vision: _Optional[bool] = ..., json_mode: _Optional[bool] = ..., streaming: _Optional[bool] = ..., reasoning: _Optional[bool] = ..., embeddings: _Optional[bool] = ..., completions: _Optional[bool] = ...) -> None: ...
 
+class PriceTier(_message.Message):
+    __slots__ = ("min_prompt_tokens", "input_price_per_mtok", "output_price_per_mtok", "cached_input_price_per_mtok")
+    MIN_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_PRICE_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_PRICE_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
+    CACHED_INPUT_PRICE_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
+    min_prompt_tokens: int
+    input_price_per_mtok: float
+    output_price_per_mtok: float
+    cached_input_price_per_mtok: float
+    def __init__(self, min_prompt_tokens: _Optional[int] = ..., input_price_per_mtok: _Optional[float] = ..., output_price_per_mtok: _Optional[float] = ..., cached_input_price_per_mtok: _Optional[float] = ...) -> None: ...
+
 class Model(_message.Message):
-    __slots__ = ("name", "input_price_per_mtok", "output_price_per_mtok", "context_window", "max_output_tokens", "capabilities", "quality_tier")
+    __slots__ = ("name", "input_price_per_mtok", "output_price_per_mtok", "context_window", "max_output_tokens", "capabilities", "quality_tier", "cached_input_price_per_mtok", "price_tiers", "source")
     NAME_FIELD_NUMBER: _ClassVar[int]
     INPUT_PRICE_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_PRICE_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +116,9 @@ class Model(_message.Message):
     MAX_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     QUALITY_TIER_FIELD_NUMBER: _ClassVar[int]
+    CACHED_INPUT_PRICE_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
+    PRICE_TIERS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     input_price_per_mtok: float
     output_price_per_mtok: float
@@ -111,7 +126,10 @@ class Model(_message.Message):
     max_output_tokens: int
     capabilities: Capabilities
     quality_tier: int
-    def __init__(self, name: _Optional[str] = ..., input_price_per_mtok: _Optional[float] = ..., output_price_per_mtok: _Optional[float] = ..., context_window: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., quality_tier: _Optional[int] = ...) -> None: ...
+    cached_input_price_per_mtok: float
+    price_tiers: _containers.RepeatedCompositeFieldContainer[PriceTier]
+    source: str
+    def __init__(self, name: _Optional[str] = ..., input_price_per_mtok: _Optional[float] = ..., output_price_per_mtok: _Optional[float] = ..., context_window: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., quality_tier: _Optional[int] = ..., cached_input_price_per_mtok: _Optional[float] = ..., price_tiers: _Optional[_Iterable[_Union[PriceTier, _Mapping]]] = ..., source: _Optional[str] = ...) -> None: ...
 
 class Endpoint(_message.Message):
     __slots__ = ("name", "model", "provider", "upstream_model", "region", "weight")
