@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install run test proto bench lint clean
+.PHONY: install run test proto catalog bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: install
 proto: install
 	$(PY) -m grpc_tools.protoc -I protos --python_out=. --grpc_python_out=. --pyi_out=. \
 		protos/megarouter/v1/*.proto
+
+## Rebuild megarouter/catalog/models.json from genai-prices' bundled data (offline).
+catalog: install
+	$(PY) scripts/build_catalog.py
 
 ## Proxy throughput, CPU and latency overhead (see bench/README.md).
 bench: install
