@@ -22,10 +22,12 @@ from controlplane.discovery import ProxyRegistry, SnapshotCache
 from controlplane.references import blocking_references, missing_references
 from controlplane.repository import (
     API_KEYS,
+    DEFAULTS_KEY,
     ENDPOINTS,
     MODELS,
     PROVIDERS,
     ROUTES,
+    SETTINGS,
     Collection,
     read_all,
 )
@@ -34,6 +36,7 @@ from megarouter.resources import (
     PROTO_TYPES,
     ApiKey,
     CreateApiKey,
+    Defaults,
     Model,
     api_key_public,
     proto_to_dict,
@@ -186,6 +189,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             principal=spec.principal or f"key:{spec.name}",
             allowed_models=spec.allowed_models,
             created_at_unix_ms=int(time.time() * 1000),
+            default_strategy=spec.default_strategy,
         )
         async with self._write_lock:
             contents = await read_all(self.store)
@@ -210,6 +214,22 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     async def DeleteApiKey(self, request, context):
         return await self.delete_resource(API_KEYS, request.name, context)
+
+    # ----------------------------------------------------------- defaults
+
+    async def GetDefaults(self, request, context):
+        stored = await self.store.get(DEFAULTS_KEY)
+        return resource_to_proto(SETTINGS.decode(stored) if stored else Defaults(), routing_pb2.Defaults)
+
+    async def PutDefaults(self, request, context):
+        defaults = await _validate(Defaults, "defaults", proto_to_dict(request), context)
+        async with self._write_lock:
+            existing = await self.store.get(DEFAULTS_KEY)
+            encoded = SETTINGS.encode(defaults)
+            if existing is not None and existing.value == encoded:
+                return admin_pb2.PutResponse(revision=await self.store.revision(), created=False, changed=False)
+            revision = await self._write(DEFAULTS_KEY, encoded, existing.mod_revision if existing else 0, context)
+            return admin_pb2.PutResponse(revision=revision, created=existing is None, changed=True)
 
     # ------------------------------------------------------------ fleet
 

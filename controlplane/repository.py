@@ -13,7 +13,7 @@ import orjson
 from pydantic import BaseModel
 
 from controlplane.store import KeyValue, Store
-from megarouter.resources import ApiKey, Endpoint, Model, Provider, Route
+from megarouter.resources import ApiKey, Defaults, Endpoint, Model, Provider, Route
 
 ROOT = "/megarouter/v1/"
 
@@ -48,6 +48,9 @@ MODELS = Collection("models", "model", Model)
 ENDPOINTS = Collection("endpoints", "endpoint", Endpoint)
 ROUTES = Collection("routes", "route", Route)
 API_KEYS = Collection("apikeys", "API key", ApiKey)
+# A singleton: the one resource is stored under the name "defaults".
+SETTINGS = Collection("settings", "settings", Defaults)
+DEFAULTS_KEY = SETTINGS.key("defaults")
 
 COLLECTIONS = (PROVIDERS, MODELS, ENDPOINTS, ROUTES, API_KEYS)
 
@@ -62,6 +65,7 @@ class StoreContents:
     endpoints: dict[str, Endpoint]
     routes: dict[str, Route]
     api_keys: dict[str, ApiKey]
+    defaults: Defaults
 
 
 async def read_all(store: Store) -> StoreContents:
@@ -69,7 +73,11 @@ async def read_all(store: Store) -> StoreContents:
     items, revision = await store.list(ROOT)
     buckets: dict[str, dict] = {c.name: {} for c in COLLECTIONS}
     by_prefix = {c.prefix: c for c in COLLECTIONS}
+    defaults = Defaults()
     for kv in items:
+        if kv.key == DEFAULTS_KEY:
+            defaults = SETTINGS.decode(kv)
+            continue
         collection_prefix = kv.key[: kv.key.index("/", len(ROOT)) + 1]
         collection = by_prefix.get(collection_prefix)
         if collection is None:
@@ -83,4 +91,5 @@ async def read_all(store: Store) -> StoreContents:
         endpoints=buckets["endpoints"],
         routes=buckets["routes"],
         api_keys=buckets["apikeys"],
+        defaults=defaults,
     )

@@ -18,6 +18,7 @@ from megarouter.resources import (
     Endpoint,
     Model,
     resource_to_proto,
+    strategy_enum,
 )
 from megarouter.v1 import routing_pb2
 
@@ -26,7 +27,7 @@ def compile_table(contents: StoreContents) -> routing_pb2.RoutingTable:
     table = routing_pb2.RoutingTable(
         version=contents.revision,
         generated_at_unix_ms=int(time.time() * 1000),
-        defaults=routing_pb2.Defaults(strategy=routing_pb2.STRATEGY_BALANCED),
+        defaults=resource_to_proto(contents.defaults, routing_pb2.Defaults),
     )
     for provider in _sorted(contents.providers):
         table.providers.append(resource_to_proto(provider, PROTO_TYPES[type(provider)]))
@@ -43,6 +44,7 @@ def compile_table(contents: StoreContents) -> routing_pb2.RoutingTable:
                 name=key.name,
                 principal=key.principal,
                 allowed_models=key.allowed_models,
+                default_strategy=strategy_enum(key.default_strategy),
             )
         )
     return table

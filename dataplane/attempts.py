@@ -32,7 +32,7 @@ class Success:
     attempts: int
     started: float          # loop time when the successful attempt began
 
-    def headers(self, target: Target) -> dict[str, str]:
+    def headers(self, target: Target, strategy: str | None = None) -> dict[str, str]:
         """Response headers that say what served the request."""
         headers = {
             "x-megarouter-model": self.endpoint.model,
@@ -41,6 +41,8 @@ class Success:
         }
         if target.kind == "route":
             headers["x-megarouter-route"] = target.name
+        if strategy:
+            headers["x-megarouter-strategy"] = strategy
         return headers
 
 
@@ -65,8 +67,12 @@ async def first_success(
         timeout_s = min(target.per_try_timeout_s, endpoint.provider.timeout_s, remaining)
         started = loop.time()
         url, body = build(endpoint)
+        stats.started(endpoint.name)
         try:
             response = await send(sessions, endpoint, url, body, timeout_s=timeout_s, stream=stream)
+        except asyncio.CancelledError:
+            stats.record(endpoint.name, "cancelled", loop.time() - started)
+            raise
         except ProviderError as failure:
             stats.record(endpoint.name, failure.error_class, loop.time() - started)
             if failure.error_class not in FAILOVER_CLASSES:

@@ -11,14 +11,18 @@ clean `[DONE]` that would pass a half answer off as complete.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from dataplane.attempts import first_success
-from dataplane.errors import bad_request, model_not_found
+from dataplane.errors import ApiError, bad_request, model_not_found
 from dataplane.relay import relay_json, relay_stream
+from dataplane.routing import router
+from dataplane.routing.controls import explanation, read_controls
+from dataplane.routing.needs import chat_needs
 from dataplane.stats import EndpointStats
 from dataplane.table import EndpointRuntime, KeyInfo, RuntimeTable, Target
 from dataplane.upstream import SessionPool
@@ -84,17 +88,34 @@ class ChatHandler:
         self, request: web.Request, table: RuntimeTable, key: KeyInfo, payload: dict[str, Any]
     ) -> web.StreamResponse:
         check_chat_request(payload)
+        controls = read_controls(request.headers)
         target = resolve(table, key, payload["model"])
         stream = payload.get("stream") is True
+        strategy = controls.strategy or key.default_strategy or target.strategy or table.default_strategy
+        needs = chat_needs(payload, controls.min_quality)
+        if strategy == "cost":
+            from dataplane.routing.complexity import estimate  # TEMP: until the module lands
+
+            needs = replace(needs, needed_quality=estimate(payload).needed_quality)
+        try:
+            route_plan = router.plan(target, needs, strategy, self._stats.health,
+                                     target.weights or table.default_weights)
+        except router.NoCandidate as exc:
+            raise ApiError(exc.status, exc.message, code=exc.code, param=exc.param,
+                           type="invalid_request_error" if exc.status < 500 else "server_error") from None
 
         def build(endpoint: EndpointRuntime) -> tuple[str, bytes]:
             body = endpoint.provider.adapter.chat_request(payload, endpoint.upstream_model)
             return (endpoint.chat_stream_url if stream else endpoint.chat_url), body
 
-        success = await first_success(self._sessions, self._stats, target, target.endpoints, build, stream=stream)
+        success = await first_success(
+            self._sessions, self._stats, target, route_plan.endpoints, build, stream=stream
+        )
         adapter = success.endpoint.provider.adapter
         model = success.endpoint.model
-        headers = success.headers(target)
+        headers = success.headers(target, strategy)
+        if controls.explain:
+            headers["x-megarouter-explain"] = explanation(route_plan)
         if stream:
             include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
             translator = adapter.chat_stream(model, include_usage)

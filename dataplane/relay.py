@@ -26,6 +26,20 @@ from dataplane.upstream import STREAM_INTERRUPTED, exhausted_error
 from megarouter.catalog import cost_usd
 
 
+class _ClientGone(Exception):
+    """Writing to the client failed: it disconnected."""
+
+
+async def _write(response: web.StreamResponse, request: web.Request, data: bytes) -> None:
+    try:
+        if not response.prepared:
+            await response.prepare(request)
+        if data:
+            await response.write(data)
+    except ConnectionResetError as exc:  # aiohttp's ClientConnectionResetError included
+        raise _ClientGone from exc
+
+
 def request_cost(endpoint: EndpointRuntime, usage: Usage) -> float:
     """USD at the model's catalog prices for the usage the upstream reported."""
     return cost_usd(endpoint.pricing, usage.prompt_tokens, usage.completion_tokens, usage.cached_prompt_tokens)
@@ -50,6 +64,9 @@ async def relay_json(
     try:
         async with success.response as upstream:
             raw = await upstream.read()
+    except asyncio.CancelledError:
+        stats.record(endpoint, "cancelled", loop.time() - success.started)
+        raise
     except (aiohttp.ClientError, TimeoutError) as exc:
         failure = ProviderError(ErrorClass.RETRYABLE, f"response body lost ({type(exc).__name__})", endpoint=endpoint)
         stats.record(endpoint, failure.error_class, loop.time() - success.started)
@@ -74,26 +91,37 @@ async def relay_stream(
     first_chunk_at: float | None = None
     interrupted = False
     async with success.response as upstream:
-        await response.prepare(request)
         try:
+            await _write(response, request, b"")
             async for chunk in upstream.content.iter_any():
                 if first_chunk_at is None:
                     first_chunk_at = loop.time()
                 out = translator.feed(chunk)
                 if out:
-                    await response.write(out)
+                    await _write(response, request, out)
             tail = translator.finish()
             if tail:
-                await response.write(tail)
+                await _write(response, request, tail)
+        except _ClientGone:
+            # Leaving the `async with` closes the upstream call at once.
+            stats.record(success.endpoint.name, "cancelled", loop.time() - success.started)
+            return response
+        except asyncio.CancelledError:
+            stats.record(success.endpoint.name, "cancelled", loop.time() - success.started)
+            raise
         except (aiohttp.ClientError, TimeoutError, asyncio.IncompleteReadError):
-            interrupted = True
+            interrupted = True  # the upstream broke or went silent
     outcome = "success"
     if translator.error is not None:
         outcome = str(translator.error.error_class)  # the upstream's own error event was relayed
     elif interrupted or not translator.complete:
         outcome = "stream_interrupted"
-        await response.write(STREAM_INTERRUPTED)
     ttft = None if first_chunk_at is None else first_chunk_at - success.started
     _record(stats, success.endpoint, outcome, loop.time() - success.started, ttft, translator.usage)
-    await response.write_eof()
+    try:
+        if outcome == "stream_interrupted":
+            await _write(response, request, STREAM_INTERRUPTED)
+        await response.write_eof()
+    except (_ClientGone, ConnectionResetError):
+        pass  # the client left as the stream ended; nothing more to tell it
     return response

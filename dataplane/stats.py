@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from dataplane.health import HealthRegistry
+
 CLIENT_REQUESTS = Counter(
     "megarouter_requests_total", "Client requests by API and HTTP status", ["api", "status"]
 )
@@ -47,16 +49,23 @@ class EndpointCounters:
 
 
 class EndpointStats:
-    def __init__(self) -> None:
+    """Counters per endpoint; also keeps the live health registry current."""
+
+    def __init__(self, health: HealthRegistry | None = None) -> None:
+        self.health = health or HealthRegistry()
         self._counters: dict[str, EndpointCounters] = {}
         self._outcome_children: dict[tuple[str, str], object] = {}
         self._latency_children: dict[str, object] = {}
         self._client_children: dict[tuple[str, int], object] = {}
 
+    def started(self, endpoint: str) -> None:
+        """An attempt begins; every attempt ends with exactly one `record`."""
+        self.health.started(endpoint)
+
     def record(
         self,
         endpoint: str,
-        outcome: str,                # "success" or an error class
+        outcome: str,                # "success", "cancelled" (by the client) or an error class
         latency_s: float,
         *,
         ttft_s: float | None = None,
@@ -64,6 +73,9 @@ class EndpointStats:
         completion_tokens: int = 0,
         cost_usd: float = 0.0,
     ) -> None:
+        # A client hanging up says nothing about the endpoint's health.
+        ok = None if outcome == "cancelled" else outcome == "success"
+        self.health.finished(endpoint, ok, latency_s, ttft_s)
         counters = self._counters.get(endpoint)
         if counters is None:
             counters = self._counters[endpoint] = EndpointCounters()

@@ -59,18 +59,56 @@ class EndpointRuntime:
     embeddings: bool            # the model is an embeddings model
     native_completions: bool    # the model serves /v1/completions itself
     pricing: Pricing
+    capabilities: frozenset[str]   # of the model: tools, vision, json_mode, streaming, reasoning, ...
+    context_window: int
+    max_output_tokens: int
+    quality_tier: int           # 0 = unrated
+
+
+@dataclass(frozen=True, slots=True)
+class Weights:
+    """Balanced-strategy weights, normalised to sum to 1."""
+
+    cost: float = 0.3
+    latency: float = 0.3
+    quality: float = 0.2
+    availability: float = 0.2
+
+    @classmethod
+    def from_proto(cls, weights: routing_pb2.BalancedWeights) -> Weights | None:
+        total = weights.cost + weights.latency + weights.quality + weights.availability
+        if total <= 0:
+            return None
+        return cls(weights.cost / total, weights.latency / total, weights.quality / total,
+                   weights.availability / total)
+
+
+DEFAULT_WEIGHTS = Weights()
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """What a request's `model` resolved to: candidates in order, and limits."""
+    """What a request's `model` resolved to: candidates by tier, and limits.
+
+    A route's tiers are its degradation path; a model id is one tier of its
+    endpoints. Strategies order candidates within a tier; tiers keep their
+    order, so the last tier stays the fallback.
+    """
 
     name: str
     kind: str                   # "route" or "model"
-    endpoints: tuple[EndpointRuntime, ...]
+    tiers: tuple[tuple[EndpointRuntime, ...], ...]
     max_attempts: int
     per_try_timeout_s: float
     total_timeout_s: float
+    strategy: str = ""          # "" = not set here
+    quality_floor: int = 0
+    weights: Weights | None = None
+    allowed_regions: frozenset[str] | None = None
+
+    @property
+    def endpoints(self) -> tuple[EndpointRuntime, ...]:
+        return tuple(endpoint for tier in self.tiers for endpoint in tier)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +116,7 @@ class KeyInfo:
     name: str
     principal: str
     allowed: frozenset[str] | None   # None: every route and model
+    default_strategy: str = ""       # "" = not set on the key
 
     def may_use(self, target: str) -> bool:
         return self.allowed is None or target in self.allowed
@@ -108,6 +147,8 @@ class RuntimeTable:
     route_names: tuple[str, ...]
     model_names: tuple[str, ...]
     proto: routing_pb2.RoutingTable
+    default_strategy: str = "balanced"
+    default_weights: Weights = DEFAULT_WEIGHTS
 
     def resolve(self, name: str) -> Target | None:
         return self.targets.get(name)
@@ -140,6 +181,12 @@ class RuntimeTable:
                     embeddings=capabilities.embeddings and provider.adapter.supports_embeddings,
                     native_completions=capabilities.completions and provider.adapter.supports_completions,
                     pricing=pricings[endpoint.model],
+                    capabilities=frozenset(
+                        field.name for field, on in capabilities.ListFields() if on is True
+                    ),
+                    context_window=models[endpoint.model].context_window,
+                    max_output_tokens=models[endpoint.model].max_output_tokens,
+                    quality_tier=models[endpoint.model].quality_tier,
                 )
             )
 
@@ -148,7 +195,7 @@ class RuntimeTable:
             targets[name] = Target(
                 name=name,
                 kind="model",
-                endpoints=tuple(eps),
+                tiers=(tuple(eps),),
                 max_attempts=DEFAULT_MAX_ATTEMPTS,
                 per_try_timeout_s=DEFAULT_PER_TRY_TIMEOUT_S,
                 total_timeout_s=DEFAULT_TOTAL_TIMEOUT_S,
@@ -159,20 +206,26 @@ class RuntimeTable:
                 raise TableError(f"route {name!r} has the same name as a model")
             if not route.tiers:
                 raise TableError(f"route {name!r} has an empty degradation path")
-            ordered: list[EndpointRuntime] = []
+            tiers: list[tuple[EndpointRuntime, ...]] = []
             for tier in route.tiers:
+                members: list[EndpointRuntime] = []
                 for model in tier.models:
                     if model not in models:
                         raise TableError(f"route {name!r} names unknown model {model!r}")
-                    ordered.extend(endpoints_by_model[model])
+                    members.extend(endpoints_by_model[model])
+                tiers.append(tuple(members))
             retry = route.retry
             targets[name] = Target(
                 name=name,
                 kind="route",
-                endpoints=tuple(ordered),
+                tiers=tuple(tiers),
                 max_attempts=retry.max_attempts or DEFAULT_MAX_ATTEMPTS,
                 per_try_timeout_s=retry.per_try_timeout_s or DEFAULT_PER_TRY_TIMEOUT_S,
                 total_timeout_s=retry.total_timeout_s or DEFAULT_TOTAL_TIMEOUT_S,
+                strategy=strategy_name(route.strategy),
+                quality_floor=route.quality_floor,
+                weights=Weights.from_proto(route.weights),
+                allowed_regions=frozenset(route.allowed_regions) or None,
             )
 
         keys: dict[str, KeyInfo] = {}
@@ -180,7 +233,8 @@ class RuntimeTable:
             if not _KEY_HASH.fullmatch(entry.key_hash):
                 raise TableError(f"API key {entry.name!r} has a malformed hash")
             allowed = frozenset(entry.allowed_models) if entry.allowed_models else None
-            keys[entry.key_hash] = KeyInfo(entry.name, entry.principal, allowed)
+            keys[entry.key_hash] = KeyInfo(entry.name, entry.principal, allowed,
+                                           strategy_name(entry.default_strategy))
 
         return cls(
             version=table.version,
@@ -189,6 +243,8 @@ class RuntimeTable:
             route_names=tuple(sorted(routes)),
             model_names=tuple(sorted(models)),
             proto=table,
+            default_strategy=strategy_name(table.defaults.strategy) or "balanced",
+            default_weights=Weights.from_proto(table.defaults.weights) or DEFAULT_WEIGHTS,
         )
 
 
@@ -223,6 +279,15 @@ def _load_providers(table: routing_pb2.RoutingTable, secrets: SecretReader) -> d
             unusable_reason=unusable,
         )
     return providers
+
+
+def strategy_name(value: int) -> str:
+    """'cost', 'latency', ... for a Strategy enum value; '' when unspecified."""
+    try:
+        name = routing_pb2.Strategy.Name(value).removeprefix("STRATEGY_").lower()
+    except ValueError:
+        raise TableError(f"unknown strategy value {value}") from None
+    return "" if name == "unspecified" else name
 
 
 def _pricing(model: routing_pb2.Model) -> Pricing:

@@ -13,7 +13,8 @@ level, either one resource or a list of them:
       - {name: gpt-4o-mini, input_price_per_mtok: 0.15, output_price_per_mtok: 0.6, context_window: 128000}
 
 Applying is idempotent and ordered by dependency (providers and models,
-then endpoints, then routes) whatever the order in the file.
+then endpoints, then routes, then the fleet-wide `defaults`) whatever the
+order in the file.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ RESOURCE_TYPES = [
     ResourceType("model", "models", routing_pb2.Model, "PutModel", 0),
     ResourceType("endpoint", "endpoints", routing_pb2.Endpoint, "PutEndpoint", 1),
     ResourceType("route", "routes", routing_pb2.Route, "PutRoute", 2),
+    ResourceType("defaults", "defaults", routing_pb2.Defaults, "PutDefaults", 3),
 ]
 _BY_NAME = {name: t for t in RESOURCE_TYPES for name in (t.singular, t.plural)}
 
@@ -60,7 +62,8 @@ class Resource:
 
     @property
     def name(self) -> str:
-        return self.message.name  # type: ignore[attr-defined]
+        # Singletons (defaults) have no name field: they are named by type.
+        return getattr(self.message, "name", self.type.singular)
 
 
 def parse_manifest(text: str, source: str = "<input>") -> list[Resource]:

@@ -201,6 +201,13 @@ class Tier(_Resource):
     models: list[ModelName] = Field(min_length=1)
 
 
+class BalancedWeights(_Resource):
+    cost: float = Field(0, ge=0, le=1000)
+    latency: float = Field(0, ge=0, le=1000)
+    quality: float = Field(0, ge=0, le=1000)
+    availability: float = Field(0, ge=0, le=1000)
+
+
 class Route(_Resource):
     name: Name
     strategy: StrategyName = "unspecified"
@@ -208,6 +215,8 @@ class Route(_Resource):
     retry: RetryPolicy = RetryPolicy()
     quality_floor: int = Field(0, ge=0, le=5)
     description: str = Field("", max_length=500)
+    weights: BalancedWeights = BalancedWeights()
+    allowed_regions: list[Annotated[str, Field(min_length=1, max_length=64)]] = []
 
     @field_validator("tiers")
     @classmethod
@@ -225,6 +234,13 @@ class Route(_Resource):
         return [model for tier in self.tiers for model in tier.models]
 
 
+class Defaults(_Resource):
+    """Fleet-wide settings; one per control plane."""
+
+    strategy: StrategyName = "unspecified"
+    weights: BalancedWeights = BalancedWeights()
+
+
 class ApiKey(_Resource):
     """An API key as stored: the hash of the secret, never the secret."""
 
@@ -234,6 +250,7 @@ class ApiKey(_Resource):
     principal: str = Field(min_length=1, max_length=200)
     allowed_models: list[str] = []
     created_at_unix_ms: int = 0
+    default_strategy: StrategyName = "unspecified"
 
 
 class CreateApiKey(_Resource):
@@ -241,6 +258,7 @@ class CreateApiKey(_Resource):
     principal: str = Field("", max_length=200)
     allowed_models: list[str] = []
     secret: str = ""
+    default_strategy: StrategyName = "unspecified"
 
     @field_validator("secret")
     @classmethod
@@ -252,7 +270,7 @@ class CreateApiKey(_Resource):
 
 # ---------------------------------------------------------------- conversion
 
-_ENUM_PREFIXES = {"kind": "PROVIDER_KIND_", "strategy": "STRATEGY_"}
+_ENUM_PREFIXES = {"kind": "PROVIDER_KIND_", "strategy": "STRATEGY_", "default_strategy": "STRATEGY_"}
 
 
 def _enum_to_short(data: Any) -> Any:
@@ -330,7 +348,12 @@ def api_key_public(key: ApiKey) -> admin_pb2.ApiKey:
         principal=key.principal,
         allowed_models=key.allowed_models,
         created_at_unix_ms=key.created_at_unix_ms,
+        default_strategy=strategy_enum(key.default_strategy),
     )
+
+
+def strategy_enum(name: str) -> int:
+    return routing_pb2.Strategy.Value("STRATEGY_" + name.upper())
 
 
 PROTO_TYPES: dict[type[_Resource], type[Message]] = {
@@ -338,4 +361,5 @@ PROTO_TYPES: dict[type[_Resource], type[Message]] = {
     Model: routing_pb2.Model,
     Endpoint: routing_pb2.Endpoint,
     Route: routing_pb2.Route,
+    Defaults: routing_pb2.Defaults,
 }

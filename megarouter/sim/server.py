@@ -1,11 +1,11 @@
-"""Provider simulator: OpenAI, Anthropic or Gemini wire format with scriptable faults.
+"""Provider simulator: OpenAI, Azure OpenAI, Anthropic or Gemini wire format with scriptable faults.
 
 Integration tests, the local demo and benchmarks point MegaRouter at this
 instead of a real provider. Faults (latency, error rates, 429s, outages,
 stalled streams) are changed at run time through ``/_sim/config``.
 
 This module assembles the app: one wire module (``wire_openai``,
-``wire_anthropic`` or ``wire_gemini``) supplies the model routes and its
+``wire_azure``, ``wire_anthropic`` or ``wire_gemini``) supplies the model routes and its
 provider's error and auth conventions; the gate here applies stats, outages
 and auth to them; the control API and ``run`` are the same for every wire.
 
@@ -25,7 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
-from megarouter.sim import faults, wire_anthropic, wire_gemini, wire_openai
+from megarouter.sim import faults, wire_anthropic, wire_azure, wire_gemini, wire_openai
 from megarouter.sim.common import STATE, SimState, json_response, read_json
 from megarouter.sim.settings import (
     DEFAULT_MODELS,
@@ -41,8 +41,8 @@ __all__ = ["STATE", "SimSettings", "add_arguments", "build_app", "run", "setting
 # Each wire module provides: PREFIXES (paths it gates), add_routes(app),
 # kind_of(path) for stats, check_auth(request, state), status_error(status,
 # settings) for scripted failures and http_error(status, reason) for aiohttp's.
-_WIRE_MODULES: dict[str, ModuleType] = {"openai": wire_openai, "anthropic": wire_anthropic,
-                                        "gemini": wire_gemini}
+_WIRE_MODULES: dict[str, ModuleType] = {"openai": wire_openai, "azure": wire_azure,
+                                        "anthropic": wire_anthropic, "gemini": wire_gemini}
 _WIRE = web.AppKey("megarouter_sim_wire", ModuleType)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 ENV_PREFIX = "MEGAROUTER_SIM_"
 DEFAULT_MODELS = "sim-small,sim-medium,sim-large"
 OUTAGE_MODES = ("none", "503", "reset")
-WIRES = ("openai", "anthropic", "gemini")
+WIRES = ("openai", "azure", "anthropic", "gemini")
 
 
 class SettingError(ValueError):

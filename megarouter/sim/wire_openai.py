@@ -2,6 +2,10 @@
 
 Embeddings and legacy text completions, also OpenAI routes, live in
 ``wire_openai_text``; both modules share the helpers defined here.
+
+The handlers take the parsed body and a ``Dialect`` so that an
+OpenAI-compatible service (``wire_azure``) can serve the same replies under
+its own paths, error shapes and stream prelude.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ import hmac
 import math
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -30,7 +36,7 @@ _FINISH = {reply.STOP: "stop", reply.LENGTH: "length", reply.TOOL: "tool_calls",
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models", _list_models)
     app.router.add_get("/v1/models/{model}", _get_model)
-    app.router.add_post(_CHAT_PATH, _chat_completions)
+    app.router.add_post(_CHAT_PATH, _chat_route)
     # Imported here because wire_openai_text builds on this module's helpers.
     from megarouter.sim import wire_openai_text
 
@@ -67,6 +73,19 @@ def status_error(status: int, settings: SimSettings) -> web.Response:
         return error(status, "The server had an error while processing your request. "
                      "Sorry about that!", "server_error")
     return error(status, f"Simulated error {status}.", "invalid_request_error")
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """Where an OpenAI-compatible service's replies differ from OpenAI's own."""
+
+    # Renders a scripted failure (fault draw) for this request.
+    status_error: Callable[[int, SimSettings], web.Response] = status_error
+    # SSE events sent before a stream's first chunk (Azure's prompt annotations).
+    stream_prelude: tuple[bytes, ...] = ()
+
+
+OPENAI = Dialect()
 
 
 def http_error(status: int, reason: str) -> web.Response:
@@ -110,16 +129,20 @@ def _model_obj(state: SimState, model: str) -> dict[str, Any]:
 
 # --------------------------------------------------------- chat completions
 
-async def _chat_completions(request: web.Request) -> web.StreamResponse:
+async def _chat_route(request: web.Request) -> web.StreamResponse:
+    return await chat_completions(request, await read_json(request))
+
+
+async def chat_completions(request: web.Request, body: Any, dialect: Dialect = OPENAI) -> web.StreamResponse:
+    """A chat completion for ``body`` (parsed JSON, None if it was not JSON)."""
     state = request.app[STATE]
-    body = await read_json(request)
     streaming = isinstance(body, dict) and body.get("stream") is True
     if streaming:
         state.stream_requests += 1
 
     fault = faults.draw_fault(state)
     if fault is not None:
-        return status_error(fault, state.settings)
+        return dialect.status_error(fault, state.settings)
     if not isinstance(body, dict):
         return invalid("We could not parse the JSON body of your request. The body must be "
                        "a JSON object.")
@@ -134,7 +157,7 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
         options = body.get("stream_options")
         with_usage = isinstance(options, dict) and options.get("include_usage") is True
         head, pieces, tail = _stream_events(meta, ans, call_id, with_usage)
-        return await faults.send_stream(request, state, head, pieces, tail)
+        return await faults.send_stream(request, state, [*dialect.stream_prelude, *head], pieces, tail)
     await faults.pause(state.settings.latency_ms)
     return json_response(_completion(meta, ans, call_id))
 

@@ -27,26 +27,34 @@ _MAX_STOPS = 4
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/embeddings", _embeddings)
-    app.router.add_post("/v1/completions", _completions)
+    app.router.add_post("/v1/embeddings", _embeddings_route)
+    app.router.add_post("/v1/completions", _completions_route)
 
 
-async def _start(request: web.Request, stream_counts: bool) -> tuple[SimState, Any, web.Response | None]:
-    """Body parse and fault draw, in the same order as chat so seeded runs line up."""
+async def _embeddings_route(request: web.Request) -> web.Response:
+    return await embeddings(request, await read_json(request))
+
+
+async def _completions_route(request: web.Request) -> web.StreamResponse:
+    return await completions(request, await read_json(request))
+
+
+def _start(request: web.Request, body: Any, stream_counts: bool,
+           dialect: oai.Dialect) -> tuple[SimState, web.Response | None]:
+    """Stream count and fault draw, in the same order as chat so seeded runs line up."""
     state = request.app[STATE]
-    body = await read_json(request)
     if stream_counts and isinstance(body, dict) and body.get("stream") is True:
         state.stream_requests += 1
     fault = faults.draw_fault(state)
     if fault is not None:
-        return state, body, oai.status_error(fault, state.settings)
+        return state, dialect.status_error(fault, state.settings)
     if not isinstance(body, dict):
-        return state, body, oai.invalid("We could not parse the JSON body of your request. "
-                                        "The body must be a JSON object.")
+        return state, oai.invalid("We could not parse the JSON body of your request. "
+                                  "The body must be a JSON object.")
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        return state, body, oai.invalid("you must provide a model parameter", "model")
-    return state, body, None
+        return state, oai.invalid("you must provide a model parameter", "model")
+    return state, None
 
 
 def _inputs(value: Any, param: str) -> list[tuple[str, int]] | str:
@@ -69,8 +77,9 @@ def _inputs(value: Any, param: str) -> list[tuple[str, int]] | str:
 
 # ---------------------------------------------------------------- embeddings
 
-async def _embeddings(request: web.Request) -> web.Response:
-    state, body, problem = await _start(request, stream_counts=False)
+async def embeddings(request: web.Request, body: Any, dialect: oai.Dialect = oai.OPENAI) -> web.Response:
+    """Embeddings for ``body`` (parsed JSON, None if it was not JSON)."""
+    state, problem = _start(request, body, False, dialect)
     if problem is not None:
         return problem
     inputs = _inputs(body.get("input"), "input")
@@ -103,8 +112,9 @@ async def _embeddings(request: web.Request) -> web.Response:
 
 # --------------------------------------------------------- legacy completions
 
-async def _completions(request: web.Request) -> web.StreamResponse:
-    state, body, problem = await _start(request, stream_counts=True)
+async def completions(request: web.Request, body: Any, dialect: oai.Dialect = oai.OPENAI) -> web.StreamResponse:
+    """A legacy text completion for ``body`` (parsed JSON, None if it was not JSON)."""
+    state, problem = _start(request, body, True, dialect)
     if problem is not None:
         return problem
     if "prompt" not in body:
@@ -142,7 +152,7 @@ async def _completions(request: web.Request) -> web.StreamResponse:
         options = body.get("stream_options")
         with_usage = isinstance(options, dict) and options.get("include_usage") is True
         head, pieces, tail = _stream_events(base, ans.pieces, choices, finish, usage if with_usage else None)
-        return await faults.send_stream(request, state, head, pieces, tail)
+        return await faults.send_stream(request, state, [*dialect.stream_prelude, *head], pieces, tail)
     await faults.pause(state.settings.latency_ms)
     return json_response({**base, "choices": [_choice(i, ans.text or "", finish) for i in range(choices)],
                           "usage": usage})

@@ -13,6 +13,10 @@ class GetRequest(_message.Message):
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
+class GetDefaultsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class ListRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -72,30 +76,34 @@ class ListRoutesResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[_routing_pb2.Route, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class ApiKey(_message.Message):
-    __slots__ = ("name", "prefix", "principal", "allowed_models", "created_at_unix_ms")
+    __slots__ = ("name", "prefix", "principal", "allowed_models", "created_at_unix_ms", "default_strategy")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PREFIX_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_STRATEGY_FIELD_NUMBER: _ClassVar[int]
     name: str
     prefix: str
     principal: str
     allowed_models: _containers.RepeatedScalarFieldContainer[str]
     created_at_unix_ms: int
-    def __init__(self, name: _Optional[str] = ..., prefix: _Optional[str] = ..., principal: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ..., created_at_unix_ms: _Optional[int] = ...) -> None: ...
+    default_strategy: _routing_pb2.Strategy
+    def __init__(self, name: _Optional[str] = ..., prefix: _Optional[str] = ..., principal: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ..., created_at_unix_ms: _Optional[int] = ..., default_strategy: _Optional[_Union[_routing_pb2.Strategy, str]] = ...) -> None: ...
 
 class CreateApiKeyRequest(_message.Message):
-    __slots__ = ("name", "principal", "allowed_models", "secret")
+    __slots__ = ("name", "principal", "allowed_models", "secret", "default_strategy")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
     SECRET_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_STRATEGY_FIELD_NUMBER: _ClassVar[int]
     name: str
     principal: str
     allowed_models: _containers.RepeatedScalarFieldContainer[str]
     secret: str
-    def __init__(self, name: _Optional[str] = ..., principal: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ..., secret: _Optional[str] = ...) -> None: ...
+    default_strategy: _routing_pb2.Strategy
+    def __init__(self, name: _Optional[str] = ..., principal: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ..., secret: _Optional[str] = ..., default_strategy: _Optional[_Union[_routing_pb2.Strategy, str]] = ...) -> None: ...
 
 class CreateApiKeyResponse(_message.Message):
     __slots__ = ("key", "secret", "revision")

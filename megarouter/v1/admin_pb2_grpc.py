@@ -135,6 +135,16 @@ class AdminStub:
                 request_serializer=megarouter_dot_v1_dot_admin__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=megarouter_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
                 _registered_method=True)
+        self.GetDefaults = channel.unary_unary(
+                '/megarouter.v1.Admin/GetDefaults',
+                request_serializer=megarouter_dot_v1_dot_admin__pb2.GetDefaultsRequest.SerializeToString,
+                response_deserializer=megarouter_dot_v1_dot_routing__pb2.Defaults.FromString,
+                _registered_method=True)
+        self.PutDefaults = channel.unary_unary(
+                '/megarouter.v1.Admin/PutDefaults',
+                request_serializer=megarouter_dot_v1_dot_routing__pb2.Defaults.SerializeToString,
+                response_deserializer=megarouter_dot_v1_dot_admin__pb2.PutResponse.FromString,
+                _registered_method=True)
         self.ListProxies = channel.unary_unary(
                 '/megarouter.v1.Admin/ListProxies',
                 request_serializer=megarouter_dot_v1_dot_admin__pb2.ListProxiesRequest.SerializeToString,
@@ -271,6 +281,19 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDefaults(self, request, context):
+        """Fleet-wide defaults (strategy, balanced weights).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutDefaults(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListProxies(self, request, context):
         """Proxies connected to this control plane and the table each runs.
         """
@@ -387,6 +410,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.DeleteApiKey,
                     request_deserializer=megarouter_dot_v1_dot_admin__pb2.DeleteRequest.FromString,
                     response_serializer=megarouter_dot_v1_dot_admin__pb2.DeleteResponse.SerializeToString,
+            ),
+            'GetDefaults': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDefaults,
+                    request_deserializer=megarouter_dot_v1_dot_admin__pb2.GetDefaultsRequest.FromString,
+                    response_serializer=megarouter_dot_v1_dot_routing__pb2.Defaults.SerializeToString,
+            ),
+            'PutDefaults': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutDefaults,
+                    request_deserializer=megarouter_dot_v1_dot_routing__pb2.Defaults.FromString,
+                    response_serializer=megarouter_dot_v1_dot_admin__pb2.PutResponse.SerializeToString,
             ),
             'ListProxies': grpc.unary_unary_rpc_method_handler(
                     servicer.ListProxies,
@@ -939,6 +972,60 @@ class Admin:
             '/megarouter.v1.Admin/DeleteApiKey',
             megarouter_dot_v1_dot_admin__pb2.DeleteRequest.SerializeToString,
             megarouter_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDefaults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/megarouter.v1.Admin/GetDefaults',
+            megarouter_dot_v1_dot_admin__pb2.GetDefaultsRequest.SerializeToString,
+            megarouter_dot_v1_dot_routing__pb2.Defaults.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutDefaults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/megarouter.v1.Admin/PutDefaults',
+            megarouter_dot_v1_dot_routing__pb2.Defaults.SerializeToString,
+            megarouter_dot_v1_dot_admin__pb2.PutResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -163,39 +163,59 @@ class Tier(_message.Message):
     models: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, models: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class BalancedWeights(_message.Message):
+    __slots__ = ("cost", "latency", "quality", "availability")
+    COST_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
+    AVAILABILITY_FIELD_NUMBER: _ClassVar[int]
+    cost: float
+    latency: float
+    quality: float
+    availability: float
+    def __init__(self, cost: _Optional[float] = ..., latency: _Optional[float] = ..., quality: _Optional[float] = ..., availability: _Optional[float] = ...) -> None: ...
+
 class Route(_message.Message):
-    __slots__ = ("name", "strategy", "tiers", "retry", "quality_floor", "description")
+    __slots__ = ("name", "strategy", "tiers", "retry", "quality_floor", "description", "weights", "allowed_regions")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     TIERS_FIELD_NUMBER: _ClassVar[int]
     RETRY_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FLOOR_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_REGIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     strategy: Strategy
     tiers: _containers.RepeatedCompositeFieldContainer[Tier]
     retry: RetryPolicy
     quality_floor: int
     description: str
-    def __init__(self, name: _Optional[str] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., tiers: _Optional[_Iterable[_Union[Tier, _Mapping]]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., quality_floor: _Optional[int] = ..., description: _Optional[str] = ...) -> None: ...
+    weights: BalancedWeights
+    allowed_regions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., tiers: _Optional[_Iterable[_Union[Tier, _Mapping]]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., quality_floor: _Optional[int] = ..., description: _Optional[str] = ..., weights: _Optional[_Union[BalancedWeights, _Mapping]] = ..., allowed_regions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ApiKeyEntry(_message.Message):
-    __slots__ = ("key_hash", "name", "principal", "allowed_models")
+    __slots__ = ("key_hash", "name", "principal", "allowed_models", "default_strategy")
     KEY_HASH_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_STRATEGY_FIELD_NUMBER: _ClassVar[int]
     key_hash: str
     name: str
     principal: str
     allowed_models: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, key_hash: _Optional[str] = ..., name: _Optional[str] = ..., principal: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ...) -> None: ...
+    default_strategy: Strategy
+    def __init__(self, key_hash: _Optional[str] = ..., name: _Optional[str] = ..., principal: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ..., default_strategy: _Optional[_Union[Strategy, str]] = ...) -> None: ...
 
 class Defaults(_message.Message):
-    __slots__ = ("strategy",)
+    __slots__ = ("strategy", "weights")
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     strategy: Strategy
-    def __init__(self, strategy: _Optional[_Union[Strategy, str]] = ...) -> None: ...
+    weights: BalancedWeights
+    def __init__(self, strategy: _Optional[_Union[Strategy, str]] = ..., weights: _Optional[_Union[BalancedWeights, _Mapping]] = ...) -> None: ...
 
 class RoutingTable(_message.Message):
     __slots__ = ("version", "providers", "models", "endpoints", "routes", "api_keys", "defaults", "generated_at_unix_ms")

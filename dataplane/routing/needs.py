@@ -1,0 +1,71 @@
+"""What a chat request needs from a model, read cheaply from its body."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# Rough and fast: ~4 characters per token for text, a fixed cost per image.
+_CHARS_PER_TOKEN = 4
+_TOKENS_PER_IMAGE = 85
+_TOKENS_PER_MESSAGE = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Needs:
+    capabilities: frozenset[str]   # of: tools, vision, json_mode, streaming
+    prompt_tokens: int             # estimate
+    output_tokens: int             # what the caller allows (max_tokens); 0 = not said
+    min_quality: int = 0           # explicit floor from the request (x-megarouter-min-quality)
+    needed_quality: int = 0        # from the complexity estimate, for the cost strategy
+
+
+def approx_prompt_tokens(messages: Any) -> int:
+    if not isinstance(messages, list):
+        return 0
+    chars = 0
+    images = 0
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict):
+                    if part.get("type") == "image_url":
+                        images += 1
+                    elif isinstance(part.get("text"), str):
+                        chars += len(part["text"])
+        for call in message.get("tool_calls") or ():
+            if isinstance(call, dict) and isinstance(call.get("function"), dict):
+                chars += len(str(call["function"].get("arguments") or ""))
+    return chars // _CHARS_PER_TOKEN + images * _TOKENS_PER_IMAGE + len(messages) * _TOKENS_PER_MESSAGE
+
+
+def chat_needs(payload: dict[str, Any], min_quality: int = 0) -> Needs:
+    capabilities = set()
+    if payload.get("tools") and payload.get("tool_choice") != "none":
+        capabilities.add("tools")
+    if payload.get("stream") is True:
+        capabilities.add("streaming")
+    response_format = payload.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema"):
+        capabilities.add("json_mode")
+    messages = payload.get("messages") or ()
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list) and any(
+            isinstance(part, dict) and part.get("type") == "image_url" for part in content
+        ):
+            capabilities.add("vision")
+            break
+    tools_tokens = len(str(payload.get("tools") or "")) // _CHARS_PER_TOKEN
+    output = payload.get("max_completion_tokens") or payload.get("max_tokens") or 0
+    return Needs(
+        capabilities=frozenset(capabilities),
+        prompt_tokens=approx_prompt_tokens(messages) + tools_tokens,
+        output_tokens=output if isinstance(output, int) else 0,
+        min_quality=min_quality,
+    )

@@ -1,0 +1,229 @@
+"""The router: candidates -> filters -> score by strategy -> attempt plan.
+
+Pure and synchronous: it reads the routing table's target, the request's
+needs and the live health registry, and returns an ordered plan — the first
+pick and the fallbacks the attempt loop will use — plus every candidate's
+scores and exclusion reason for `x-megarouter-explain`. No I/O.
+
+Tiers of the degradation path keep their order: a strategy orders the
+candidates *within* each tier, so the last tier stays the fallback. Put the
+models a strategy should choose among in the same tier.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from dataplane.health import HealthRegistry
+from dataplane.routing.needs import Needs
+from dataplane.table import EndpointRuntime, Target, Weights
+from megarouter.catalog import cost_usd
+
+STRATEGIES = ("balanced", "cost", "latency", "availability")
+
+# Output length assumed for cost estimates when the caller sets no limit.
+DEFAULT_EXPECTED_OUTPUT_TOKENS = 300
+# Latency routing spreads load across endpoints within this factor of the
+# fastest (power of two choices), so a fleet does not herd onto one.
+LATENCY_BAND = 1.25
+# Each request in flight makes an endpoint look this much slower.
+INFLIGHT_PENALTY = 0.15
+# Below this predicted success probability an endpoint is "degraded" and
+# ordered after healthy ones by latency and cost routing.
+DEGRADED_BELOW = 0.5
+# Availability routing: bonus for a provider / region not yet in the chain.
+DIVERSITY_PROVIDER = 0.1
+DIVERSITY_REGION = 0.05
+CHAT_CAPABILITIES = ("tools", "vision", "json_mode", "streaming")
+
+
+@dataclass(slots=True)
+class Candidate:
+    endpoint: EndpointRuntime
+    tier: int
+    excluded: str = ""              # why it was filtered out; "" = eligible
+    expected_cost: float = 0.0      # USD for this request at catalog prices
+    latency_s: float = 0.0          # predicted (TTFT for streams), load-adjusted
+    p_success: float = 1.0
+    score: float = 0.0              # the strategy's sort key within the tier: lower first
+
+    def explain(self) -> dict:
+        item = {"endpoint": self.endpoint.name, "model": self.endpoint.model, "tier": self.tier}
+        if self.excluded:
+            item["excluded"] = self.excluded
+        else:
+            item.update(score=round(self.score, 6), cost_usd=round(self.expected_cost, 8),
+                        latency_ms=round(self.latency_s * 1000, 1), p_success=round(self.p_success, 4),
+                        quality=self.endpoint.quality_tier)
+        return item
+
+
+@dataclass(slots=True)
+class Plan:
+    endpoints: tuple[EndpointRuntime, ...]
+    strategy: str
+    candidates: list[Candidate] = field(default_factory=list)
+    needed_quality: int = 0
+
+
+class NoCandidate(Exception):
+    """No endpoint can serve the request; `status`/`code` say why."""
+
+    def __init__(self, status: int, message: str, code: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code, param
+
+
+def plan(
+    target: Target,
+    needs: Needs,
+    strategy: str,
+    health: HealthRegistry,
+    weights: Weights,
+    rng: random.Random | None = None,
+) -> Plan:
+    rng = rng or random
+    now = health.now()
+    floor = max(target.quality_floor, needs.min_quality)
+    stream = "streaming" in needs.capabilities
+    candidates = [Candidate(endpoint, index) for index, tier in enumerate(target.tiers) for endpoint in tier]
+    for candidate in candidates:
+        candidate.excluded = _exclusion(candidate.endpoint, target, needs, floor)
+    eligible = [c for c in candidates if not c.excluded]
+    if not eligible:
+        raise _no_candidate(target, candidates, needs, floor)
+
+    output_tokens = needs.output_tokens or DEFAULT_EXPECTED_OUTPUT_TOKENS
+    known_latencies = []
+    for candidate in eligible:
+        endpoint = candidate.endpoint
+        candidate.expected_cost = cost_usd(endpoint.pricing, needs.prompt_tokens, output_tokens)
+        state = health.peek(endpoint.name)
+        if state is not None:
+            candidate.p_success = state.success_probability(now)
+            observed = state.ttft_s if stream and state.ttft_s is not None else state.latency_s
+            if observed is not None:
+                candidate.latency_s = observed * (1 + INFLIGHT_PENALTY * state.inflight)
+                known_latencies.append(candidate.latency_s)
+    # Unmeasured endpoints are assumed as fast as the best known one, so
+    # they get traffic and are measured rather than starved.
+    optimistic = min(known_latencies, default=0.0)
+    for candidate in eligible:
+        if health.peek(candidate.endpoint.name) is None or candidate.latency_s == 0.0:
+            candidate.latency_s = optimistic
+
+    needed = max(floor, needs.needed_quality) if strategy == "cost" else floor
+    ordered: list[EndpointRuntime] = []
+    for tier_index in range(len(target.tiers)):
+        tier = [c for c in eligible if c.tier == tier_index]
+        if tier:
+            ordered.extend(c.endpoint for c in _order(strategy, tier, weights, needed, rng))
+    return Plan(tuple(ordered), strategy, candidates, needed)
+
+
+def _exclusion(endpoint: EndpointRuntime, target: Target, needs: Needs, floor: int) -> str:
+    missing = [cap for cap in CHAT_CAPABILITIES if cap in needs.capabilities and cap not in endpoint.capabilities]
+    if missing:
+        return "lacks " + ",".join(missing)
+    if needs.prompt_tokens + needs.output_tokens > endpoint.context_window:
+        return f"context window {endpoint.context_window} too small"
+    if target.allowed_regions is not None and endpoint.region not in target.allowed_regions:
+        return f"region {endpoint.region} not allowed"
+    if floor and endpoint.quality_tier < floor:
+        return f"quality {endpoint.quality_tier} below floor {floor}"
+    return ""
+
+
+def _no_candidate(target: Target, candidates: list[Candidate], needs: Needs, floor: int) -> NoCandidate:
+    if not candidates:
+        return NoCandidate(503, f"no endpoint is available for '{target.name}'", "no_available_endpoint")
+    reasons = {c.excluded.split(" ", 1)[0] for c in candidates}
+    if "lacks" in reasons and len(reasons) == 1:
+        missing = sorted({cap for c in candidates for cap in c.excluded.removeprefix("lacks ").split(",")})
+        return NoCandidate(400, f"no model behind '{target.name}' supports what this request uses: "
+                           + ", ".join(missing), "model_not_capable", "model")
+    if "context" in reasons and len(reasons) == 1:
+        largest = max(c.endpoint.context_window for c in candidates)
+        return NoCandidate(400, f"this request (~{needs.prompt_tokens} prompt tokens + {needs.output_tokens} "
+                           f"output) exceeds the context window of every model behind '{target.name}' "
+                           f"(largest {largest})", "context_length_exceeded", "messages")
+    if "quality" in reasons and len(reasons) == 1:
+        param = "x-megarouter-min-quality" if needs.min_quality >= floor and needs.min_quality else None
+        return NoCandidate(400, f"no model behind '{target.name}' meets quality tier {floor}",
+                           "quality_floor_not_met", param)
+    details = "; ".join(sorted({f"{c.endpoint.name}: {c.excluded}" for c in candidates}))
+    return NoCandidate(503, f"no endpoint can serve this request for '{target.name}' ({details})",
+                       "no_available_endpoint")
+
+
+def _order(strategy: str, tier: list[Candidate], weights: Weights, needed: int,
+           rng: random.Random) -> list[Candidate]:
+    if strategy == "cost":
+        return _by_cost(tier, needed)
+    if strategy == "latency":
+        return _by_latency(tier, rng)
+    if strategy == "availability":
+        return _by_availability(tier)
+    return _balanced(tier, weights)
+
+
+def _by_cost(tier: list[Candidate], needed: int) -> list[Candidate]:
+    """Cheapest that meets the needed quality first; then, as fallbacks, the
+    ones below it, best quality first. Degraded endpoints go last."""
+    for c in tier:
+        meets = c.endpoint.quality_tier >= needed
+        c.score = c.expected_cost if meets else 1e6 - c.endpoint.quality_tier
+        if c.p_success < DEGRADED_BELOW:
+            c.score += 1e9
+    return sorted(tier, key=lambda c: (c.score, -c.endpoint.quality_tier, -c.p_success))
+
+
+def _by_latency(tier: list[Candidate], rng: random.Random) -> list[Candidate]:
+    for c in tier:
+        c.score = c.latency_s + (1e3 if c.p_success < DEGRADED_BELOW else 0.0)
+    ranked = sorted(tier, key=lambda c: c.score)
+    best = ranked[0].score
+    band = [c for c in ranked if c.score <= best * LATENCY_BAND] if best > 0 else [ranked[0]]
+    if len(band) >= 2:
+        # Power of two choices among the near-fastest.
+        first, second = rng.sample(band, 2)
+        pick = first if first.score <= second.score else second
+        ranked.remove(pick)
+        ranked.insert(0, pick)
+    return ranked
+
+
+def _by_availability(tier: list[Candidate]) -> list[Candidate]:
+    """Highest predicted success first, then prefer a chain that spans
+    providers and regions, so one provider's outage cannot take all tries."""
+    remaining = list(tier)
+    chain: list[Candidate] = []
+    providers: set[str] = set()
+    regions: set[str] = set()
+    while remaining:
+        def value(c: Candidate) -> float:
+            bonus = (DIVERSITY_PROVIDER if c.endpoint.provider.name not in providers else 0.0) + (
+                DIVERSITY_REGION if c.endpoint.region not in regions else 0.0)
+            return c.p_success + (bonus if chain else 0.0)
+        pick = max(remaining, key=value)
+        pick.score = -value(pick)
+        remaining.remove(pick)
+        chain.append(pick)
+        providers.add(pick.endpoint.provider.name)
+        regions.add(pick.endpoint.region)
+    return chain
+
+
+def _balanced(tier: list[Candidate], weights: Weights) -> list[Candidate]:
+    """Weighted sum of normalised objectives (each 0 = best .. 1 = worst)."""
+    max_cost = max(c.expected_cost for c in tier) or 1.0
+    max_latency = max(c.latency_s for c in tier) or 1.0
+    for c in tier:
+        c.score = (
+            weights.cost * c.expected_cost / max_cost
+            + weights.latency * c.latency_s / max_latency
+            + weights.quality * (1 - c.endpoint.quality_tier / 5)
+            + weights.availability * (1 - c.p_success)
+        )
+    return sorted(tier, key=lambda c: c.score)

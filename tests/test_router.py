@@ -1,0 +1,196 @@
+"""Router invariants, property-based, over random pools and health."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dataplane.health import HealthRegistry
+from dataplane.providers.openai import OpenAIAdapter
+from dataplane.routing.needs import Needs, chat_needs
+from dataplane.routing.router import STRATEGIES, NoCandidate, plan
+from dataplane.table import DEFAULT_WEIGHTS, EndpointRuntime, ProviderRuntime, Target
+from megarouter.catalog import PriceTier, Pricing
+
+ALL_CAPS = ("tools", "vision", "json_mode", "streaming")
+
+
+def provider(name: str) -> ProviderRuntime:
+    return ProviderRuntime(name, "openai", OpenAIAdapter(), "http://x", "r", {}, {}, 30.0, "")
+
+
+def endpoint(name: str, *, quality: int = 3, price: float = 1.0, caps=ALL_CAPS, context: int = 100_000,
+             region: str = "eu", provider_name: str = "p") -> EndpointRuntime:
+    return EndpointRuntime(
+        name=name, model=f"m-{name}", upstream_model=name, region=region, provider=provider(provider_name),
+        chat_url="http://x", chat_stream_url="http://x", embeddings=False, native_completions=False,
+        pricing=Pricing(PriceTier(0, price, price * 4, None)), capabilities=frozenset(caps),
+        context_window=context, max_output_tokens=4096, quality_tier=quality,
+    )
+
+
+def target(*tiers: tuple[EndpointRuntime, ...], floor: int = 0, regions=None) -> Target:
+    return Target("r", "route", tuple(tiers), 3, 30.0, 60.0, quality_floor=floor,
+                  allowed_regions=frozenset(regions) if regions else None)
+
+
+endpoint_specs = st.lists(
+    st.fixed_dictionaries({
+        "quality": st.integers(0, 5),
+        "price": st.floats(0.01, 100),
+        "caps": st.sets(st.sampled_from(ALL_CAPS)),
+        "context": st.sampled_from([4_096, 32_000, 200_000]),
+        "region": st.sampled_from(["eu", "us"]),
+        "provider_name": st.sampled_from(["a", "b", "c"]),
+        "latency": st.one_of(st.none(), st.floats(0.001, 10)),
+        "failures": st.integers(0, 20),
+    }),
+    min_size=0, max_size=12,
+)
+needs_strategy = st.builds(
+    Needs,
+    capabilities=st.frozensets(st.sampled_from(ALL_CAPS)),
+    prompt_tokens=st.integers(0, 150_000),
+    output_tokens=st.integers(0, 8_000),
+    min_quality=st.integers(0, 5),
+    needed_quality=st.integers(0, 5),
+)
+
+
+def build(specs: list[dict], tier_count: int) -> tuple[Target, HealthRegistry]:
+    health = HealthRegistry(clock=lambda: 1000.0)
+    endpoints = []
+    for index, spec in enumerate(specs):
+        ep = endpoint(f"e{index}", quality=spec["quality"], price=spec["price"], caps=spec["caps"],
+                      context=spec["context"], region=spec["region"], provider_name=spec["provider_name"])
+        endpoints.append(ep)
+        for _ in range(spec["failures"]):
+            health.started(ep.name)
+            health.finished(ep.name, False, None, None)
+        if spec["latency"] is not None:
+            health.started(ep.name)
+            health.finished(ep.name, True, spec["latency"], None)
+    tiers = [tuple(endpoints[i::tier_count]) for i in range(tier_count)]
+    return target(*tiers), health
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(specs=endpoint_specs, needs=needs_strategy, strategy=st.sampled_from(STRATEGIES),
+       tier_count=st.integers(1, 3), seed=st.integers(0, 1000))
+def test_plan_invariants(specs, needs, strategy, tier_count, seed) -> None:
+    route, health = build(specs, tier_count)
+    try:
+        result = plan(route, needs, strategy, health, DEFAULT_WEIGHTS, random.Random(seed))
+    except NoCandidate as exc:
+        # An empty or fully filtered pool is a clear 4xx/503, never a crash.
+        assert exc.status in (400, 503) and exc.message and exc.code
+        if not route.endpoints:
+            assert exc.status == 503
+        return
+    names = [e.name for e in result.endpoints]
+    assert len(names) == len(set(names)), "duplicates in the plan"
+    excluded = {c.endpoint.name for c in result.candidates if c.excluded}
+    assert not excluded & set(names), "a filtered-out candidate was planned"
+    assert set(names) | excluded == {e.name for e in route.endpoints}
+    tier_of = {e.name: i for i, tier in enumerate(route.tiers) for e in tier}
+    tiers_in_plan = [tier_of[n] for n in names]
+    assert tiers_in_plan == sorted(tiers_in_plan), "degradation-path tiers out of order"
+    for ep in result.endpoints:
+        assert needs.capabilities <= ep.capabilities
+        assert needs.prompt_tokens + needs.output_tokens <= ep.context_window
+        assert ep.quality_tier >= needs.min_quality
+
+
+@settings(max_examples=200, deadline=None)
+@given(specs=endpoint_specs, needed=st.integers(1, 5), seed=st.integers(0, 1000))
+def test_cost_never_picks_below_the_needed_quality_when_one_qualifies(specs, needed, seed) -> None:
+    specs = [dict(spec, failures=0) for spec in specs]
+    route, health = build(specs, 1)
+    needs = Needs(frozenset(), 100, 100, 0, needed)
+    try:
+        result = plan(route, needs, "cost", health, DEFAULT_WEIGHTS, random.Random(seed))
+    except NoCandidate:
+        return
+    qualifying = [e for e in result.endpoints if e.quality_tier >= needed]
+    if qualifying:
+        first = result.endpoints[0]
+        assert first.quality_tier >= needed
+        cheapest = min(qualifying, key=lambda e: e.pricing.base.input_per_mtok)
+        assert first.pricing.base.input_per_mtok == pytest.approx(cheapest.pricing.base.input_per_mtok)
+
+
+@settings(max_examples=200, deadline=None)
+@given(fast=st.floats(0.01, 1.0), others=st.integers(1, 5), seed=st.integers(0, 10_000))
+def test_latency_never_picks_an_order_of_magnitude_slower_endpoint(fast, others, seed) -> None:
+    health = HealthRegistry(clock=lambda: 0.0)
+    endpoints = [endpoint("fast")] + [endpoint(f"slow{i}") for i in range(others)]
+    for ep, latency in [(endpoints[0], fast)] + [(ep, fast * 10) for ep in endpoints[1:]]:
+        health.started(ep.name)
+        health.finished(ep.name, True, latency, None)
+    result = plan(target(tuple(endpoints)), Needs(frozenset(), 10, 10), "latency", health, DEFAULT_WEIGHTS,
+                  random.Random(seed))
+    assert result.endpoints[0].name == "fast"
+
+
+def test_latency_spreads_load_among_equally_fast_endpoints() -> None:
+    health = HealthRegistry(clock=lambda: 0.0)
+    endpoints = [endpoint(f"e{i}") for i in range(3)]
+    for ep in endpoints:
+        health.started(ep.name)
+        health.finished(ep.name, True, 0.1, None)
+    rng = random.Random(7)
+    firsts = {plan(target(tuple(endpoints)), Needs(frozenset(), 10, 10), "latency", health, DEFAULT_WEIGHTS,
+                   rng).endpoints[0].name for _ in range(200)}
+    assert firsts == {"e0", "e1", "e2"}
+
+
+def test_availability_prefers_healthy_and_spans_providers() -> None:
+    health = HealthRegistry(clock=lambda: 0.0)
+    a1, a2 = endpoint("a1", provider_name="a"), endpoint("a2", provider_name="a")
+    b1, bad = endpoint("b1", provider_name="b", region="us"), endpoint("bad", provider_name="c")
+    for _ in range(10):
+        for ep in (a1, a2, b1):
+            health.started(ep.name)
+            health.finished(ep.name, True, 0.1, None)
+        health.started(bad.name)
+        health.finished(bad.name, False, 0.1, None)
+    result = plan(target((bad, a1, a2, b1)), Needs(frozenset(), 10, 10), "availability", health, DEFAULT_WEIGHTS)
+    names = [e.name for e in result.endpoints]
+    assert names[0] in ("a1", "a2") and names[1] == "b1" and names[-1] == "bad"
+
+
+def test_filters_and_errors_name_the_problem() -> None:
+    route = target((endpoint("small", caps=("streaming",), context=1000),))
+    with pytest.raises(NoCandidate) as caught:
+        plan(route, Needs(frozenset({"tools"}), 10, 10), "balanced", HealthRegistry(), DEFAULT_WEIGHTS)
+    assert caught.value.status == 400 and "tools" in caught.value.message
+    with pytest.raises(NoCandidate) as caught:
+        plan(route, Needs(frozenset(), 5000, 10), "balanced", HealthRegistry(), DEFAULT_WEIGHTS)
+    assert caught.value.code == "context_length_exceeded"
+    with pytest.raises(NoCandidate) as caught:
+        plan(target((endpoint("x", quality=2),)), Needs(frozenset(), 1, 1, min_quality=4), "cost",
+             HealthRegistry(), DEFAULT_WEIGHTS)
+    assert caught.value.param == "x-megarouter-min-quality"
+    with pytest.raises(NoCandidate) as caught:
+        plan(target(()), Needs(frozenset(), 1, 1), "cost", HealthRegistry(), DEFAULT_WEIGHTS)
+    assert caught.value.status == 503
+    eu_only = Target("r", "route", ((endpoint("us1", region="us"), endpoint("eu1", region="eu")),), 3, 30, 60,
+                     allowed_regions=frozenset({"eu"}))
+    assert [e.name for e in plan(eu_only, Needs(frozenset(), 1, 1), "cost", HealthRegistry(),
+                                 DEFAULT_WEIGHTS).endpoints] == ["eu1"]
+
+
+def test_needs_are_read_from_the_request() -> None:
+    needs = chat_needs({
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "x" * 400},
+                                                  {"type": "image_url", "image_url": {"url": "data:,"}}]}],
+        "tools": [{"type": "function", "function": {"name": "f"}}], "stream": True,
+        "response_format": {"type": "json_object"}, "max_tokens": 77,
+    }, min_quality=2)
+    assert needs.capabilities == {"tools", "vision", "json_mode", "streaming"}
+    assert needs.output_tokens == 77 and needs.min_quality == 2
+    assert needs.prompt_tokens >= 100 + 85
+    assert chat_needs({"messages": [], "tools": [{}], "tool_choice": "none"}).capabilities == frozenset()
