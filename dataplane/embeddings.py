@@ -17,7 +17,7 @@ from dataplane.errors import bad_request
 from dataplane.relay import relay_json
 from dataplane.stats import EndpointStats
 from dataplane.table import EndpointRuntime, KeyInfo, RuntimeTable
-from dataplane.upstream import SessionPool
+from dataplane.upstream import SessionPool, exhausted_error
 
 
 def check_embeddings_request(payload: dict[str, Any]) -> None:
@@ -49,6 +49,8 @@ class EmbeddingsHandler:
     ) -> web.Response:
         check_embeddings_request(payload)
         target = resolve(table, key, payload["model"])
+        if not target.endpoints:
+            raise exhausted_error(None, 0)  # 503: nothing can serve it on this proxy now
         endpoints = tuple(e for e in target.endpoints if e.embeddings)
         if not endpoints:
             raise bad_request(f"'{target.name}' has no embeddings model", "model")
