@@ -3,12 +3,17 @@
 
 Starts a fast static upstream (or the simulator), a control plane and one
 proxy, pins the proxy to one CPU and wrk + upstream to the other, then for
-each workload (JSON, streaming) x connections (1, 32) runs wrk against the
-upstream directly (the baseline) and through the proxy. Prints the machine,
-the CPU placement, a results table and the issue's targets on stdout, ready
-to paste into bench/RESULTS.md; `--json PATH` also writes the raw numbers.
+each workload x connections (1, 32) runs wrk against the upstream directly
+(the baseline) and through the proxy. Workloads: `json` and `stream` are
+OpenAI pass-through; `json-anthropic` and `stream-anthropic` send the same
+OpenAI requests to a model served by an Anthropic-format upstream, so the
+proxy translates request, response and stream. Prints the machine, the CPU
+placement, a results table, the adapter's CPU cost next to pass-through and
+the issue's targets on stdout, ready to paste into bench/RESULTS.md;
+`--json PATH` also writes the raw numbers.
 
-    .venv/bin/python bench/proxy_bench.py [--quick | --duration S] [--upstream static|sim] [--json PATH]
+    .venv/bin/python bench/proxy_bench.py [--quick | --duration S] [--upstream static|sim]
+                                          [--workloads json,stream,...] [--json PATH]
 
 See bench/README.md for what is measured and the caveats.
 """
@@ -40,10 +45,39 @@ LUA_DIR = BENCH_DIR / "lua"
 REPO_DIR = BENCH_DIR.parent
 
 API_KEY = "sk-mr-bench-0123456789abcdef"
-MODEL = "bench-model"
+MODEL = "bench-model"                       # served by the OpenAI-format provider, passed through
+CLAUDE_MODEL = "bench-claude"               # served by the Anthropic-format provider, translated
+CLAUDE_UPSTREAM_MODEL = "claude-sonnet-4-5"
 CHAT_PATH = "/v1/chat/completions"
-WORKLOADS = {"json": LUA_DIR / "chat_json.lua", "stream": LUA_DIR / "chat_stream.lua"}
+MESSAGES_PATH = "/v1/messages"
 CONNECTIONS = (1, 32)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What wrk sends through the proxy, and what it sends to the upstream
+    directly for the baseline."""
+    name: str
+    stream: bool
+    script: Path          # wrk script for the proxy: an OpenAI chat request
+    model: str            # the model the client asks the proxy for
+    anthropic: bool       # served by the Anthropic-format provider (translated)
+    direct_script: Path   # wrk script for the upstream-direct baseline
+    direct_path: str
+    direct_model: str
+    passthrough: str | None = None  # adapter workloads: the pass-through workload they are compared with
+
+
+WORKLOADS = {w.name: w for w in (
+    Workload("json", False, LUA_DIR / "chat_json.lua", MODEL, False,
+             LUA_DIR / "chat_json.lua", CHAT_PATH, MODEL),
+    Workload("stream", True, LUA_DIR / "chat_stream.lua", MODEL, False,
+             LUA_DIR / "chat_stream.lua", CHAT_PATH, MODEL),
+    Workload("json-anthropic", False, LUA_DIR / "chat_json.lua", CLAUDE_MODEL, True,
+             LUA_DIR / "messages_json.lua", MESSAGES_PATH, CLAUDE_UPSTREAM_MODEL, passthrough="json"),
+    Workload("stream-anthropic", True, LUA_DIR / "chat_stream.lua", CLAUDE_MODEL, True,
+             LUA_DIR / "messages_stream.lua", MESSAGES_PATH, CLAUDE_UPSTREAM_MODEL, passthrough="stream"),
+)}
 
 READY_TIMEOUT_S = 30.0  # a service that has not announced itself by then is broken
 STOP_TIMEOUT_S = 10.0   # then SIGKILL
@@ -54,6 +88,10 @@ TARGET_RPS = 2000          # at 32 connections
 TARGET_CPU_MS = 0.5        # per request
 TARGET_ADDED_P50_MS = 1.0  # at 1 connection, proxy p50 - direct p50
 TARGET_RSS_MB = 80.0       # VmHWM
+# The adapter requirement: translating OpenAI <-> Anthropic may cost at most
+# this much proxy CPU per request, relative to pass-through (same workload
+# shape, same connections).
+TARGET_ADAPTER_CPU_RATIO = 1.5
 
 PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
@@ -180,21 +218,29 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 # ------------------------------------------------------------------ the system
 
-def bench_manifest(upstream_port: int) -> str:
-    """One provider (the upstream), one model, one endpoint: the shortest route."""
+def bench_manifest(upstream_port: int, anthropic_port: int) -> str:
+    """Two providers, each with one model on one endpoint (the shortest route):
+    OpenAI-format (passed through) and Anthropic-format (translated). The
+    Anthropic one has no credential: the bench upstreams check none."""
     return f"""
-provider: {{name: bench-upstream, kind: openai, base_url: 'http://127.0.0.1:{upstream_port}/v1', region: local}}
+providers:
+  - {{name: bench-upstream, kind: openai, base_url: 'http://127.0.0.1:{upstream_port}/v1', region: local}}
+  - {{name: bench-anthropic, kind: anthropic, base_url: 'http://127.0.0.1:{anthropic_port}/v1', region: local}}
 ---
 models:
   - {{name: {MODEL}, input_price_per_mtok: 0.15, output_price_per_mtok: 0.6, context_window: 128000,
      quality_tier: 2, capabilities: {{streaming: true}}}}
+  - {{name: {CLAUDE_MODEL}, input_price_per_mtok: 3, output_price_per_mtok: 15, context_window: 200000,
+     quality_tier: 4, capabilities: {{streaming: true}}}}
 ---
 endpoints:
   - {{name: bench-endpoint, model: {MODEL}, provider: bench-upstream}}
+  - {{name: bench-claude-endpoint, model: {CLAUDE_MODEL}, provider: bench-anthropic,
+     upstream_model: {CLAUDE_UPSTREAM_MODEL}}}
 """
 
 
-def seed_control_plane(admin_address: str, upstream_port: int) -> int:
+def seed_control_plane(admin_address: str, upstream_port: int, anthropic_port: int) -> int:
     """Apply the manifest and the API key; return the revision to wait for."""
     # Imported here so `--help` and the wrk check work without the package.
     import grpc
@@ -205,7 +251,7 @@ def seed_control_plane(admin_address: str, upstream_port: int) -> int:
     async def seed() -> int:
         async with grpc.aio.insecure_channel(admin_address) as channel:
             admin = admin_pb2_grpc.AdminStub(channel)
-            await apply_resources(admin, parse_manifest(bench_manifest(upstream_port)))
+            await apply_resources(admin, parse_manifest(bench_manifest(upstream_port, anthropic_port)))
             created = await admin.CreateApiKey(
                 admin_pb2.CreateApiKeyRequest(name="bench", principal="bench", secret=API_KEY)
             )
@@ -233,34 +279,76 @@ def wait_for_table(proxy_port: int, revision: int) -> None:
     raise RuntimeError(f"proxy did not install table revision {revision} within {READY_TIMEOUT_S:g}s")
 
 
-def preflight(base_url: str, what: str) -> None:
-    """One request of each workload must succeed before anything is timed:
-    a bench that measures fast 401s is worse than none."""
-    requests = {
-        "json": {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
-        "stream": {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
-                   "stream": True, "stream_options": {"include_usage": True}},
-    }
-    for workload, payload in requests.items():
-        request = urllib.request.Request(
-            base_url + CHAT_PATH, data=json.dumps(payload).encode(), method="POST",
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                body = response.read()
-        except urllib.error.HTTPError as error:
-            raise RuntimeError(f"{what} {workload} preflight: HTTP {error.code}: {error.read()[:300]!r}") from None
-        complete = b"data: [DONE]" in body if workload == "stream" else b'"usage"' in body
-        if not complete:
-            raise RuntimeError(f"{what} {workload} preflight: unexpected body {body[:300]!r}")
+def _post(url: str, payload: dict, headers: dict[str, str], what: str) -> bytes:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.read()
+    except urllib.error.HTTPError as error:
+        raise RuntimeError(f"{what} preflight: HTTP {error.code}: {error.read()[:300]!r}") from None
+
+
+def _is_chat_completion(body: bytes) -> bool:
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return False
+    return (isinstance(answer, dict) and answer.get("object") == "chat.completion"
+            and bool(answer.get("choices")) and isinstance(answer.get("usage"), dict))
+
+
+def _is_chat_stream(body: bytes) -> bool:
+    """An OpenAI SSE stream: chunks, no error event, and `data: [DONE]` last."""
+    events = [e for e in body.replace(b"\r\n", b"\n").split(b"\n\n") if e.strip()]
+    return (len(events) > 1 and events[-1].strip() == b"data: [DONE]"
+            and b'"chat.completion.chunk"' in events[0] and not any(b'"error"' in e for e in events))
+
+
+def preflight_upstream(base_url: str, workload: Workload) -> None:
+    """The baseline request must succeed before anything is timed."""
+    what = f"upstream {workload.name}"
+    if workload.anthropic:
+        payload: dict = {"model": workload.direct_model, "max_tokens": 64,
+                         "messages": [{"role": "user", "content": "hi"}]}
+        headers = {"x-api-key": API_KEY, "anthropic-version": "2023-06-01"}
+    else:
+        payload = {"model": workload.direct_model, "messages": [{"role": "user", "content": "hi"}]}
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+    if workload.stream:
+        payload["stream"] = True
+        if not workload.anthropic:
+            payload["stream_options"] = {"include_usage": True}
+    body = _post(base_url + workload.direct_path, payload, headers, what)
+    if workload.stream:
+        complete = (b"event: message_stop" if workload.anthropic else b"data: [DONE]") in body
+    else:
+        complete = b'"usage"' in body
+    if not complete:
+        raise RuntimeError(f"{what} preflight: unexpected body {body[:300]!r}")
+
+
+def preflight_proxy(base_url: str, workload: Workload) -> None:
+    """One request of the workload through the proxy must come back as an
+    OpenAI answer — a chat.completion, or a chunk stream ending in
+    `data: [DONE]` — whatever format the upstream speaks: a bench that
+    measures fast 401s (or untranslated bodies) is worse than none."""
+    what = f"proxy {workload.name}"
+    payload: dict = {"model": workload.model, "messages": [{"role": "system", "content": "Be brief."},
+                                                          {"role": "user", "content": "hi"}]}
+    if workload.stream:
+        payload.update(stream=True, stream_options={"include_usage": True})
+    body = _post(base_url + CHAT_PATH, payload, {"Authorization": f"Bearer {API_KEY}"}, what)
+    if not (_is_chat_stream(body) if workload.stream else _is_chat_completion(body)):
+        raise RuntimeError(f"{what} preflight: not an OpenAI {'stream' if workload.stream else 'chat.completion'}: "
+                           f"{body[:300]!r}")
 
 
 # ------------------------------------------------------------------ measuring
 
 @dataclass
 class Run:
-    workload: str         # json | stream
+    workload: str         # a WORKLOADS name
     connections: int
     target: str           # upstream (direct) | proxy
     requests: int
@@ -283,13 +371,13 @@ class Run:
         return self.non2xx + self.socket_errors
 
 
-def run_wrk(url: str, workload: str, connections: int, duration_s: int, cpu: int | None) -> dict:
+def run_wrk(url: str, script: Path, model: str, connections: int, duration_s: int, cpu: int | None) -> dict:
     """One wrk run; returns the BENCH_RESULT line of bench/lua/report.lua plus wrk's stdout."""
     argv = pinned(cpu, [
         "wrk", "--threads", "1", "--connections", str(connections), "--duration", f"{duration_s}s",
-        "--timeout", "5s", "--latency", "--script", str(WORKLOADS[workload]), url,
+        "--timeout", "5s", "--latency", "--script", str(script), url,
     ])
-    env = {**os.environ, "BENCH_API_KEY": API_KEY, "BENCH_MODEL": MODEL}
+    env = {**os.environ, "BENCH_API_KEY": API_KEY, "BENCH_MODEL": model}
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=duration_s + WRK_SLACK_S)
     for line in done.stdout.splitlines():
         if line.startswith("BENCH_RESULT "):
@@ -318,18 +406,25 @@ def peak_rss_mb(pid: int) -> float:
     return int(proc_status(pid, "VmHWM").split()[0]) / 1024  # kB -> MiB
 
 
-def measure(url: str, workload: str, connections: int, target: str, args: argparse.Namespace,
+def measure(base_url: str, workload: Workload, connections: int, args: argparse.Namespace,
             load_cpu: int | None, proxy: Service | None = None) -> Run:
-    """A warm-up run, then the measured run; for the proxy, its CPU and RSS."""
-    run_wrk(url, workload, connections, args.warmup, load_cpu)
+    """A warm-up run, then the measured run; for the proxy, its CPU and RSS.
+    Without `proxy`, the upstream-direct baseline of the workload."""
+    if proxy is None:
+        target, url = "upstream", base_url + workload.direct_path
+        script, model = workload.direct_script, workload.direct_model
+    else:
+        target, url = "proxy", base_url + CHAT_PATH
+        script, model = workload.script, workload.model
+    run_wrk(url, script, model, connections, args.warmup, load_cpu)
     cpu_before = cpu_seconds(proxy.pid) if proxy else 0.0
-    result = run_wrk(url, workload, connections, args.duration, load_cpu)
+    result = run_wrk(url, script, model, connections, args.duration, load_cpu)
     cpu_used = cpu_seconds(proxy.pid) - cpu_before if proxy else 0.0
     latency = result["latency_us"]
     duration_s = result["duration_us"] / 1e6
     requests = result["requests"]
     run = Run(
-        workload=workload, connections=connections, target=target,
+        workload=workload.name, connections=connections, target=target,
         requests=requests, duration_s=duration_s, rps=requests / duration_s,
         p50_ms=latency["p50"] / 1000, p90_ms=latency["p90"] / 1000,
         p99_ms=latency["p99"] / 1000, max_ms=latency["max"] / 1000,
@@ -344,20 +439,22 @@ def measure(url: str, workload: str, connections: int, target: str, args: argpar
     return run
 
 
-def run_scenarios(upstream: Service, proxy: Service, args: argparse.Namespace, load_cpu: int | None) -> list[Run]:
+def run_scenarios(upstreams: dict[bool, Service], proxy: Service, workloads: list[Workload],
+                  args: argparse.Namespace, load_cpu: int | None) -> list[Run]:
     """Each workload x connections: upstream directly, then through the proxy,
-    back to back so both see the same machine state."""
+    back to back so both see the same machine state. `upstreams` maps
+    "Anthropic format?" to the service that speaks it."""
     runs = []
-    for workload in WORKLOADS:
+    for workload in workloads:
+        upstream = upstreams[workload.anthropic]
         for connections in CONNECTIONS:
-            direct = measure(f"http://127.0.0.1:{upstream.port}{CHAT_PATH}", workload, connections,
-                             "upstream", args, load_cpu)
-            log(f"{workload:6} c={connections:<2} upstream: {direct.rps:9,.0f} req/s  p50 {direct.p50_ms:.3f} ms")
-            through = measure(f"http://127.0.0.1:{proxy.port}{CHAT_PATH}", workload, connections,
-                              "proxy", args, load_cpu, proxy)
+            direct = measure(f"http://127.0.0.1:{upstream.port}", workload, connections, args, load_cpu)
+            log(f"{workload.name:16} c={connections:<2} upstream: {direct.rps:9,.0f} req/s  "
+                f"p50 {direct.p50_ms:.3f} ms")
+            through = measure(f"http://127.0.0.1:{proxy.port}", workload, connections, args, load_cpu, proxy)
             through.added_p50_ms = through.p50_ms - direct.p50_ms
-            log(f"{workload:6} c={connections:<2} proxy:    {through.rps:9,.0f} req/s  p50 {through.p50_ms:.3f} ms"
-                f"  CPU {through.cpu_ms_per_request or 0:.3f} ms/req")
+            log(f"{workload.name:16} c={connections:<2} proxy:    {through.rps:9,.0f} req/s  "
+                f"p50 {through.p50_ms:.3f} ms  CPU {through.cpu_ms_per_request or 0:.3f} ms/req")
             runs += [direct, through]
     return runs
 
@@ -433,27 +530,74 @@ def results_table(runs: list[Run]) -> list[str]:
     return _table(header, rows, numeric=frozenset({1, *range(3, len(header))}))
 
 
+def adapter_ratios(runs: list[Run]) -> list[dict]:
+    """Proxy CPU per request of each adapter run over that of its pass-through
+    counterpart at the same connections (pairs where both ran)."""
+    cpu = {(r.workload, r.connections): r.cpu_ms_per_request for r in runs if r.target == "proxy"}
+    pairs = []
+    for (name, connections), adapter_cpu in cpu.items():
+        base = WORKLOADS[name].passthrough
+        if base is None or (base, connections) not in cpu:
+            continue
+        base_cpu = cpu[base, connections]
+        # None (and FAIL) when a run completed no requests: nothing to compare.
+        ratio = adapter_cpu / base_cpu if adapter_cpu is not None and base_cpu else None
+        pairs.append({"workload": name, "passthrough": base, "connections": connections,
+                      "passthrough_cpu_ms": base_cpu, "adapter_cpu_ms": adapter_cpu, "ratio": ratio,
+                      "pass": ratio is not None and ratio <= TARGET_ADAPTER_CPU_RATIO})
+    return pairs
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def adapter_table(pairs: list[dict]) -> list[str]:
+    header = ["adapter workload", "vs pass-through", "conns", "pass-through CPU ms/req", "adapter CPU ms/req",
+              "ratio", "result"]
+    rows = [[p["workload"], p["passthrough"], str(p["connections"]), _num(p["passthrough_cpu_ms"], ".3f"),
+             _num(p["adapter_cpu_ms"], ".3f"), _ratio(p["ratio"]), "PASS" if p["pass"] else "FAIL"]
+            for p in pairs]
+    return _table(header, rows, numeric=frozenset({2, 3, 4, 5}))
+
+
 def check_targets(runs: list[Run]) -> list[dict]:
-    """The issue's four targets, each checked against the proxy runs it is about."""
+    """The issue's four targets, checked against the pass-through proxy runs
+    they were set for, and the adapter's CPU relative to pass-through. A
+    target whose runs were not selected (--workloads) is left out."""
     proxy = [r for r in runs if r.target == "proxy"]
-    busy = [r for r in proxy if r.connections == max(CONNECTIONS)]
-    single = [r for r in proxy if r.connections == 1]
-    worst_cpu = max(proxy, key=lambda r: r.cpu_ms_per_request or 0.0)
+    passthrough = [r for r in proxy if WORKLOADS[r.workload].passthrough is None]
+    checks = []
+    if passthrough:
+        busy = [r for r in passthrough if r.connections == max(CONNECTIONS)]
+        single = [r for r in passthrough if r.connections == 1]
+        worst_cpu = max(passthrough, key=lambda r: r.cpu_ms_per_request or 0.0)
+        checks += [
+            {"target": f"pass-through throughput at {max(CONNECTIONS)} connections",
+             "required": f">= {TARGET_RPS:,} req/s",
+             "measured": ", ".join(f"{r.workload} {r.rps:,.0f}" for r in busy),
+             "pass": all(r.rps >= TARGET_RPS for r in busy)},
+            {"target": "pass-through proxy CPU per request", "required": f"<= {TARGET_CPU_MS} ms",
+             "measured": f"worst {worst_cpu.cpu_ms_per_request or 0:.3f} ms ({worst_cpu.workload}, "
+                         f"{worst_cpu.connections} conn)",
+             "pass": all((r.cpu_ms_per_request or 0) <= TARGET_CPU_MS for r in passthrough)},
+            {"target": "pass-through added p50 at 1 connection", "required": f"<= {TARGET_ADDED_P50_MS:g} ms",
+             "measured": ", ".join(f"{r.workload} {r.added_p50_ms:.3f} ms" for r in single),
+             "pass": all((r.added_p50_ms or 0) <= TARGET_ADDED_P50_MS for r in single)},
+        ]
+    pairs = adapter_ratios(runs)
+    if pairs:
+        worst = max(pairs, key=lambda p: float("inf") if p["ratio"] is None else p["ratio"])
+        checks.append({
+            "target": "adapter CPU per request vs pass-through",
+            "required": f"<= {TARGET_ADAPTER_CPU_RATIO:g}x (same shape, same conns)",
+            "measured": f"worst {_ratio(worst['ratio'])} ({worst['workload']} vs {worst['passthrough']}, "
+                        f"{worst['connections']} conn)",
+            "pass": all(p["pass"] for p in pairs)})
     peak_rss = max(r.peak_rss_mb or 0.0 for r in proxy)
-    return [
-        {"target": f"throughput at {max(CONNECTIONS)} connections", "required": f">= {TARGET_RPS:,} req/s",
-         "measured": ", ".join(f"{r.workload} {r.rps:,.0f}" for r in busy),
-         "pass": all(r.rps >= TARGET_RPS for r in busy)},
-        {"target": "proxy CPU per request", "required": f"<= {TARGET_CPU_MS} ms",
-         "measured": f"worst {worst_cpu.cpu_ms_per_request or 0:.3f} ms ({worst_cpu.workload}, "
-                     f"{worst_cpu.connections} conn)",
-         "pass": all((r.cpu_ms_per_request or 0) <= TARGET_CPU_MS for r in proxy)},
-        {"target": "added p50 latency at 1 connection", "required": f"<= {TARGET_ADDED_P50_MS:g} ms",
-         "measured": ", ".join(f"{r.workload} {r.added_p50_ms:.3f} ms" for r in single),
-         "pass": all((r.added_p50_ms or 0) <= TARGET_ADDED_P50_MS for r in single)},
-        {"target": "proxy peak RSS (VmHWM)", "required": f"<= {TARGET_RSS_MB:g} MB",
-         "measured": f"{peak_rss:.1f} MB", "pass": peak_rss <= TARGET_RSS_MB},
-    ]
+    checks.append({"target": "proxy peak RSS (VmHWM)", "required": f"<= {TARGET_RSS_MB:g} MB",
+                   "measured": f"{peak_rss:.1f} MB", "pass": peak_rss <= TARGET_RSS_MB})
+    return checks
 
 
 def headroom(runs: list[Run]) -> dict[tuple[str, int], float]:
@@ -475,6 +619,11 @@ def sanity_notes(runs: list[Run]) -> list[str]:
         if ratio < 3:
             notes.append(f"{workload} c={connections}: the upstream alone is only {ratio:.1f}x faster "
                          "than the proxy; it may be limiting the proxy numbers")
+    ran = {r.workload for r in runs}
+    for name in sorted(ran):
+        base = WORKLOADS[name].passthrough
+        if base is not None and base not in ran:
+            notes.append(f"{name} ran without {base}: the adapter's CPU ratio was not checked")
     return notes
 
 
@@ -490,6 +639,12 @@ def report(machine: dict, settings: dict, where: dict[str, str], runs: list[Run]
     lines += results_table(runs)
     ratios = ", ".join(f"{w} c={c} {ratio:.0f}x" for (w, c), ratio in headroom(runs).items())
     lines += ["", f"Upstream headroom (upstream-direct req/s / proxy req/s): {ratios}."]
+    pairs = adapter_ratios(runs)
+    if pairs:
+        lines += ["", "## Adapter: OpenAI clients, Anthropic upstream (proxy CPU per request)", ""]
+        lines += adapter_table(pairs)
+        lines += ["", f"Required: adapter CPU ms/req <= {TARGET_ADAPTER_CPU_RATIO:g}x the pass-through "
+                      "workload's at the same connection count."]
     lines += ["", "## Targets (one proxy process on one core)", ""]
     lines += _table(["target", "required", "measured", "result"],
                     [[t["target"], t["required"], t["measured"], "PASS" if t["pass"] else "FAIL"] for t in targets])
@@ -507,8 +662,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="3 s runs and 1 s warm-ups")
     parser.add_argument("--upstream", choices=("static", "sim"), default="static",
                         help="static: bench/static_upstream.py (default); sim: `megarouter sim`")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), metavar="NAMES",
+                        help=f"comma-separated subset of {', '.join(WORKLOADS)} (default: all)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the raw numbers here")
     args = parser.parse_args(argv)
+    chosen = {name.strip() for name in args.workloads.split(",") if name.strip()}
+    unknown = chosen - WORKLOADS.keys()
+    if unknown or not chosen:
+        parser.error(f"--workloads: unknown {', '.join(sorted(unknown)) or 'empty list'} "
+                     f"(choose from {', '.join(WORKLOADS)})")
+    args.workloads = [w for w in WORKLOADS.values() if w.name in chosen]  # in the usual order
     if args.quick:
         args.duration = 3
     if args.duration < 1:
@@ -537,14 +700,26 @@ def choose_cpus() -> tuple[int | None, int | None]:
 
 
 def start_system(services: Services, args: argparse.Namespace, tmp: Path,
-                 proxy_cpu: int | None, load_cpu: int | None) -> tuple[Service, Service, Service]:
+                 proxy_cpu: int | None, load_cpu: int | None) -> tuple[dict[bool, Service], Service, Service]:
+    """Start upstream(s), control plane and proxy, seed, preflight. The first
+    value maps "Anthropic format?" to the upstream that speaks it: the static
+    upstream speaks both; the simulator one wire per process."""
     python = sys.executable
     if args.upstream == "static":
         upstream = services.start("upstream", [python, str(BENCH_DIR / "static_upstream.py"), "--port", "0"],
                                   load_cpu)
+        anthropic = upstream
     else:
         upstream = services.start("upstream", [python, "-m", "megarouter", "sim", "--port", "0",
                                                "--name", "bench-sim", "--models", MODEL], load_cpu)
+        # Started only when an adapter workload runs; otherwise the (unused)
+        # Anthropic provider points at the OpenAI simulator, so the routing
+        # table is the same whatever --workloads selects.
+        anthropic = upstream
+        if any(w.anthropic for w in args.workloads):
+            anthropic = services.start("upstream-anthropic", [
+                python, "-m", "megarouter", "sim", "--port", "0", "--wire", "anthropic",
+                "--name", "bench-sim-anthropic", "--models", CLAUDE_UPSTREAM_MODEL], load_cpu)
     controlplane = services.start("controlplane", [
         python, "-m", "megarouter", "controlplane", "--listen", "127.0.0.1:0", "--store", str(tmp / "store"),
         "--metrics-listen", "127.0.0.1:0",
@@ -556,32 +731,43 @@ def start_system(services: Services, args: argparse.Namespace, tmp: Path,
         python, "-m", "megarouter", "proxy", "--listen", "127.0.0.1:0", "--control-plane", admin_address,
         "--node-id", "bench-proxy", "--cache-file", str(tmp / "proxy.table"),
     ], proxy_cpu)
-    revision = seed_control_plane(admin_address, upstream.port)
+    revision = seed_control_plane(admin_address, upstream.port, anthropic.port)
     wait_for_table(proxy.port, revision)
-    preflight(f"http://127.0.0.1:{upstream.port}", "upstream")
-    preflight(f"http://127.0.0.1:{proxy.port}", "proxy")
-    return upstream, controlplane, proxy
+    upstreams = {False: upstream, True: anthropic}
+    for workload in args.workloads:
+        preflight_upstream(f"http://127.0.0.1:{upstreams[workload.anthropic].port}", workload)
+        preflight_proxy(f"http://127.0.0.1:{proxy.port}", workload)
+    return upstreams, controlplane, proxy
 
 
 def bench(args: argparse.Namespace, services: Services, tmp: Path) -> int:
     proxy_cpu, load_cpu = choose_cpus()
     if load_cpu is not None:
         os.sched_setaffinity(0, {load_cpu})  # this script stays off the proxy's core too
-    upstream, controlplane, proxy = start_system(services, args, tmp, proxy_cpu, load_cpu)
-    where = placement({"proxy": proxy, f"upstream ({args.upstream})": upstream,
-                       "control plane (idle, not measured)": controlplane}, proxy_cpu, load_cpu)
-    runs_total = len(WORKLOADS) * len(CONNECTIONS) * 2
+    upstreams, controlplane, proxy = start_system(services, args, tmp, proxy_cpu, load_cpu)
+    shown = {"proxy": proxy, f"upstream ({args.upstream})": upstreams[False]}
+    if upstreams[True] is not upstreams[False]:
+        shown[f"Anthropic upstream ({args.upstream})"] = upstreams[True]
+    shown["control plane (idle, not measured)"] = controlplane
+    where = placement(shown, proxy_cpu, load_cpu)
+    runs_total = len(args.workloads) * len(CONNECTIONS) * 2
     log(f"{runs_total} runs of {args.duration:g}s (+{args.warmup:g}s warm-up each), "
         f"about {runs_total * (args.duration + args.warmup):.0f}s")
 
-    runs = run_scenarios(upstream, proxy, args, load_cpu)
+    runs = run_scenarios(upstreams, proxy, args.workloads, args, load_cpu)
 
     machine = machine_description(proxy)
     settings = {
         "upstream": "bench/static_upstream.py (asyncio Protocol, canned replies)" if args.upstream == "static"
                     else "megarouter sim (aiohttp simulator, no latency)",
         "run": f"{args.duration:g} s measured after a {args.warmup:g} s warm-up, wrk 1 thread",
-        "workloads": "json: chat completion; stream: stream=true + include_usage (18 SSE events + [DONE])",
+        "workloads": ", ".join(w.name for w in args.workloads),
+        "pass-through": "json: chat completion; stream: stream=true + include_usage (static upstream: "
+                        f"18 SSE events + [DONE]); model {MODEL} on an OpenAI-format provider",
+        "adapter": f"json-anthropic / stream-anthropic: the same OpenAI requests for model {CLAUDE_MODEL} on an "
+                   f"Anthropic-format provider (upstream model {CLAUDE_UPSTREAM_MODEL}), translated both ways; "
+                   f"their upstream-direct rows POST the equivalent Anthropic body to {MESSAGES_PATH} "
+                   "(static upstream stream: 22 SSE events)",
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
     }
     text, targets = report(machine, settings, where, runs)
@@ -590,8 +776,10 @@ def bench(args: argparse.Namespace, services: Services, tmp: Path) -> int:
         args.json.write_text(json.dumps({
             "machine": machine, "settings": settings, "placement": where,
             "targets": {"rps": TARGET_RPS, "cpu_ms_per_request": TARGET_CPU_MS,
-                        "added_p50_ms": TARGET_ADDED_P50_MS, "rss_mb": TARGET_RSS_MB},
+                        "added_p50_ms": TARGET_ADDED_P50_MS, "rss_mb": TARGET_RSS_MB,
+                        "adapter_cpu_ratio": TARGET_ADAPTER_CPU_RATIO},
             "checks": targets,
+            "adapter": adapter_ratios(runs),
             "runs": [{**asdict(run), "errors": run.errors} for run in runs],
         }, indent=2) + "\n")
         log(f"raw numbers written to {args.json}")

@@ -25,7 +25,6 @@ from dataplane.health import HealthRegistry  # noqa: E402
 from dataplane.routing import router  # noqa: E402
 from dataplane.routing.needs import chat_needs  # noqa: E402
 from dataplane.table import RuntimeTable  # noqa: E402
-from megarouter.catalog import load_catalog  # noqa: E402
 from megarouter.resources import resource_to_proto  # noqa: E402
 from megarouter.v1 import routing_pb2  # noqa: E402
 

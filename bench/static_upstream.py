@@ -1,12 +1,22 @@
 #!/usr/bin/env python3
-"""A minimal, fast OpenAI-format upstream for benchmarking the proxy.
+"""A minimal, fast OpenAI- and Anthropic-format upstream for benchmarking the proxy.
 
 It answers every `POST /v1/chat/completions` with the same canned, realistic
 chat completion: a JSON body with usage, or — when the request body contains
-`"stream": true` — an SSE stream (role chunk, 16 content chunks, finish
-chunk, usage chunk, `data: [DONE]`) sent with chunked transfer encoding, as
-OpenAI does. Nothing is computed per request, so the proxy, not this server,
-is what a benchmark measures.
+`"stream": true` (or `"stream":true`) — an SSE stream (role chunk, 16 content
+chunks, finish chunk, usage chunk, `data: [DONE]`) sent with chunked transfer
+encoding, as OpenAI does.
+
+It answers every `POST /v1/messages` (Anthropic's Messages API) the same way
+with the same answer in Anthropic's shapes: a message with one text block,
+`stop_reason: end_turn` and usage with cache fields, or a stream of
+`event: <type>` / `data: <json>` events (message_start, content_block_start,
+ping, 16 text deltas, content_block_stop, message_delta, message_stop). The
+shapes follow tests/providers/fixtures/anthropic/. Neither path checks
+credentials or headers.
+
+Nothing is computed per request, so the proxy, not this server, is what a
+benchmark measures.
 
 It is an asyncio Protocol speaking just enough HTTP/1.1 (keep-alive,
 pipelining, Content-Length bodies) on uvloop when available: measured with
@@ -43,6 +53,13 @@ USAGE = {
         "reasoning_tokens": 0, "audio_tokens": 0,
         "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0,
     },
+}
+# The same answer from an Anthropic model (Messages API).
+ANTHROPIC_MODEL = "claude-sonnet-4-5-20250929"
+MESSAGE_ID = "msg_01XFDUDYJgAACzvnptvVoYEL"
+ANTHROPIC_USAGE = {
+    "input_tokens": 19, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+    "output_tokens": len(PIECES), "service_tier": "standard",
 }
 MAX_HEAD_BYTES = 64 * 1024  # a request head larger than this is not a client we serve
 
@@ -81,18 +98,50 @@ def stream_events() -> list[bytes]:
     return [b"data: " + _dumps(event) + b"\n\n" for event in events] + [b"data: [DONE]\n\n"]
 
 
-def json_response() -> bytes:
-    body = completion_body()
+def message_body() -> bytes:
+    """An Anthropic Messages API answer: one text block, end_turn, usage."""
+    return _dumps({
+        "id": MESSAGE_ID, "type": "message", "role": "assistant", "model": ANTHROPIC_MODEL,
+        "content": [{"type": "text", "text": "".join(PIECES)}],
+        "stop_reason": "end_turn", "stop_sequence": None, "usage": ANTHROPIC_USAGE,
+    })
+
+
+def message_events() -> list[bytes]:
+    """The SSE events of an Anthropic stream, each `event: <type>\\ndata: <json>\\n\\n`."""
+    start_usage = {**ANTHROPIC_USAGE, "output_tokens": 1}
+    events: list[tuple[str, object]] = [
+        ("message_start", {"type": "message_start", "message": {
+            "id": MESSAGE_ID, "type": "message", "role": "assistant", "model": ANTHROPIC_MODEL, "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": start_usage}}),
+        ("content_block_start", {"type": "content_block_start", "index": 0,
+                                 "content_block": {"type": "text", "text": ""}}),
+        ("ping", None),
+    ]
+    events += [("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                         "delta": {"type": "text_delta", "text": piece}}) for piece in PIECES]
+    events += [
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                           "usage": {"output_tokens": len(PIECES)}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    # Anthropic writes its ping with a space after the colon; kept as sent.
+    return [b"event: " + kind.encode() + b"\ndata: "
+            + (b'{"type": "ping"}' if data is None else _dumps(data)) + b"\n\n" for kind, data in events]
+
+
+def json_response(body: bytes) -> bytes:
     return (
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
     )
 
 
-def stream_response() -> bytes:
+def stream_response(events: list[bytes]) -> bytes:
     # One HTTP chunk per SSE event, like a real provider; all in one write
     # because a fast upstream is the point here, not pacing.
-    chunks = b"".join(b"%x\r\n%s\r\n" % (len(event), event) for event in stream_events())
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(event), event) for event in events)
     return (
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
@@ -109,8 +158,10 @@ def simple_response(status: bytes, message: bytes, close: bool = False) -> bytes
 
 
 # Built once; every request gets one of these byte strings.
-JSON_RESPONSE = json_response()
-STREAM_RESPONSE = stream_response()
+JSON_RESPONSE = json_response(completion_body())
+STREAM_RESPONSE = stream_response(stream_events())
+MESSAGE_RESPONSE = json_response(message_body())
+MESSAGE_STREAM_RESPONSE = stream_response(message_events())
 NOT_FOUND = simple_response(b"404 Not Found", b"not found")
 LENGTH_REQUIRED = simple_response(b"411 Length Required", b"send a Content-Length body", close=True)
 HEAD_TOO_LARGE = simple_response(b"431 Request Header Fields Too Large", b"header too large", close=True)
@@ -181,9 +232,11 @@ def _wants_close(head: bytes) -> bool:
 
 
 def _answer(head: bytes, body: bytes | bytearray) -> bytes:
-    if not head.startswith(b"post /v1/chat/completions"):
-        return NOT_FOUND
-    return STREAM_RESPONSE if wants_stream(body) else JSON_RESPONSE
+    if head.startswith(b"post /v1/chat/completions"):
+        return STREAM_RESPONSE if wants_stream(body) else JSON_RESPONSE
+    if head.startswith((b"post /v1/messages ", b"post /v1/messages?")):
+        return MESSAGE_STREAM_RESPONSE if wants_stream(body) else MESSAGE_RESPONSE
+    return NOT_FOUND
 
 
 async def serve(host: str, port: int) -> int:

@@ -1,0 +1,17 @@
+-- POST a small non-streaming Anthropic Messages request straight to the
+-- upstream: the baseline for the json-anthropic workload. The body is what the
+-- proxy sends for chat_json.lua's request (system prompt lifted to `system`,
+-- content as text blocks). The model comes from the environment
+-- (proxy_bench.py sets it); the static upstream checks no key or header.
+local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
+dofile(here .. "report.lua")
+
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["x-api-key"] = os.getenv("BENCH_API_KEY") or "sk-bench"
+wrk.headers["anthropic-version"] = "2023-06-01"
+wrk.body = '{"model": "' .. (os.getenv("BENCH_MODEL") or "claude-sonnet-4-5") .. '", ' ..
+  '"max_tokens": 64, ' ..
+  '"messages": [{"role": "user", "content": [{"type": "text", "text": "Say hello and offer to help."}]}], ' ..
+  '"system": [{"type": "text", "text": "You are a helpful assistant."}], ' ..
+  '"temperature": 0.7}'
