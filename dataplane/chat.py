@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from dataplane.attempts import first_success
 from dataplane.errors import ApiError, bad_request, model_not_found
+from dataplane.failover.engine import first_success
 from dataplane.relay import relay_json, relay_stream
 from dataplane.routing import router
 from dataplane.routing.controls import explanation, read_controls
@@ -99,7 +99,7 @@ class ChatHandler:
             needs = replace(needs, needed_quality=estimate(payload).needed_quality)
         try:
             route_plan = router.plan(target, needs, strategy, self._stats.health,
-                                     target.weights or table.default_weights)
+                                     target.weights or table.default_weights, outliers=self._stats.outliers)
         except router.NoCandidate as exc:
             raise ApiError(exc.status, exc.message, code=exc.code, param=exc.param,
                            type="invalid_request_error" if exc.status < 500 else "server_error") from None

@@ -17,9 +17,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from dataplane.attempts import first_success
 from dataplane.chat import check_model, resolve
 from dataplane.errors import bad_request
+from dataplane.failover.engine import first_success
 from dataplane.providers.base import ProviderError, StreamTranslator, Usage
 from dataplane.providers.openai import OpenAIStream
 from dataplane.relay import relay_json, relay_stream

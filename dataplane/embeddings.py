@@ -11,9 +11,9 @@ from typing import Any
 
 from aiohttp import web
 
-from dataplane.attempts import first_success
 from dataplane.chat import check_model, resolve
 from dataplane.errors import bad_request
+from dataplane.failover.engine import first_success
 from dataplane.relay import relay_json
 from dataplane.stats import EndpointStats
 from dataplane.table import EndpointRuntime, KeyInfo, RuntimeTable

@@ -65,6 +65,9 @@ class HealthRegistry:
     def now(self) -> float:
         return self._clock()
 
+    def names(self) -> list[str]:
+        return list(self._endpoints)
+
     def started(self, endpoint: str) -> None:
         self.get(endpoint).inflight += 1
 

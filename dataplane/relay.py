@@ -18,7 +18,7 @@ from collections.abc import Callable
 import aiohttp
 from aiohttp import web
 
-from dataplane.attempts import Success
+from dataplane.failover.engine import Success
 from dataplane.providers.base import ErrorClass, ProviderError, StreamTranslator, Usage
 from dataplane.stats import EndpointStats
 from dataplane.table import EndpointRuntime
@@ -88,14 +88,12 @@ async def relay_stream(
     response = web.StreamResponse(
         status=200, headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
-    first_chunk_at: float | None = None
     interrupted = False
     async with success.response as upstream:
         try:
-            await _write(response, request, b"")
+            out = translator.feed(success.first_chunk)
+            await _write(response, request, out)
             async for chunk in upstream.content.iter_any():
-                if first_chunk_at is None:
-                    first_chunk_at = loop.time()
                 out = translator.feed(chunk)
                 if out:
                     await _write(response, request, out)
@@ -116,7 +114,7 @@ async def relay_stream(
         outcome = str(translator.error.error_class)  # the upstream's own error event was relayed
     elif interrupted or not translator.complete:
         outcome = "stream_interrupted"
-    ttft = None if first_chunk_at is None else first_chunk_at - success.started
+    ttft = success.first_chunk_at - success.started
     _record(stats, success.endpoint, outcome, loop.time() - success.started, ttft, translator.usage)
     try:
         if outcome == "stream_interrupted":

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from dataplane.failover.budget import RetryBudgets
+from dataplane.failover.outlier import OutlierDetector
 from dataplane.health import HealthRegistry
 
 CLIENT_REQUESTS = Counter(
@@ -53,6 +55,8 @@ class EndpointStats:
 
     def __init__(self, health: HealthRegistry | None = None) -> None:
         self.health = health or HealthRegistry()
+        self.outliers = OutlierDetector()
+        self.budgets = RetryBudgets()
         self._counters: dict[str, EndpointCounters] = {}
         self._outcome_children: dict[tuple[str, str], object] = {}
         self._latency_children: dict[str, object] = {}
@@ -72,10 +76,18 @@ class EndpointStats:
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
         cost_usd: float = 0.0,
+        retry_after_s: float | None = None,
     ) -> None:
         # A client hanging up says nothing about the endpoint's health.
         ok = None if outcome == "cancelled" else outcome == "success"
         self.health.finished(endpoint, ok, latency_s, ttft_s)
+        now = self.health.now()
+        if ok is False:
+            rate, peers, samples = self._rates(endpoint, now)
+            self.outliers.record(endpoint, outcome, now, retry_after_s=retry_after_s,
+                                 success_rate=rate, peer_rate=peers, samples=samples)
+        else:
+            self.outliers.record(endpoint, outcome, now)
         counters = self._counters.get(endpoint)
         if counters is None:
             counters = self._counters[endpoint] = EndpointCounters()
@@ -104,6 +116,12 @@ class EndpointStats:
             TOKENS.labels(endpoint, "prompt").inc(prompt_tokens)
             TOKENS.labels(endpoint, "completion").inc(completion_tokens)
             COST.labels(endpoint).inc(cost_usd)
+
+    def _rates(self, endpoint: str, now: float) -> tuple[float, float | None, float]:
+        """This endpoint's success probability, its peers' mean, and its sample weight."""
+        own = self.health.get(endpoint)
+        peers = [self.health.get(name).success_probability(now) for name in self.health.names() if name != endpoint]
+        return own.success_probability(now), (sum(peers) / len(peers) if peers else None), own.successes + own.failures
 
     def client_response(self, api: str, status: int) -> None:
         child = self._client_children.get((api, status))

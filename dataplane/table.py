@@ -15,14 +15,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from dataplane.failover.policy import DEFAULT_POLICY, FailoverPolicy
 from dataplane.providers import Adapter, adapter_for
 from megarouter.catalog import PriceTier, Pricing
-from megarouter.resources import (
-    DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_PER_TRY_TIMEOUT_S,
-    DEFAULT_PROVIDER_TIMEOUT_S,
-    DEFAULT_TOTAL_TIMEOUT_S,
-)
+from megarouter.resources import DEFAULT_PROVIDER_TIMEOUT_S
 from megarouter.v1 import routing_pb2
 
 log = logging.getLogger("megarouter.proxy.table")
@@ -98,9 +94,7 @@ class Target:
     name: str
     kind: str                   # "route" or "model"
     tiers: tuple[tuple[EndpointRuntime, ...], ...]
-    max_attempts: int
-    per_try_timeout_s: float
-    total_timeout_s: float
+    policy: FailoverPolicy = DEFAULT_POLICY
     strategy: str = ""          # "" = not set here
     quality_floor: int = 0
     weights: Weights | None = None
@@ -109,6 +103,12 @@ class Target:
     @property
     def endpoints(self) -> tuple[EndpointRuntime, ...]:
         return tuple(endpoint for tier in self.tiers for endpoint in tier)
+
+    def tier_of(self, endpoint: EndpointRuntime) -> int:
+        for index, tier in enumerate(self.tiers):
+            if endpoint in tier:
+                return index
+        return 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,9 +196,6 @@ class RuntimeTable:
                 name=name,
                 kind="model",
                 tiers=(tuple(eps),),
-                max_attempts=DEFAULT_MAX_ATTEMPTS,
-                per_try_timeout_s=DEFAULT_PER_TRY_TIMEOUT_S,
-                total_timeout_s=DEFAULT_TOTAL_TIMEOUT_S,
             )
         routes = _unique(table.routes, "route")
         for name, route in routes.items():
@@ -214,14 +211,11 @@ class RuntimeTable:
                         raise TableError(f"route {name!r} names unknown model {model!r}")
                     members.extend(endpoints_by_model[model])
                 tiers.append(tuple(members))
-            retry = route.retry
             targets[name] = Target(
                 name=name,
                 kind="route",
                 tiers=tuple(tiers),
-                max_attempts=retry.max_attempts or DEFAULT_MAX_ATTEMPTS,
-                per_try_timeout_s=retry.per_try_timeout_s or DEFAULT_PER_TRY_TIMEOUT_S,
-                total_timeout_s=retry.total_timeout_s or DEFAULT_TOTAL_TIMEOUT_S,
+                policy=FailoverPolicy.from_proto(route.retry),
                 strategy=strategy_name(route.strategy),
                 quality_floor=route.quality_floor,
                 weights=Weights.from_proto(route.weights),

@@ -7,6 +7,8 @@ classified by the provider's adapter (see `ErrorClass`).
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import orjson
 
@@ -48,19 +50,26 @@ async def send(
     body: bytes,
     *,
     timeout_s: float,
-    stream: bool,
+    read_timeout_s: float | None = None,
 ) -> aiohttp.ClientResponse:
-    """POST `body` to `url` at the endpoint's provider; return the open 200 response or raise."""
+    """POST `body` to `url` at the endpoint's provider; return the open 200 response or raise.
+
+    Without `read_timeout_s` the whole call (a JSON response) must finish
+    within `timeout_s`. With it (streams), the response headers must arrive
+    within `timeout_s` and afterwards no read may wait longer than
+    `read_timeout_s` — the stall timeout.
+    """
     provider = endpoint.provider
-    # A JSON call must finish within the timeout; a stream must start within
-    # it and then never go silent for longer than it.
     timeout = (
-        aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
-        if stream
-        else aiohttp.ClientTimeout(total=timeout_s)
+        aiohttp.ClientTimeout(total=timeout_s)
+        if read_timeout_s is None
+        else aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=read_timeout_s)
     )
     try:
-        response = await sessions.get(provider.name).post(url, data=body, headers=provider.headers, timeout=timeout)
+        request = sessions.get(provider.name).post(url, data=body, headers=provider.headers, timeout=timeout)
+        # Streams: the stall timeout applies to reads of the body; waiting
+        # for the headers is bounded by the per-try timeout.
+        response = await (asyncio.wait_for(request, timeout_s) if read_timeout_s is not None else request)
     except TimeoutError as exc:
         raise ProviderError(ErrorClass.TIMEOUT, f"no response within {timeout_s:g}s", endpoint=endpoint.name) from exc
     except aiohttp.ClientError as exc:

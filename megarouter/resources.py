@@ -177,10 +177,22 @@ class Endpoint(_Resource):
         return weight or 1
 
 
+RETRYABLE_CLASSES = ("retryable", "timeout", "rate_limited", "endpoint", "context_length")
+DEFAULT_BACKOFF_BASE_S = 0.025
+DEFAULT_BACKOFF_MAX_S = 0.5
+DEFAULT_RETRY_BUDGET_RATIO = 0.2
+
+
 class RetryPolicy(_Resource):
     max_attempts: int = Field(DEFAULT_MAX_ATTEMPTS, ge=0, le=10)
     per_try_timeout_s: float = Field(DEFAULT_PER_TRY_TIMEOUT_S, ge=0, le=3600)
     total_timeout_s: float = Field(DEFAULT_TOTAL_TIMEOUT_S, ge=0, le=3600)
+    retry_on: list[Literal["retryable", "timeout", "rate_limited", "endpoint", "context_length"]] = []
+    backoff_base_s: float = Field(DEFAULT_BACKOFF_BASE_S, ge=0, le=60)
+    backoff_max_s: float = Field(DEFAULT_BACKOFF_MAX_S, ge=0, le=300)
+    ttft_timeout_s: float = Field(0, ge=0, le=3600)     # 0: per_try_timeout_s
+    stall_timeout_s: float = Field(0, ge=0, le=3600)    # 0: per_try_timeout_s
+    retry_budget_ratio: float = Field(DEFAULT_RETRY_BUDGET_RATIO, ge=0, le=10)
 
     # Zero is what an unset proto field reads as; it means "the default".
     @model_validator(mode="after")
@@ -189,6 +201,9 @@ class RetryPolicy(_Resource):
             "max_attempts": self.max_attempts or DEFAULT_MAX_ATTEMPTS,
             "per_try_timeout_s": self.per_try_timeout_s or DEFAULT_PER_TRY_TIMEOUT_S,
             "total_timeout_s": self.total_timeout_s or DEFAULT_TOTAL_TIMEOUT_S,
+            "backoff_base_s": self.backoff_base_s or DEFAULT_BACKOFF_BASE_S,
+            "backoff_max_s": self.backoff_max_s or DEFAULT_BACKOFF_MAX_S,
+            "retry_budget_ratio": self.retry_budget_ratio or DEFAULT_RETRY_BUDGET_RATIO,
         }
         for field, value in values.items():
             object.__setattr__(self, field, value)

@@ -123,6 +123,10 @@ async def test_api_keys_store_only_a_hash(admin) -> None:
     listed = await admin.ListApiKeys(admin_pb2.ListRequest())
     assert "svc-a" in [k.name for k in listed.items]
     assert secret not in str(listed)
+    async def compiled() -> bool:
+        table = await admin.GetRoutingTable(admin_pb2.GetRoutingTableRequest())
+        return table.version >= created.revision
+    await eventually(compiled, what="the key to reach the table")
     table = await admin.GetRoutingTable(admin_pb2.GetRoutingTableRequest())
     entry = next(k for k in table.api_keys if k.name == "svc-a")
     assert entry.key_hash == key_hash(secret) and entry.principal == "team-a"
@@ -131,9 +135,12 @@ async def test_api_keys_store_only_a_hash(admin) -> None:
         grpc.StatusCode.FAILED_PRECONDITION,
         admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(name="svc-b", allowed_models=["ghost"])),
     )
-    await admin.DeleteApiKey(admin_pb2.DeleteRequest(name="svc-a"))
-    table = await admin.GetRoutingTable(admin_pb2.GetRoutingTableRequest())
-    assert "svc-a" not in [k.name for k in table.api_keys]
+    deleted = await admin.DeleteApiKey(admin_pb2.DeleteRequest(name="svc-a"))
+
+    async def gone() -> bool:
+        table = await admin.GetRoutingTable(admin_pb2.GetRoutingTableRequest())
+        return table.version >= deleted.revision and "svc-a" not in [k.name for k in table.api_keys]
+    await eventually(gone, what="the deleted key to leave the table")
 
 
 async def test_table_tracks_store_revision(admin) -> None:

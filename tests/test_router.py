@@ -33,7 +33,7 @@ def endpoint(name: str, *, quality: int = 3, price: float = 1.0, caps=ALL_CAPS, 
 
 
 def target(*tiers: tuple[EndpointRuntime, ...], floor: int = 0, regions=None) -> Target:
-    return Target("r", "route", tuple(tiers), 3, 30.0, 60.0, quality_floor=floor,
+    return Target("r", "route", tuple(tiers), quality_floor=floor,
                   allowed_regions=frozenset(regions) if regions else None)
 
 
@@ -177,7 +177,7 @@ def test_filters_and_errors_name_the_problem() -> None:
     with pytest.raises(NoCandidate) as caught:
         plan(target(()), Needs(frozenset(), 1, 1), "cost", HealthRegistry(), DEFAULT_WEIGHTS)
     assert caught.value.status == 503
-    eu_only = Target("r", "route", ((endpoint("us1", region="us"), endpoint("eu1", region="eu")),), 3, 30, 60,
+    eu_only = Target("r", "route", ((endpoint("us1", region="us"), endpoint("eu1", region="eu")),),
                      allowed_regions=frozenset({"eu"}))
     assert [e.name for e in plan(eu_only, Needs(frozenset(), 1, 1), "cost", HealthRegistry(),
                                  DEFAULT_WEIGHTS).endpoints] == ["eu1"]

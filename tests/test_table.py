@@ -37,7 +37,7 @@ def test_route_orders_endpoints_by_tier_and_resolves_secrets() -> None:
     secrets = {"MR_TEST_SECRET_A": "sk-a"}
     table = RuntimeTable.load(_table(), secrets=lambda ref: secrets.get(ref.env))
     route = table.resolve("r")
-    assert route is not None and route.kind == "route" and route.max_attempts == 4
+    assert route is not None and route.kind == "route" and route.policy.max_attempts == 4
     assert [e.name for e in route.endpoints] == ["m2-b", "m1-a", "m1-b"]
     m1a = route.endpoints[1]
     assert m1a.upstream_model == "up-m1"

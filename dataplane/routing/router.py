@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from dataplane.failover.outlier import OutlierDetector
 from dataplane.health import HealthRegistry
 from dataplane.routing.needs import Needs
 from dataplane.table import EndpointRuntime, Target, Weights
@@ -82,6 +83,7 @@ def plan(
     health: HealthRegistry,
     weights: Weights,
     rng: random.Random | None = None,
+    outliers: OutlierDetector | None = None,
 ) -> Plan:
     rng = rng or random
     now = health.now()
@@ -93,6 +95,8 @@ def plan(
     eligible = [c for c in candidates if not c.excluded]
     if not eligible:
         raise _no_candidate(target, candidates, needs, floor)
+    if outliers is not None:
+        eligible = _drop_unavailable(eligible, outliers, now)
 
     output_tokens = needs.output_tokens or DEFAULT_EXPECTED_OUTPUT_TOKENS
     known_latencies = []
@@ -120,6 +124,21 @@ def plan(
         if tier:
             ordered.extend(c.endpoint for c in _order(strategy, tier, weights, needed, rng))
     return Plan(tuple(ordered), strategy, candidates, needed)
+
+
+def _drop_unavailable(eligible: list[Candidate], outliers: OutlierDetector, now: float) -> list[Candidate]:
+    """Leave out ejected and cooling-down endpoints — unless that would leave
+    nothing: the path's last usable endpoints are never removed for health."""
+    reasons = [outliers.unavailable_reason(c.endpoint.name, now) for c in eligible]
+    if all(reasons):
+        return eligible
+    kept = []
+    for candidate, reason in zip(eligible, reasons, strict=True):
+        if reason:
+            candidate.excluded = reason
+        else:
+            kept.append(candidate)
+    return kept
 
 
 def _exclusion(endpoint: EndpointRuntime, target: Target, needs: Needs, floor: int) -> str:

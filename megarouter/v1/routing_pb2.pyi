@@ -148,14 +148,26 @@ class Endpoint(_message.Message):
     def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., upstream_model: _Optional[str] = ..., region: _Optional[str] = ..., weight: _Optional[int] = ...) -> None: ...
 
 class RetryPolicy(_message.Message):
-    __slots__ = ("max_attempts", "per_try_timeout_s", "total_timeout_s")
+    __slots__ = ("max_attempts", "per_try_timeout_s", "total_timeout_s", "retry_on", "backoff_base_s", "backoff_max_s", "ttft_timeout_s", "stall_timeout_s", "retry_budget_ratio")
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     PER_TRY_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     TOTAL_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    RETRY_ON_FIELD_NUMBER: _ClassVar[int]
+    BACKOFF_BASE_S_FIELD_NUMBER: _ClassVar[int]
+    BACKOFF_MAX_S_FIELD_NUMBER: _ClassVar[int]
+    TTFT_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    STALL_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    RETRY_BUDGET_RATIO_FIELD_NUMBER: _ClassVar[int]
     max_attempts: int
     per_try_timeout_s: float
     total_timeout_s: float
-    def __init__(self, max_attempts: _Optional[int] = ..., per_try_timeout_s: _Optional[float] = ..., total_timeout_s: _Optional[float] = ...) -> None: ...
+    retry_on: _containers.RepeatedScalarFieldContainer[str]
+    backoff_base_s: float
+    backoff_max_s: float
+    ttft_timeout_s: float
+    stall_timeout_s: float
+    retry_budget_ratio: float
+    def __init__(self, max_attempts: _Optional[int] = ..., per_try_timeout_s: _Optional[float] = ..., total_timeout_s: _Optional[float] = ..., retry_on: _Optional[_Iterable[str]] = ..., backoff_base_s: _Optional[float] = ..., backoff_max_s: _Optional[float] = ..., ttft_timeout_s: _Optional[float] = ..., stall_timeout_s: _Optional[float] = ..., retry_budget_ratio: _Optional[float] = ...) -> None: ...
 
 class Tier(_message.Message):
     __slots__ = ("models",)
