@@ -13,6 +13,7 @@ from dataplane.chat import ChatHandler, parse_body
 from dataplane.completions import CompletionsHandler
 from dataplane.embeddings import EmbeddingsHandler
 from dataplane.errors import ApiError
+from dataplane.failover.outlier import BASE_EJECTION_S, OutlierDetector
 from dataplane.stats import TABLE_VERSION, EndpointStats
 from dataplane.table import KeyInfo, RuntimeTable
 from dataplane.upstream import SessionPool
@@ -25,10 +26,10 @@ DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # base64 images make chat bodies larg
 class ProxyState:
     """What the proxy holds: caches only. The table is swapped whole."""
 
-    def __init__(self) -> None:
+    def __init__(self, ejection_base_s: float = BASE_EJECTION_S) -> None:
         self.table: RuntimeTable | None = None
         self.sessions = SessionPool()
-        self.stats = EndpointStats()
+        self.stats = EndpointStats(outliers=OutlierDetector(ejection_base_s))
         self.chat = ChatHandler(self.sessions, self.stats)
         self.embeddings = EmbeddingsHandler(self.sessions, self.stats)
         self.completions = CompletionsHandler(self.sessions, self.stats)

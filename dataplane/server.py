@@ -13,6 +13,7 @@ from aiohttp import web
 
 from dataplane.app import DEFAULT_MAX_BODY_BYTES, ProxyState, build_app
 from dataplane.discovery_client import DiscoveryClient, load_cached_table
+from dataplane.failover.outlier import BASE_EJECTION_S
 from dataplane.telemetry_client import report_stats
 from megarouter import __version__
 from megarouter.runtime import announce_ready, env_default, run_service, setup_logging, stop_event
@@ -38,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--telemetry-interval", type=float,
                         default=float(env_default("TELEMETRY_INTERVAL", 5.0)),
                         help="seconds between stats reports [MEGAROUTER_TELEMETRY_INTERVAL]")
+    parser.add_argument("--ejection-base-s", type=float,
+                        default=float(env_default("EJECTION_BASE_S", BASE_EJECTION_S)),
+                        help="first outlier ejection lasts this long; each repeat doubles it "
+                             "[MEGAROUTER_EJECTION_BASE_S]")
     parser.add_argument("--log-level", default=None)
 
 
@@ -48,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def serve(args: argparse.Namespace) -> int:
     stop = stop_event()
-    state = ProxyState()
+    state = ProxyState(ejection_base_s=args.ejection_base_s)
     cache_path = Path(args.cache_file) if args.cache_file else None
     if cache_path is not None:
         cached = load_cached_table(cache_path)

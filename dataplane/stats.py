@@ -53,9 +53,9 @@ class EndpointCounters:
 class EndpointStats:
     """Counters per endpoint; also keeps the live health registry current."""
 
-    def __init__(self, health: HealthRegistry | None = None) -> None:
+    def __init__(self, health: HealthRegistry | None = None, outliers: OutlierDetector | None = None) -> None:
         self.health = health or HealthRegistry()
-        self.outliers = OutlierDetector()
+        self.outliers = outliers or OutlierDetector()
         self.budgets = RetryBudgets()
         self._counters: dict[str, EndpointCounters] = {}
         self._outcome_children: dict[tuple[str, str], object] = {}

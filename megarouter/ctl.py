@@ -143,6 +143,15 @@ async def cmd_table(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) ->
     return 0
 
 
+async def cmd_whatif(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -> int:
+    from megarouter import whatif  # imported here: it loads the data-plane router
+
+    try:
+        return await whatif.run(stub, args)
+    except whatif.WhatIfError as exc:
+        raise CtlError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="megarouterctl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -181,6 +190,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     table = sub.add_parser("table", help="print the routing table being pushed (JSON)")
     table.set_defaults(handler=cmd_table)
+
+    whatif = sub.add_parser("whatif", help="monthly cost of a workload under each routing strategy vs the flagship",
+                            description="Replay a usage log or a built-in workload profile (support-chat, "
+                            "rag-summarise, coding-assistant, mixed-enterprise) through the router for each "
+                            "strategy, at catalog prices, offline unless --route is given.")
+    workload = whatif.add_mutually_exclusive_group(required=True)
+    workload.add_argument("--log", metavar="FILE", help="usage log: one JSON object per line with prompt_tokens, "
+                          "completion_tokens; optional task, count, prompt, needed_quality, tools, vision, stream")
+    workload.add_argument("--profile", metavar="NAME", help="built-in workload profile, or the path of a .yaml one")
+    pool = whatif.add_mutually_exclusive_group()
+    pool.add_argument("--models", metavar="A,B,C", help="catalog model ids to route among (default: a "
+                      "cross-provider pool)")
+    pool.add_argument("--route", metavar="NAME", help="use this route's models, tiers and prices from the control "
+                      "plane at --server")
+    whatif.add_argument("--flagship", metavar="ID", help="model to compare with (default: the pool's highest "
+                        "quality tier, then most expensive)")
+    whatif.add_argument("--latency-ms", metavar="MODEL=MS,...", help="model speeds for the latency strategy")
+    whatif.add_argument("--log-days", type=float, help="days the --log covers, scaled to 30 (default 30)")
+    whatif.add_argument("--samples", type=int, help="simulated requests for a --profile (default 10000)")
+    whatif.add_argument("--seed", type=int, help="sampling seed (default: fixed)")
+    whatif.add_argument("-o", "--output", choices=output_choices, default="table")
+    whatif.set_defaults(handler=cmd_whatif)
     return parser
 
 

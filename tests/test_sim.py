@@ -515,6 +515,54 @@ async def test_config_get_put_and_validation(make_client):
     assert (await client.put("/_sim/config", data=b"[1]")).status == 400
 
 
+async def test_context_window(make_client):
+    client = await make_client()
+    _, free = await chat(client)
+    prompt = free["usage"]["prompt_tokens"]
+
+    def exceeded(message: str) -> dict:
+        return {"error": {"message": message, "type": "invalid_request_error", "param": "messages",
+                          "code": "context_length_exceeded"}}
+
+    # Prompt plus requested output exactly filling the window still fits.
+    resp = await client.put("/_sim/config", json={"context_window": prompt + 5})
+    assert resp.status == 200 and (await resp.json())["context_window"] == prompt + 5
+    status, body = await chat(client, max_tokens=5)
+    assert status == 200 and body["usage"]["prompt_tokens"] == prompt
+    assert (await chat(client))[0] == 200  # no max_tokens: only the prompt counts
+
+    # The requested output tips it over: OpenAI's "you requested" wording.
+    status, body = await chat(client, max_tokens=6)
+    assert status == 400
+    assert body == exceeded(f"This model's maximum context length is {prompt + 5} tokens. However, you "
+                            f"requested {prompt + 6} tokens ({prompt} in the messages, 6 in the completion). "
+                            "Please reduce the length of the messages or completion.")
+    # max_completion_tokens counts the same way (the smaller of the two limits is the request's).
+    assert (await chat(client, max_completion_tokens=6))[0] == 400
+    assert (await chat(client, max_tokens=6, max_completion_tokens=5))[0] == 200
+
+    # The prompt alone is too long.
+    await client.put("/_sim/config", json={"context_window": prompt - 1})
+    message = (f"This model's maximum context length is {prompt - 1} tokens. However, your messages "
+               f"resulted in {prompt} tokens. Please reduce the length of the messages.")
+    for extra in ({}, {"max_tokens": 3}):
+        status, body = await chat(client, **extra)
+        assert (status, body) == (400, exceeded(message))
+    # A stream is refused before it starts, as plain JSON.
+    resp = await client.post(CHAT, json={"model": "sim-small", "messages": HELLO, "stream": True})
+    assert resp.status == 400 and await resp.json() == exceeded(message)
+
+    stats = await (await client.get("/_sim/stats")).json()
+    assert stats["by_status"] == {"200": 4, "400": 5}
+
+    await client.put("/_sim/config", json={"context_window": 0})  # 0: unlimited again
+    assert (await chat(client, messages=[{"role": "user", "content": "x" * 40_000}], max_tokens=10**6))[0] == 200
+
+    for value in (-1, 1.5, True, "8k"):
+        resp = await client.put("/_sim/config", json={"context_window": value})
+        assert resp.status == 400 and (await resp.json())["error"]["param"] == "context_window"
+
+
 async def test_stats_count_and_reset(make_client):
     client = await make_client()
     await chat(client)
@@ -580,6 +628,20 @@ def test_flags_and_env(monkeypatch):
     assert args.models == "sim-small,sim-medium,sim-large" and args.api_key is None
 
     assert settings_from_args(parser.parse_args(["--error-rate", "0.5"])).error_rate == 0.5
+
+
+def test_context_window_flag_and_env(monkeypatch):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert settings_from_args(parser.parse_args([])).context_window == 0
+    assert settings_from_args(parser.parse_args(["--context-window", "4096"])).context_window == 4096
+    monkeypatch.setenv("MEGAROUTER_SIM_CONTEXT_WINDOW", "8192")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert settings_from_args(parser.parse_args([])).context_window == 8192
+    assert settings_from_args(parser.parse_args(["--context-window", "16"])).context_window == 16
+    with pytest.raises(ValueError, match="context_window"):
+        settings_from_args(parser.parse_args(["--context-window", "-1"]))
 
 
 # --------------------------------------------------------- real process

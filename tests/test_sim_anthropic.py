@@ -257,6 +257,39 @@ async def test_api_key_via_x_api_key(make_client):
     assert (await client.get("/_sim/config")).status == 200
 
 
+async def test_context_window(make_client):
+    client = await make_client()
+    _, free = await create(client, max_tokens=100)
+    prompt = free["usage"]["input_tokens"]
+
+    def too_long(message: str) -> dict:
+        return {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
+
+    # max_tokens is required here, so it always counts against the window.
+    resp = await client.put("/_sim/config", json={"context_window": prompt + 100})
+    assert resp.status == 200 and (await resp.json())["context_window"] == prompt + 100
+    status, body = await create(client, max_tokens=100)
+    assert status == 200 and body["usage"]["input_tokens"] == prompt
+
+    status, body = await create(client, max_tokens=101)
+    assert_error(status, body, 400, "invalid_request_error")
+    assert {k: body[k] for k in ("type", "error")} == too_long(
+        f"input length and `max_tokens` exceed context limit: {prompt} + 101 > {prompt + 100}, "
+        "decrease input length or `max_tokens` and try again")
+
+    await client.put("/_sim/config", json={"context_window": prompt - 1})
+    for stream in (False, True):
+        status, body = await create(client, max_tokens=1, stream=stream)
+        assert_error(status, body, 400, "invalid_request_error")
+        assert {k: body[k] for k in ("type", "error")} == too_long(
+            f"prompt is too long: {prompt} tokens > {prompt - 1} maximum")
+    stats = await (await client.get("/_sim/stats")).json()
+    assert stats["by_status"] == {"200": 2, "400": 3}
+
+    await client.put("/_sim/config", json={"context_window": 0})
+    assert (await create(client, max_tokens=10**6))[0] == 200
+
+
 # ---------------------------------------------------------- request checks
 
 async def test_validation_errors_name_the_field(make_client):

@@ -128,6 +128,35 @@ async def test_replies_are_the_openai_wires(make_client):
     assert resp.status == 400 and (await resp.json())["error"]["type"] == "invalid_request_error"
 
 
+async def test_context_window_gives_openais_error(make_client):
+    client = await make_client()
+    _, free = await chat(client)
+    prompt = free["usage"]["prompt_tokens"]
+    resp = await client.put("/_sim/config", json={"context_window": prompt + 5})
+    assert resp.status == 200
+    assert (await chat(client, max_tokens=5))[0] == 200
+
+    # Azure passes OpenAI's context-length error through unchanged.
+    status, body = await chat(client, max_tokens=6)
+    assert status == 400
+    assert body == {"error": {
+        "message": f"This model's maximum context length is {prompt + 5} tokens. However, you requested "
+                   f"{prompt + 6} tokens ({prompt} in the messages, 6 in the completion). Please reduce the "
+                   "length of the messages or completion.",
+        "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}
+
+    await client.put("/_sim/config", json={"context_window": prompt - 1})
+    message = (f"This model's maximum context length is {prompt - 1} tokens. However, your messages resulted "
+               f"in {prompt} tokens. Please reduce the length of the messages.")
+    # Refused streams get no prompt-annotation prelude: the answer is a plain JSON error.
+    for extra in ({}, {"stream": True}):
+        status, body = await chat(client, **extra)
+        assert status == 400 and body["error"]["message"] == message
+        assert body["error"]["code"] == "context_length_exceeded"
+    stats = await (await client.get("/_sim/stats")).json()
+    assert stats["by_status"] == {"200": 2, "400": 3}
+
+
 # -------------------------------------------------------------- api-version
 
 async def test_api_version_is_required(make_client):

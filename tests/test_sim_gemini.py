@@ -312,6 +312,36 @@ async def test_validation_errors_name_the_field(make_client):
     assert_error(status, body, 404, "NOT_FOUND")
 
 
+async def test_context_window(make_client):
+    client = await make_client()
+    _, free = await generate(client)
+    prompt = free["usageMetadata"]["promptTokenCount"]
+
+    def too_many(count: int, limit: int) -> dict:
+        return {"error": {"code": 400, "message": f"The input token count ({count}) exceeds the maximum number "
+                          f"of tokens allowed ({limit}).", "status": "INVALID_ARGUMENT"}}
+
+    resp = await client.put("/_sim/config", json={"context_window": prompt + 5})
+    assert resp.status == 200 and (await resp.json())["context_window"] == prompt + 5
+    status, body = await generate(client, generationConfig={"maxOutputTokens": 5})
+    assert status == 200 and body["usageMetadata"]["promptTokenCount"] == prompt
+    assert (await generate(client))[0] == 200
+
+    # maxOutputTokens tipping it over: the count reported is input plus requested output.
+    status, body = await generate(client, generationConfig={"maxOutputTokens": 6})
+    assert (status, body) == (400, too_many(prompt + 6, prompt + 5))
+
+    await client.put("/_sim/config", json={"context_window": prompt - 1})
+    for path in (GENERATE, STREAM, BASE + ":streamGenerateContent"):
+        status, body = await generate(client, path, generationConfig={"maxOutputTokens": 3})
+        assert (status, body) == (400, too_many(prompt, prompt - 1)), path
+    stats = await (await client.get("/_sim/stats")).json()
+    assert stats["by_status"] == {"200": 3, "400": 4}
+
+    await client.put("/_sim/config", json={"context_window": 0})
+    assert (await generate(client, generationConfig={"maxOutputTokens": 10**6}))[0] == 200
+
+
 # --------------------------------------------------------------- embeddings
 
 async def test_embed_content_is_deterministic(make_client):

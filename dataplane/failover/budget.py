@@ -1,10 +1,18 @@
-"""Retry budgets: failover must not bury an endpoint that is itself in trouble.
+"""Retry budgets: failover must not multiply load on providers in trouble.
 
-Each endpoint has a token bucket. Every first attempt sent to it adds
-`ratio` tokens (0.2 = retries may add 20% on top of first attempts); every
-retry sent to it takes one. A retry finding no token is not sent there, so
-the extra load any endpoint sees from other endpoints' failures is bounded.
-A small floor lets a quiet endpoint still absorb a few retries.
+Each route has a token bucket. Every first attempt of a request on the
+route adds `ratio` tokens (0.2 = retries may add 20% on top of first
+attempts); every retry takes one. A retry finding no token is not sent, so
+however many endpoints fail at once, the upstream load the route generates
+stays within (1 + ratio) times its requests, plus a small floor that lets a
+quiet route absorb a short burst.
+
+Why per route, not per endpoint: keyed by the endpoint a retry goes to, a
+healthy fallback that gets no first attempts of its own could never take
+over from a failed primary; keyed by the endpoint that failed, a dead
+primary's requests would mostly fail instead of moving on. A single
+failing endpoint is handled by outlier ejection (it stops getting first
+attempts at all); the budget bounds the brown-out where everything fails.
 """
 
 from __future__ import annotations
@@ -12,9 +20,10 @@ from __future__ import annotations
 from prometheus_client import Counter
 
 BUDGET_EXHAUSTED = Counter(
-    "megarouter_retry_budget_exhausted_total", "Retries not sent because the endpoint's budget was spent", ["endpoint"]
+    "megarouter_retry_budget_exhausted_total", "Retries not sent because the route's retry budget was spent",
+    ["route"],
 )
-FLOOR_TOKENS = 3.0      # available to an endpoint that has seen no traffic yet
+FLOOR_TOKENS = 10.0     # available to a route that has seen no traffic yet
 MAX_TOKENS = 100.0      # a long quiet period does not bank unlimited retries
 
 
@@ -22,17 +31,17 @@ class RetryBudgets:
     def __init__(self) -> None:
         self._tokens: dict[str, float] = {}
 
-    def first_attempt(self, endpoint: str, ratio: float) -> None:
-        tokens = self._tokens.get(endpoint, FLOOR_TOKENS)
-        self._tokens[endpoint] = min(MAX_TOKENS, tokens + ratio)
+    def first_attempt(self, route: str, ratio: float) -> None:
+        tokens = self._tokens.get(route, FLOOR_TOKENS)
+        self._tokens[route] = min(MAX_TOKENS, tokens + ratio)
 
-    def try_retry(self, endpoint: str) -> bool:
-        tokens = self._tokens.get(endpoint, FLOOR_TOKENS)
+    def try_retry(self, route: str) -> bool:
+        tokens = self._tokens.get(route, FLOOR_TOKENS)
         if tokens < 1.0:
-            BUDGET_EXHAUSTED.labels(endpoint).inc()
+            BUDGET_EXHAUSTED.labels(route).inc()
             return False
-        self._tokens[endpoint] = tokens - 1.0
+        self._tokens[route] = tokens - 1.0
         return True
 
-    def tokens(self, endpoint: str) -> float:
-        return self._tokens.get(endpoint, FLOOR_TOKENS)
+    def tokens(self, route: str) -> float:
+        return self._tokens.get(route, FLOOR_TOKENS)

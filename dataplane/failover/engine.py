@@ -3,7 +3,7 @@
 Candidates are tried in plan order (the degradation path's tiers, each
 ordered by the strategy), within the route's attempt limit, per-try timeout
 and total deadline. A failure whose class the route retries moves on —
-after a short jittered backoff, and only to an endpoint whose retry budget
+after a short jittered backoff,  and only while the route's retry budget
 allows it; after a context-length error, only to models with a larger
 window. The caller's own errors end the request at once.
 
@@ -83,10 +83,10 @@ async def first_success(
         if endpoint.context_window <= min_context:
             continue
         if attempts == 0:
-            stats.budgets.first_attempt(endpoint.name, policy.retry_budget_ratio)
+            stats.budgets.first_attempt(target.name, policy.retry_budget_ratio)
         else:
-            if not stats.budgets.try_retry(endpoint.name):
-                continue
+            if not stats.budgets.try_retry(target.name):
+                break  # the route's retries are spent: fail now rather than pile on
             await asyncio.sleep(_backoff(policy, attempts, deadline - loop.time()))
         attempts += 1
         started = loop.time()

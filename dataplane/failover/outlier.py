@@ -45,8 +45,9 @@ class _State:
 
 
 class OutlierDetector:
-    def __init__(self) -> None:
+    def __init__(self, base_ejection_s: float = BASE_EJECTION_S) -> None:
         self._states: dict[str, _State] = {}
+        self._base_ejection_s = base_ejection_s
 
     def _state(self, endpoint: str) -> _State:
         state = self._states.get(endpoint)
@@ -102,7 +103,7 @@ class OutlierDetector:
 
     def _eject(self, endpoint: str, state: _State, now: float, reason: str) -> None:
         state.ejections += 1
-        duration = min(MAX_EJECTION_S, BASE_EJECTION_S * 2 ** (state.ejections - 1))
+        duration = min(MAX_EJECTION_S, self._base_ejection_s * 2 ** (state.ejections - 1))
         state.ejected_until = now + duration
         state.half_open = False
         state.consecutive_failures = 0

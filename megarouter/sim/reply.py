@@ -115,6 +115,33 @@ def answer(ask: Ask, settings: SimSettings) -> Answer:
     return Answer("".join(pieces), pieces, finish, prompt, stop_sequence=matched)
 
 
+@dataclass(frozen=True)
+class Overflow:
+    """A request that does not fit the context window; each wire renders its provider's error."""
+
+    limit: int                  # the context window, in tokens
+    prompt_tokens: int          # the prompt estimate (``prompt_tokens``)
+    max_tokens: int | None      # the requested output limit, if one was given
+
+    @property
+    def requested(self) -> int:
+        return self.prompt_tokens + (self.max_tokens or 0)
+
+    @property
+    def prompt_too_long(self) -> bool:
+        """The prompt alone exceeds the window (providers word this case differently)."""
+        return self.prompt_tokens > self.limit
+
+
+def context_overflow(ask: Ask, settings: SimSettings) -> Overflow | None:
+    """Why ``ask`` does not fit ``settings.context_window``, or None when it fits (or no window is set)."""
+    limit = settings.context_window
+    if limit <= 0:
+        return None
+    over = Overflow(limit, prompt_tokens(ask), ask.max_tokens)
+    return over if over.requested > limit else None
+
+
 def prompt_tokens(ask: Ask) -> int:
     chars = sum(len(t) for t in ask.texts) + ask.tools_size
     return (_REPLY_PRIMING_TOKENS + _TOKENS_PER_MESSAGE * ask.turns + _TOKENS_PER_IMAGE * ask.images

@@ -42,6 +42,8 @@ class SimSettings:
     outage: str = "none"
     stall_after_chunks: int = -1
     seed: int | None = None
+    # Context window in tokens (prompt estimate plus requested output); 0 is unlimited.
+    context_window: int = 0
 
     def __post_init__(self) -> None:
         for name, (check, _) in _FIELDS.items():
@@ -111,6 +113,7 @@ _FIELDS: dict[str, tuple[Any, Any]] = {
     "outage": (_outage, str),
     "stall_after_chunks": (lambda n, v: _integer(n, v, -1), int),
     "seed": (_seed, _parse_seed),
+    "context_window": (lambda n, v: _integer(n, v, 0), int),
 }
 
 

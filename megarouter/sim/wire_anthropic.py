@@ -69,6 +69,14 @@ def status_error(status: int, settings: SimSettings) -> web.Response:
     return error(status, _ERROR_MESSAGES.get(status, f"Simulated error {status}."), headers=headers)
 
 
+def context_length_exceeded(over: reply.Overflow) -> web.Response:
+    """Anthropic's answer to a request that does not fit the context window."""
+    if over.max_tokens is None or over.prompt_too_long:
+        return invalid(f"prompt is too long: {over.prompt_tokens} tokens > {over.limit} maximum")
+    return invalid(f"input length and `max_tokens` exceed context limit: {over.prompt_tokens} + "
+                   f"{over.max_tokens} > {over.limit}, decrease input length or `max_tokens` and try again")
+
+
 def http_error(status: int, reason: str) -> web.Response:
     return error(status, reason)
 
@@ -129,7 +137,11 @@ async def _messages(request: web.Request) -> web.StreamResponse:
     if body["model"] not in state.model_set:
         return error(404, f"model: {body['model']}", "not_found_error")
 
-    ans = reply.answer(_ask(body), state.settings)
+    ask = _ask(body)
+    over = reply.context_overflow(ask, state.settings)
+    if over is not None:
+        return context_length_exceeded(over)
+    ans = reply.answer(ask, state.settings)
     msg_id = "msg_" + uuid.uuid4().hex[:24]
     tool_id = "toolu_" + uuid.uuid4().hex[:24] if ans.tool_call else None
     if streaming:

@@ -90,6 +90,17 @@ def status_error(status: int, settings: SimSettings) -> web.Response:
     return error(status, _MESSAGES.get(status, f"Simulated error {status}."))
 
 
+def context_length_exceeded(over: reply.Overflow) -> web.Response:
+    """Gemini's answer to a request that does not fit the context window.
+
+    Gemini words only an over-long input; when it is ``maxOutputTokens`` that
+    tips the request over, the count reported is input plus requested output.
+    """
+    count = over.prompt_tokens if over.prompt_too_long else over.requested
+    return invalid(f"The input token count ({count}) exceeds the maximum number of tokens allowed "
+                   f"({over.limit}).")
+
+
 def http_error(status: int, reason: str) -> web.Response:
     return error(status, reason)
 
@@ -278,7 +289,11 @@ def _read_part(part: dict, ask: reply.Ask) -> None:
 
 async def _generate(request: web.Request, state: SimState, model: str, body: dict,
                     streaming: bool) -> web.StreamResponse:
-    ans = reply.answer(_ask(body, model), state.settings)
+    ask = _ask(body, model)
+    over = reply.context_overflow(ask, state.settings)
+    if over is not None:
+        return context_length_exceeded(over)
+    ans = reply.answer(ask, state.settings)
     count = _get(_get(body, "generationConfig"), "candidateCount") or 1
     meta = {"modelVersion": model, "responseId": uuid.uuid4().hex[:22]}
     out = ans.completion_tokens * count

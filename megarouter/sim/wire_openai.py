@@ -103,6 +103,19 @@ def check_auth(request: web.Request, state: SimState) -> web.Response | None:
     return None
 
 
+def context_length_exceeded(over: reply.Overflow) -> web.Response:
+    """OpenAI's (and Azure's) answer to a request that does not fit the context window."""
+    head = f"This model's maximum context length is {over.limit} tokens. However, "
+    if over.max_tokens is None or over.prompt_too_long:
+        message = (f"{head}your messages resulted in {over.prompt_tokens} tokens. "
+                   "Please reduce the length of the messages.")
+    else:
+        message = (f"{head}you requested {over.requested} tokens ({over.prompt_tokens} in the messages, "
+                   f"{over.max_tokens} in the completion). Please reduce the length of the messages or "
+                   "completion.")
+    return invalid(message, "messages", "context_length_exceeded")
+
+
 def model_not_found(model: str) -> web.Response:
     return error(404, f"The model `{model}` does not exist or you do not have access to it.",
                  "invalid_request_error", None, "model_not_found")
@@ -150,7 +163,11 @@ async def chat_completions(request: web.Request, body: Any, dialect: Dialect = O
     if problem is not None:
         return problem
 
-    ans = reply.answer(_ask(body), state.settings)
+    ask = _ask(body)
+    over = reply.context_overflow(ask, state.settings)
+    if over is not None:
+        return context_length_exceeded(over)
+    ans = reply.answer(ask, state.settings)
     call_id = "call_" + uuid.uuid4().hex[:24] if ans.tool_call else None
     meta = {"id": "chatcmpl-" + uuid.uuid4().hex, "created": int(time.time()), "model": body["model"]}
     if streaming:
