@@ -5,6 +5,7 @@
   megarouterctl delete route NAME             delete a resource
   megarouterctl keys create NAME              create an API key (secret shown once)
   megarouterctl proxies                       connected proxies and their table versions
+  megarouterctl whatif --profile NAME         monthly cost of a workload under each strategy
 """
 
 from __future__ import annotations
