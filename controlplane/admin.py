@@ -42,7 +42,7 @@ from megarouter.resources import (
     proto_to_dict,
     resource_to_proto,
 )
-from megarouter.v1 import admin_pb2, admin_pb2_grpc, routing_pb2
+from megarouter.v1 import admin_pb2, admin_pb2_grpc, discovery_pb2, routing_pb2
 
 API_KEY_PREFIX = "sk-mr-"
 
@@ -239,6 +239,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             proxies=self._registry.statuses(),
             current_version=current.version if current is not None else 0,
         )
+
+    async def GetFleetHealth(self, request, context):
+        return self._snapshots.fleet_health or discovery_pb2.FleetHealth()
 
     async def GetRoutingTable(self, request, context):
         current = self._snapshots.current

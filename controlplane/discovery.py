@@ -30,34 +30,56 @@ TABLE_VERSION = Gauge("megarouter_cp_table_version", "Version of the table being
 
 
 class SnapshotCache:
-    """The table currently pushed, and a way to await the next one.
+    """What the control plane pushes — the current table and the latest fleet
+    health view — and a way to await either changing.
 
-    Each publish bumps a generation counter; streams remember the generation
-    they last sent, so a table republished with the same version (a test
-    hook's raw push) is still delivered.
+    Each publish bumps a generation counter; streams remember the
+    generations they last sent, so a table republished with the same version
+    (a test hook's raw push) is still delivered.
     """
 
     def __init__(self) -> None:
         self._table: routing_pb2.RoutingTable | None = None
-        self._generation = 0
+        self._health: discovery_pb2.FleetHealth | None = None
+        self._table_generation = 0
+        self._health_generation = 0
         self._changed = asyncio.Condition()
 
     @property
     def current(self) -> routing_pb2.RoutingTable | None:
         return self._table
 
+    @property
+    def fleet_health(self) -> discovery_pb2.FleetHealth | None:
+        return self._health
+
     async def publish(self, table: routing_pb2.RoutingTable) -> None:
         async with self._changed:
             self._table = table
-            self._generation += 1
+            self._table_generation += 1
             TABLE_VERSION.set(table.version)
             self._changed.notify_all()
 
-    async def next_after(self, generation: int) -> tuple[routing_pb2.RoutingTable, int]:
+    async def publish_health(self, health: discovery_pb2.FleetHealth) -> None:
         async with self._changed:
-            await self._changed.wait_for(lambda: self._generation > generation and self._table is not None)
-            assert self._table is not None
-            return self._table, self._generation
+            self._health = health
+            self._health_generation += 1
+            self._changed.notify_all()
+
+    async def next_after(self, table_generation: int, health_generation: int = -1) -> tuple[int, int]:
+        """Generations (table, health) once either passes the given ones.
+
+        A negative health generation means "tables only".
+        """
+        def newer() -> bool:
+            return self._table is not None and (
+                self._table_generation > table_generation
+                or (health_generation >= 0 and self._health_generation > health_generation)
+            )
+
+        async with self._changed:
+            await self._changed.wait_for(newer)
+            return self._table_generation, self._health_generation
 
 
 @dataclass
@@ -130,21 +152,28 @@ class DiscoveryService(discovery_pb2_grpc.DiscoveryServicer):
         conn = self._registry.connect(hello.node, context.peer(), hello.version_info)
         log.info("proxy connected node=%s region=%s version=%d", conn.node_id, conn.region, hello.version_info)
         acks = asyncio.create_task(self._read_responses(request_iterator, conn))
-        generation = 0
+        sent_table, sent_health = 0, 0
         try:
             while True:
-                next_table = asyncio.create_task(self._snapshots.next_after(generation))
-                done, _ = await asyncio.wait({next_table, acks}, return_when=asyncio.FIRST_COMPLETED)
+                changed = asyncio.create_task(self._snapshots.next_after(sent_table, sent_health))
+                done, _ = await asyncio.wait({changed, acks}, return_when=asyncio.FIRST_COMPLETED)
                 if acks in done:
-                    next_table.cancel()
+                    changed.cancel()
                     return  # the proxy closed its side or the stream broke
-                table, generation = next_table.result()
+                table_generation, health_generation = changed.result()
+                table = self._snapshots.current
+                assert table is not None
                 conn.pending_nonce = secrets.token_hex(8)
-                conn.pushed_version = table.version
-                await context.write(
-                    discovery_pb2.DiscoveryResponse(version=table.version, table=table, nonce=conn.pending_nonce)
-                )
-                PUSHES.inc()
+                response = discovery_pb2.DiscoveryResponse(version=table.version, nonce=conn.pending_nonce)
+                if table_generation != sent_table:
+                    response.table.CopyFrom(table)
+                    conn.pushed_version = table.version
+                    PUSHES.inc()
+                health = self._snapshots.fleet_health
+                if health is not None and health_generation != sent_health:
+                    response.fleet_health.CopyFrom(health)
+                await context.write(response)
+                sent_table, sent_health = table_generation, health_generation
         finally:
             acks.cancel()
             self._registry.disconnect(conn)

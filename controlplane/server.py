@@ -14,9 +14,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from controlplane.admin import AdminService, TestHooksService
 from controlplane.discovery import DiscoveryService, ProxyRegistry, SnapshotCache
+from controlplane.fleet import FleetView
 from controlplane.snapshot import follow_store
 from controlplane.store import open_store
-from controlplane.telemetry import TelemetryService
+from controlplane.telemetry import TelemetryService, publish_fleet_health
 from megarouter.runtime import announce_ready, env_default, setup_logging, stop_event
 from megarouter.v1 import (
     admin_pb2,
@@ -51,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--enable-test-hooks", action="store_true",
                         default=env_default("ENABLE_TEST_HOOKS", "") == "1",
                         help="register the TestHooks service (tests only)")
+    parser.add_argument("--health-push-interval", type=float,
+                        default=float(env_default("HEALTH_PUSH_INTERVAL", 1.0)),
+                        help="seconds between fleet-health pushes to proxies [MEGAROUTER_HEALTH_PUSH_INTERVAL]")
     parser.add_argument("--log-level", default=None)
 
 
@@ -69,8 +73,10 @@ async def serve(args: argparse.Namespace) -> int:
 
     server = grpc.aio.server(options=SERVER_OPTIONS)
     admin_pb2_grpc.add_AdminServicer_to_server(AdminService(store, snapshots, registry), server)
+
     discovery_pb2_grpc.add_DiscoveryServicer_to_server(DiscoveryService(snapshots, registry), server)
-    telemetry_pb2_grpc.add_TelemetryServicer_to_server(TelemetryService(), server)
+    fleet = FleetView()
+    telemetry_pb2_grpc.add_TelemetryServicer_to_server(TelemetryService(fleet), server)
     service_names = [
         admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
         discovery_pb2.DESCRIPTOR.services_by_name["Discovery"].full_name,
@@ -91,6 +97,9 @@ async def serve(args: argparse.Namespace) -> int:
     await server.start()
 
     publisher = asyncio.create_task(follow_store(store, snapshots), name="follow-store")
+    health_pusher = asyncio.create_task(
+        publish_fleet_health(fleet, snapshots, args.health_push_interval), name="fleet-health"
+    )
     await snapshots.next_after(0)  # serve nothing until the first table exists
     for name in ["", *service_names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -110,6 +119,7 @@ async def serve(args: argparse.Namespace) -> int:
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=2)
     publisher.cancel()
+    health_pusher.cancel()
     stopped.cancel()
     await metrics_runner.cleanup()
     await store.close()

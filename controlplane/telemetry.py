@@ -1,11 +1,12 @@
 """The Telemetry service: per-endpoint stats reported by proxies.
 
-This release records the reports (latest per node, and fleet counters as
-Prometheus metrics); fleet health aggregation builds on it.
+Reports feed the fleet health view (`fleet.py`) that is pushed back to
+every proxy, and fleet-wide Prometheus counters.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import grpc
 from prometheus_client import Counter
 
+from controlplane.fleet import FleetView
 from megarouter.v1 import telemetry_pb2, telemetry_pb2_grpc
 
 log = logging.getLogger("megarouter.controlplane.telemetry")
@@ -34,8 +36,9 @@ class NodeReport:
 
 
 class TelemetryService(telemetry_pb2_grpc.TelemetryServicer):
-    def __init__(self) -> None:
+    def __init__(self, fleet: FleetView) -> None:
         self.latest: dict[str, NodeReport] = {}
+        self._fleet = fleet
 
     async def ReportStats(self, request_iterator, context: grpc.aio.ServicerContext) -> telemetry_pb2.StatsAck:
         node_id = ""
@@ -48,8 +51,17 @@ class TelemetryService(telemetry_pb2_grpc.TelemetryServicer):
             received += 1
             REPORTS.inc()
             self.latest[node_id] = NodeReport(node_id, time.time(), report)
+            self._fleet.add_report(node_id, report)
             for stats in report.endpoints:
                 FLEET_REQUESTS.labels(stats.endpoint).inc(stats.requests)
                 for error_class, count in stats.errors_by_class.items():
                     FLEET_ERRORS.labels(stats.endpoint, error_class).inc(count)
         return telemetry_pb2.StatsAck(reports_received=received)
+
+
+async def publish_fleet_health(fleet: FleetView, snapshots, interval_s: float) -> None:
+    """Push the fleet view at most every `interval_s`, when reports changed it."""
+    while True:
+        await fleet.wait_changed()
+        await snapshots.publish_health(fleet.snapshot())
+        await asyncio.sleep(interval_s)  # batch the reports of the next interval into one push

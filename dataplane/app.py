@@ -131,7 +131,9 @@ async def readyz(request: web.Request) -> web.Response:
     table = request.app[STATE].table
     if table is None:
         return web.json_response({"status": "no routing table yet"}, status=503)
-    return web.json_response({"status": "ready", "table_version": table.version})
+    health = request.app[STATE].stats.health
+    return web.json_response({"status": "ready", "table_version": table.version,
+                              "fleet_health_generation": health.fleet_generation})
 
 
 async def metrics(_request: web.Request) -> web.Response:

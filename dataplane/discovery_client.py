@@ -82,6 +82,7 @@ class DiscoveryClient:
         current: Callable[[], RuntimeTable | None],
         install: Callable[[RuntimeTable], None],
         cache_path: Path | None,
+        on_fleet_health: Callable[[discovery_pb2.FleetHealth], None] | None = None,
     ) -> None:
         if not addresses:
             raise ValueError("at least one control-plane address is required")
@@ -90,6 +91,7 @@ class DiscoveryClient:
         self._current = current
         self._install = install
         self._cache_path = cache_path
+        self._on_fleet_health = on_fleet_health
 
     def _version(self) -> int:
         table = self._current()
@@ -125,6 +127,10 @@ class DiscoveryClient:
                 await call.write(await self._apply(response))
 
     async def _apply(self, response: discovery_pb2.DiscoveryResponse) -> discovery_pb2.DiscoveryRequest:
+        if response.HasField("fleet_health") and self._on_fleet_health is not None:
+            self._on_fleet_health(response.fleet_health)
+        if not response.HasField("table"):  # a health-only push
+            return discovery_pb2.DiscoveryRequest(version_info=self._version(), response_nonce=response.nonce)
         try:
             if response.version != response.table.version:
                 raise TableError(f"push version {response.version} != table version {response.table.version}")

@@ -39,19 +39,74 @@ class EndpointHealth:
             self.failures *= factor
         self.updated_at = now
 
-    def success_probability(self, now: float | None = None) -> float:
-        factor = 1.0
-        if now is not None and self.updated_at:
-            factor = math.exp2(-(now - self.updated_at) / DECAY_HALF_LIFE_S)
-        good = self.successes * factor + PRIOR_SUCCESSES
-        bad = self.failures * factor + PRIOR_FAILURES
-        return good / (good + bad)
+
+# Each request in flight makes an endpoint look this much slower.
+INFLIGHT_PENALTY = 0.15
+# How many observations the fleet's view of an endpoint is worth, at most,
+# next to this proxy's own.
+FLEET_WEIGHT = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class FleetEndpoint:
+    """The control plane's aggregate over every proxy (see controlplane/fleet.py)."""
+
+    requests: int
+    success_rate: float
+    latency_s: float | None
+    ttft_s: float | None
+    ejected_by: int
 
 
 class HealthRegistry:
     def __init__(self, clock=time.monotonic) -> None:
         self._endpoints: dict[str, EndpointHealth] = {}
         self._clock = clock
+        self.fleet: dict[str, FleetEndpoint] = {}
+        self.fleet_proxies = 0
+        self.fleet_generation = 0
+
+    def set_fleet(self, view) -> None:
+        """Install a pushed `FleetHealth` view."""
+        self.fleet = {
+            e.endpoint: FleetEndpoint(e.requests, e.success_rate, e.latency_ms / 1000 if e.latency_ms else None,
+                                      e.ttft_ms / 1000 if e.ttft_ms else None, e.ejected_by)
+            for e in view.endpoints
+        }
+        self.fleet_proxies = view.proxies
+        self.fleet_generation = view.generation
+
+    def success_probability(self, endpoint: str, now: float) -> float:
+        """This proxy's decayed counts, the fleet's recent rate, and the prior, pooled."""
+        state = self._endpoints.get(endpoint)
+        fleet = self.fleet.get(endpoint)
+        good, bad = PRIOR_SUCCESSES, PRIOR_FAILURES
+        if state is not None:
+            factor = math.exp2(-(now - state.updated_at) / DECAY_HALF_LIFE_S) if state.updated_at else 1.0
+            good += state.successes * factor
+            bad += state.failures * factor
+        if fleet is not None and fleet.requests:
+            weight = min(float(fleet.requests), FLEET_WEIGHT)
+            good += fleet.success_rate * weight
+            bad += (1 - fleet.success_rate) * weight
+        return good / (good + bad)
+
+    def latency(self, endpoint: str, stream: bool) -> float | None:
+        """Predicted seconds (TTFT for streams): own measurement, else the fleet's."""
+        state = self._endpoints.get(endpoint)
+        if state is not None:
+            own = state.ttft_s if stream and state.ttft_s is not None else state.latency_s
+            if own is not None:
+                return own * (1 + INFLIGHT_PENALTY * state.inflight)
+        fleet = self.fleet.get(endpoint)
+        if fleet is None:
+            return None
+        return fleet.ttft_s if stream and fleet.ttft_s is not None else fleet.latency_s
+
+    def fleet_ejected(self, endpoint: str) -> bool:
+        """Ejected by at least half of the proxies reporting (and at least one)."""
+        fleet = self.fleet.get(endpoint)
+        return fleet is not None and fleet.ejected_by >= max(1, (self.fleet_proxies + 1) // 2)
 
     def get(self, endpoint: str) -> EndpointHealth:
         health = self._endpoints.get(endpoint)

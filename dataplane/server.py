@@ -63,7 +63,8 @@ async def serve(args: argparse.Namespace) -> int:
 
     node = discovery_pb2.Node(id=args.node_id, region=args.region, version=__version__)
     addresses = [a.strip() for a in args.control_plane.split(",") if a.strip()]
-    discovery = DiscoveryClient(addresses, node, lambda: state.table, state.install, cache_path)
+    discovery = DiscoveryClient(addresses, node, lambda: state.table, state.install, cache_path,
+                                on_fleet_health=state.stats.health.set_fleet)
 
     app = build_app(state, args.max_body_bytes)
     # handler_cancellation: a client that disconnects cancels its upstream call.

@@ -120,8 +120,9 @@ class EndpointStats:
     def _rates(self, endpoint: str, now: float) -> tuple[float, float | None, float]:
         """This endpoint's success probability, its peers' mean, and its sample weight."""
         own = self.health.get(endpoint)
-        peers = [self.health.get(name).success_probability(now) for name in self.health.names() if name != endpoint]
-        return own.success_probability(now), (sum(peers) / len(peers) if peers else None), own.successes + own.failures
+        peers = [self.health.success_probability(name, now) for name in self.health.names() if name != endpoint]
+        return (self.health.success_probability(endpoint, now), (sum(peers) / len(peers) if peers else None),
+                own.successes + own.failures)
 
     def client_response(self, api: str, status: int) -> None:
         child = self._client_children.get((api, status))

@@ -13,7 +13,7 @@ import logging
 import grpc
 
 from dataplane.discovery_client import CHANNEL_OPTIONS
-from dataplane.stats import EndpointStats
+from dataplane.stats import EndpointCounters, EndpointStats
 from megarouter.v1 import discovery_pb2, telemetry_pb2, telemetry_pb2_grpc
 
 log = logging.getLogger("megarouter.proxy.telemetry")
@@ -21,7 +21,10 @@ log = logging.getLogger("megarouter.proxy.telemetry")
 
 def build_report(stats: EndpointStats, interval_s: float) -> telemetry_pb2.StatsReport:
     report = telemetry_pb2.StatsReport(interval_ms=int(interval_s * 1000))
-    for endpoint, counters in sorted(stats.drain().items()):
+    ejected = set(stats.outliers.ejected_endpoints(stats.health.now()))
+    drained = stats.drain()
+    for endpoint in sorted(set(drained) | ejected):
+        counters = drained.get(endpoint) or EndpointCounters()
         report.endpoints.append(
             telemetry_pb2.EndpointStats(
                 endpoint=endpoint,
@@ -34,6 +37,7 @@ def build_report(stats: EndpointStats, interval_s: float) -> telemetry_pb2.Stats
                 prompt_tokens=counters.prompt_tokens,
                 completion_tokens=counters.completion_tokens,
                 cost_usd=counters.cost_usd,
+                ejected=endpoint in ejected,
             )
         )
     return report

@@ -5,6 +5,7 @@
   megarouterctl delete route NAME             delete a resource
   megarouterctl keys create NAME              create an API key (secret shown once)
   megarouterctl proxies                       connected proxies and their table versions
+  megarouterctl health                        fleet-wide endpoint health
   megarouterctl whatif --profile NAME         monthly cost of a workload under each strategy
 """
 
@@ -138,6 +139,26 @@ async def cmd_proxies(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) 
     return 0
 
 
+async def cmd_health(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -> int:
+    view = await stub.GetFleetHealth(admin_pb2.GetFleetHealthRequest())
+    items = []
+    for endpoint in view.endpoints:
+        items.append({
+            "endpoint": endpoint.endpoint,
+            "requests": endpoint.requests,
+            "success_rate": f"{endpoint.success_rate:.4f}" if endpoint.requests else "-",
+            "latency_ms": f"{endpoint.latency_ms:.1f}" if endpoint.requests else "-",
+            "ttft_ms": f"{endpoint.ttft_ms:.1f}" if endpoint.ttft_ms else "-",
+            "proxies": endpoint.reporting_proxies,
+            "ejected_by": endpoint.ejected_by,
+        })
+    if args.output == "table":
+        print(f"fleet: {view.proxies} proxies reporting, last {view.window_s:g}s")
+    print_items(items, ["endpoint", "requests", "success_rate", "latency_ms", "ttft_ms", "proxies", "ejected_by"],
+                args.output)
+    return 0
+
+
 async def cmd_table(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -> int:
     table = await stub.GetRoutingTable(admin_pb2.GetRoutingTableRequest())
     print(json_format.MessageToJson(table, preserving_proto_field_name=True))
@@ -188,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     proxies = sub.add_parser("proxies", help="connected proxies and the table version each ACKed")
     proxies.add_argument("-o", "--output", choices=output_choices, default="table")
     proxies.set_defaults(handler=cmd_proxies)
+
+    health = sub.add_parser("health", help="fleet-wide endpoint health, as pushed to proxies")
+    health.add_argument("-o", "--output", choices=output_choices, default="table")
+    health.set_defaults(handler=cmd_health)
 
     table = sub.add_parser("table", help="print the routing table being pushed (JSON)")
     table.set_defaults(handler=cmd_table)

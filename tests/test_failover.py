@@ -4,7 +4,10 @@ first and `e-b` (simulator B) second; route `pool` has both in one tier."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -196,3 +199,35 @@ async def test_retry_budget_caps_extra_load(pair: System) -> None:
     # Without a budget every request would try both (2x). Retries may add
     # 20% on top of the route's first attempts, plus a floor of 10.
     assert upstream <= requests * 1.2 + 10, upstream
+
+
+async def test_faults_seen_by_one_proxy_steer_the_other(pair: System) -> None:
+    await pair.start_proxy("--ejection-base-s", "60", env={"SIM_A_KEY": SIM_A_KEY})
+    table = await pair.admin.GetRoutingTable(admin_pb2.GetRoutingTableRequest())
+    await pair.wait_proxy_version(table.version, 1)
+    await pair.set_sim(0, outage="503")
+    for _ in range(5):  # only proxy 0 sees A fail, and ejects it
+        assert await _call(pair, index=0) == ("e-b", 2)
+
+    async def fleet_knows() -> bool:
+        view = await pair.admin.GetFleetHealth(admin_pb2.GetFleetHealthRequest())
+        return any(e.endpoint == "e-a" and e.ejected_by >= 1 for e in view.endpoints)
+    await eventually(fleet_knows, what="the control plane's fleet view to show e-a ejected")
+    generation = (await pair.admin.GetFleetHealth(admin_pb2.GetFleetHealthRequest())).generation
+
+    async def pushed() -> bool:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(pair.base_url(1).removesuffix("/v1") + "/readyz") as response:
+                return (await response.json())["fleet_health_generation"] >= generation
+    await eventually(pushed, what="proxy 1 to receive the fleet view")
+    before = await _requests(pair, 0)
+    # Proxy 1 never saw A fail itself, yet goes straight to B.
+    assert await _call(pair, index=1) == ("e-b", 1)
+    assert await _requests(pair, 0) == before
+
+    listing = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "megarouter.ctl", "--server", pair.admin_address, "health"],
+        capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0, listing.stderr
+    row = next(line.split() for line in listing.stdout.splitlines() if line.startswith("e-a "))
+    assert row[-1] == "1"  # ejected by one proxy

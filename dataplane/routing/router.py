@@ -28,8 +28,6 @@ DEFAULT_EXPECTED_OUTPUT_TOKENS = 300
 # Latency routing spreads load across endpoints within this factor of the
 # fastest (power of two choices), so a fleet does not herd onto one.
 LATENCY_BAND = 1.25
-# Each request in flight makes an endpoint look this much slower.
-INFLIGHT_PENALTY = 0.15
 # Below this predicted success probability an endpoint is "degraded" and
 # ordered after healthy ones by latency and cost routing.
 DEGRADED_BELOW = 0.5
@@ -95,27 +93,26 @@ def plan(
     eligible = [c for c in candidates if not c.excluded]
     if not eligible:
         raise _no_candidate(target, candidates, needs, floor)
-    if outliers is not None:
-        eligible = _drop_unavailable(eligible, outliers, now)
+    eligible = _drop_unavailable(eligible, health, outliers, now)
 
     output_tokens = needs.output_tokens or DEFAULT_EXPECTED_OUTPUT_TOKENS
     known_latencies = []
+    unknown: list[Candidate] = []
     for candidate in eligible:
-        endpoint = candidate.endpoint
-        candidate.expected_cost = cost_usd(endpoint.pricing, needs.prompt_tokens, output_tokens)
-        state = health.peek(endpoint.name)
-        if state is not None:
-            candidate.p_success = state.success_probability(now)
-            observed = state.ttft_s if stream and state.ttft_s is not None else state.latency_s
-            if observed is not None:
-                candidate.latency_s = observed * (1 + INFLIGHT_PENALTY * state.inflight)
-                known_latencies.append(candidate.latency_s)
+        name = candidate.endpoint.name
+        candidate.expected_cost = cost_usd(candidate.endpoint.pricing, needs.prompt_tokens, output_tokens)
+        candidate.p_success = health.success_probability(name, now)
+        latency = health.latency(name, stream)
+        if latency is None:
+            unknown.append(candidate)
+        else:
+            candidate.latency_s = latency
+            known_latencies.append(latency)
     # Unmeasured endpoints are assumed as fast as the best known one, so
     # they get traffic and are measured rather than starved.
     optimistic = min(known_latencies, default=0.0)
-    for candidate in eligible:
-        if health.peek(candidate.endpoint.name) is None or candidate.latency_s == 0.0:
-            candidate.latency_s = optimistic
+    for candidate in unknown:
+        candidate.latency_s = optimistic
 
     needed = max(floor, needs.needed_quality) if strategy == "cost" else floor
     ordered: list[EndpointRuntime] = []
@@ -126,10 +123,17 @@ def plan(
     return Plan(tuple(ordered), strategy, candidates, needed)
 
 
-def _drop_unavailable(eligible: list[Candidate], outliers: OutlierDetector, now: float) -> list[Candidate]:
-    """Leave out ejected and cooling-down endpoints — unless that would leave
-    nothing: the path's last usable endpoints are never removed for health."""
-    reasons = [outliers.unavailable_reason(c.endpoint.name, now) for c in eligible]
+def _drop_unavailable(
+    eligible: list[Candidate], health: HealthRegistry, outliers: OutlierDetector | None, now: float
+) -> list[Candidate]:
+    """Leave out endpoints this proxy ejected or is cooling down, and those
+    the fleet has ejected — unless that would leave nothing: the path's last
+    usable endpoints are never removed for health."""
+    def reason(name: str) -> str:
+        own = outliers.unavailable_reason(name, now) if outliers is not None else ""
+        return own or ("ejected by the fleet" if health.fleet_ejected(name) else "")
+
+    reasons = [reason(c.endpoint.name) for c in eligible]
     if all(reasons):
         return eligible
     kept = []

@@ -1,3 +1,4 @@
+from megarouter.v1 import discovery_pb2 as _discovery_pb2
 from megarouter.v1 import routing_pb2 as _routing_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -156,6 +157,10 @@ class ListProxiesResponse(_message.Message):
     def __init__(self, proxies: _Optional[_Iterable[_Union[ProxyStatus, _Mapping]]] = ..., current_version: _Optional[int] = ...) -> None: ...
 
 class GetRoutingTableRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetFleetHealthRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 

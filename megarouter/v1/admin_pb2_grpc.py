@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from megarouter.v1 import admin_pb2 as megarouter_dot_v1_dot_admin__pb2
+from megarouter.v1 import discovery_pb2 as megarouter_dot_v1_dot_discovery__pb2
 from megarouter.v1 import routing_pb2 as megarouter_dot_v1_dot_routing__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -149,6 +150,11 @@ class AdminStub:
                 '/megarouter.v1.Admin/ListProxies',
                 request_serializer=megarouter_dot_v1_dot_admin__pb2.ListProxiesRequest.SerializeToString,
                 response_deserializer=megarouter_dot_v1_dot_admin__pb2.ListProxiesResponse.FromString,
+                _registered_method=True)
+        self.GetFleetHealth = channel.unary_unary(
+                '/megarouter.v1.Admin/GetFleetHealth',
+                request_serializer=megarouter_dot_v1_dot_admin__pb2.GetFleetHealthRequest.SerializeToString,
+                response_deserializer=megarouter_dot_v1_dot_discovery__pb2.FleetHealth.FromString,
                 _registered_method=True)
         self.GetRoutingTable = channel.unary_unary(
                 '/megarouter.v1.Admin/GetRoutingTable',
@@ -301,6 +307,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetFleetHealth(self, request, context):
+        """The fleet-wide health view (what proxies receive).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetRoutingTable(self, request, context):
         """The table the control plane currently pushes.
         """
@@ -425,6 +438,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListProxies,
                     request_deserializer=megarouter_dot_v1_dot_admin__pb2.ListProxiesRequest.FromString,
                     response_serializer=megarouter_dot_v1_dot_admin__pb2.ListProxiesResponse.SerializeToString,
+            ),
+            'GetFleetHealth': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFleetHealth,
+                    request_deserializer=megarouter_dot_v1_dot_admin__pb2.GetFleetHealthRequest.FromString,
+                    response_serializer=megarouter_dot_v1_dot_discovery__pb2.FleetHealth.SerializeToString,
             ),
             'GetRoutingTable': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRoutingTable,
@@ -1053,6 +1071,33 @@ class Admin:
             '/megarouter.v1.Admin/ListProxies',
             megarouter_dot_v1_dot_admin__pb2.ListProxiesRequest.SerializeToString,
             megarouter_dot_v1_dot_admin__pb2.ListProxiesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFleetHealth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/megarouter.v1.Admin/GetFleetHealth',
+            megarouter_dot_v1_dot_admin__pb2.GetFleetHealthRequest.SerializeToString,
+            megarouter_dot_v1_dot_discovery__pb2.FleetHealth.FromString,
             options,
             channel_credentials,
             insecure,

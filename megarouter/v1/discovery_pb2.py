@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from megarouter.v1 import routing_pb2 as megarouter_dot_v1_dot_routing__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmegarouter/v1/discovery.proto\x12\rmegarouter.v1\x1a\x1bmegarouter/v1/routing.proto\"3\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\",\n\x0b\x45rrorDetail\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x95\x01\n\x10\x44iscoveryRequest\x12!\n\x04node\x18\x01 \x01(\x0b\x32\x13.megarouter.v1.Node\x12\x14\n\x0cversion_info\x18\x02 \x01(\x04\x12\x16\n\x0eresponse_nonce\x18\x03 \x01(\t\x12\x30\n\x0c\x65rror_detail\x18\x04 \x01(\x0b\x32\x1a.megarouter.v1.ErrorDetail\"_\n\x11\x44iscoveryResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12*\n\x05table\x18\x02 \x01(\x0b\x32\x1b.megarouter.v1.RoutingTable\x12\r\n\x05nonce\x18\x03 \x01(\t2i\n\tDiscovery\x12\\\n\x13StreamRoutingTables\x12\x1f.megarouter.v1.DiscoveryRequest\x1a .megarouter.v1.DiscoveryResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmegarouter/v1/discovery.proto\x12\rmegarouter.v1\x1a\x1bmegarouter/v1/routing.proto\"3\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\",\n\x0b\x45rrorDetail\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x95\x01\n\x10\x44iscoveryRequest\x12!\n\x04node\x18\x01 \x01(\x0b\x32\x13.megarouter.v1.Node\x12\x14\n\x0cversion_info\x18\x02 \x01(\x04\x12\x16\n\x0eresponse_nonce\x18\x03 \x01(\t\x12\x30\n\x0c\x65rror_detail\x18\x04 \x01(\x0b\x32\x1a.megarouter.v1.ErrorDetail\"\xa3\x01\n\x13\x45ndpointFleetHealth\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x04\x12\x14\n\x0csuccess_rate\x18\x03 \x01(\x01\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\x0f\n\x07ttft_ms\x18\x05 \x01(\x01\x12\x19\n\x11reporting_proxies\x18\x06 \x01(\r\x12\x12\n\nejected_by\x18\x07 \x01(\r\"\x99\x01\n\x0b\x46leetHealth\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x1c\n\x14generated_at_unix_ms\x18\x02 \x01(\x03\x12\x0f\n\x07proxies\x18\x03 \x01(\r\x12\x10\n\x08window_s\x18\x04 \x01(\x01\x12\x35\n\tendpoints\x18\x05 \x03(\x0b\x32\".megarouter.v1.EndpointFleetHealth\"\x91\x01\n\x11\x44iscoveryResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12*\n\x05table\x18\x02 \x01(\x0b\x32\x1b.megarouter.v1.RoutingTable\x12\r\n\x05nonce\x18\x03 \x01(\t\x12\x30\n\x0c\x66leet_health\x18\x04 \x01(\x0b\x32\x1a.megarouter.v1.FleetHealth2i\n\tDiscovery\x12\\\n\x13StreamRoutingTables\x12\x1f.megarouter.v1.DiscoveryRequest\x1a .megarouter.v1.DiscoveryResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,8 +38,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ERRORDETAIL']._serialized_end=174
   _globals['_DISCOVERYREQUEST']._serialized_start=177
   _globals['_DISCOVERYREQUEST']._serialized_end=326
-  _globals['_DISCOVERYRESPONSE']._serialized_start=328
-  _globals['_DISCOVERYRESPONSE']._serialized_end=423
-  _globals['_DISCOVERY']._serialized_start=425
-  _globals['_DISCOVERY']._serialized_end=530
+  _globals['_ENDPOINTFLEETHEALTH']._serialized_start=329
+  _globals['_ENDPOINTFLEETHEALTH']._serialized_end=492
+  _globals['_FLEETHEALTH']._serialized_start=495
+  _globals['_FLEETHEALTH']._serialized_end=648
+  _globals['_DISCOVERYRESPONSE']._serialized_start=651
+  _globals['_DISCOVERYRESPONSE']._serialized_end=796
+  _globals['_DISCOVERY']._serialized_start=798
+  _globals['_DISCOVERY']._serialized_end=903
 # @@protoc_insertion_point(module_scope)

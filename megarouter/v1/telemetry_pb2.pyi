@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EndpointStats(_message.Message):
-    __slots__ = ("endpoint", "requests", "successes", "errors_by_class", "latency_ms_sum", "ttft_ms_sum", "ttft_count", "prompt_tokens", "completion_tokens", "cost_usd")
+    __slots__ = ("endpoint", "requests", "successes", "errors_by_class", "latency_ms_sum", "ttft_ms_sum", "ttft_count", "prompt_tokens", "completion_tokens", "cost_usd", "ejected")
     class ErrorsByClassEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class EndpointStats(_message.Message):
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COST_USD_FIELD_NUMBER: _ClassVar[int]
+    EJECTED_FIELD_NUMBER: _ClassVar[int]
     endpoint: str
     requests: int
     successes: int
@@ -36,7 +37,8 @@ class EndpointStats(_message.Message):
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float
-    def __init__(self, endpoint: _Optional[str] = ..., requests: _Optional[int] = ..., successes: _Optional[int] = ..., errors_by_class: _Optional[_Mapping[str, int]] = ..., latency_ms_sum: _Optional[float] = ..., ttft_ms_sum: _Optional[float] = ..., ttft_count: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cost_usd: _Optional[float] = ...) -> None: ...
+    ejected: bool
+    def __init__(self, endpoint: _Optional[str] = ..., requests: _Optional[int] = ..., successes: _Optional[int] = ..., errors_by_class: _Optional[_Mapping[str, int]] = ..., latency_ms_sum: _Optional[float] = ..., ttft_ms_sum: _Optional[float] = ..., ttft_count: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cost_usd: _Optional[float] = ..., ejected: _Optional[bool] = ...) -> None: ...
 
 class StatsReport(_message.Message):
     __slots__ = ("node", "interval_ms", "endpoints")
