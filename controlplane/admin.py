@@ -25,6 +25,7 @@ from controlplane.repository import (
     DEFAULTS_KEY,
     ENDPOINTS,
     MODELS,
+    NODES,
     PROVIDERS,
     ROUTES,
     SETTINGS,
@@ -175,6 +176,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         ENDPOINTS, admin_pb2.ListEndpointsResponse
     )
     PutRoute, GetRoute, ListRoutes, DeleteRoute = _crud(ROUTES, admin_pb2.ListRoutesResponse)
+    PutNode, GetNode, ListNodes, DeleteNode = _crud(NODES, admin_pb2.ListNodesResponse)
 
     # ----------------------------------------------------------- API keys
 
@@ -190,6 +192,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             allowed_models=spec.allowed_models,
             created_at_unix_ms=int(time.time() * 1000),
             default_strategy=spec.default_strategy,
+            node=spec.node,
+            expires_at_unix_ms=spec.expires_at_unix_ms,
+            metadata=spec.metadata,
         )
         async with self._write_lock:
             contents = await read_all(self.store)

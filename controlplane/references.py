@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from controlplane.catalog_models import catalog_models, effective_models
 from controlplane.repository import StoreContents
-from megarouter.resources import ApiKey, Endpoint, Route
+from megarouter.resources import ApiKey, Endpoint, OrgNode, Route
 
 
 def missing_references(resource: BaseModel, contents: StoreContents) -> list[str]:
@@ -30,6 +30,20 @@ def missing_references(resource: BaseModel, contents: StoreContents) -> list[str
         for name in resource.allowed_models:
             if name not in models and name not in contents.routes:
                 problems.append(f"API key {resource.name!r} allows unknown route or model {name!r}")
+        if resource.node and resource.node not in contents.nodes:
+            problems.append(f"API key {resource.name!r} names unknown node {resource.node!r}")
+    elif isinstance(resource, OrgNode) and resource.parent:
+        if resource.parent not in contents.nodes:
+            problems.append(f"node {resource.name!r} names unknown parent {resource.parent!r}")
+        else:
+            # Walk up from the new parent: meeting this node again is a cycle.
+            ancestor, seen = resource.parent, set()
+            while ancestor and ancestor not in seen:
+                if ancestor == resource.name:
+                    problems.append(f"node {resource.name!r} under {resource.parent!r} would make a cycle")
+                    break
+                seen.add(ancestor)
+                ancestor = contents.nodes[ancestor].parent if ancestor in contents.nodes else ""
     return problems
 
 
@@ -43,6 +57,9 @@ def blocking_references(collection: str, name: str, contents: StoreContents) -> 
     elif collection == "models":
         users += [f"endpoint {e.name!r}" for e in contents.endpoints.values() if e.model == name]
         users += [f"route {r.name!r}" for r in contents.routes.values() if name in r.models]
+    if collection == "nodes":
+        users += [f"node {n.name!r}" for n in contents.nodes.values() if n.parent == name]
+        users += [f"API key {k.name!r}" for k in contents.api_keys.values() if k.node == name]
     if collection in ("models", "routes"):
         users += [f"API key {k.name!r}" for k in contents.api_keys.values() if name in k.allowed_models]
     return users

@@ -13,7 +13,7 @@ import orjson
 from pydantic import BaseModel
 
 from controlplane.store import KeyValue, Store
-from megarouter.resources import ApiKey, Defaults, Endpoint, Model, Provider, Route
+from megarouter.resources import ApiKey, Defaults, Endpoint, Model, OrgNode, Provider, Route
 
 ROOT = "/megarouter/v1/"
 
@@ -48,11 +48,12 @@ MODELS = Collection("models", "model", Model)
 ENDPOINTS = Collection("endpoints", "endpoint", Endpoint)
 ROUTES = Collection("routes", "route", Route)
 API_KEYS = Collection("apikeys", "API key", ApiKey)
+NODES = Collection("nodes", "node", OrgNode)
 # A singleton: the one resource is stored under the name "defaults".
 SETTINGS = Collection("settings", "settings", Defaults)
 DEFAULTS_KEY = SETTINGS.key("defaults")
 
-COLLECTIONS = (PROVIDERS, MODELS, ENDPOINTS, ROUTES, API_KEYS)
+COLLECTIONS = (PROVIDERS, MODELS, ENDPOINTS, ROUTES, API_KEYS, NODES)
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class StoreContents:
     routes: dict[str, Route]
     api_keys: dict[str, ApiKey]
     defaults: Defaults
+    nodes: dict[str, OrgNode]
 
 
 async def read_all(store: Store) -> StoreContents:
@@ -92,4 +94,5 @@ async def read_all(store: Store) -> StoreContents:
         routes=buckets["routes"],
         api_keys=buckets["apikeys"],
         defaults=defaults,
+        nodes=buckets["nodes"],
     )

@@ -45,8 +45,12 @@ def compile_table(contents: StoreContents) -> routing_pb2.RoutingTable:
                 principal=key.principal,
                 allowed_models=key.allowed_models,
                 default_strategy=strategy_enum(key.default_strategy),
+                node=key.node,
+                expires_at_unix_ms=key.expires_at_unix_ms,
             )
         )
+    for node in _sorted(contents.nodes):
+        table.nodes.append(routing_pb2.OrgNode(name=node.name, parent=node.parent, kind=node.kind))
     return table
 
 

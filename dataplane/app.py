@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 
 import orjson
 from aiohttp import web
@@ -63,6 +64,8 @@ def authenticate(request: web.Request, table: RuntimeTable) -> KeyInfo:
         # Like OpenAI, show only the key's first characters.
         shown = secret.strip()[:8] + "…"
         raise ApiError(401, f"Incorrect API key provided: {shown}", code="invalid_api_key")
+    if key.expires_at_unix_ms and time.time() * 1000 >= key.expires_at_unix_ms:
+        raise ApiError(401, f"API key '{key.name}' has expired.", code="expired_api_key")
     return key
 
 

@@ -117,6 +117,8 @@ class KeyInfo:
     principal: str
     allowed: frozenset[str] | None   # None: every route and model
     default_strategy: str = ""       # "" = not set on the key
+    nodes: tuple[str, ...] = ()      # the key's node and its ancestors, nearest first
+    expires_at_unix_ms: int = 0      # 0: never
 
     def may_use(self, target: str) -> bool:
         return self.allowed is None or target in self.allowed
@@ -222,13 +224,17 @@ class RuntimeTable:
                 allowed_regions=frozenset(route.allowed_regions) or None,
             )
 
+        chains = _node_chains(table)
         keys: dict[str, KeyInfo] = {}
         for entry in table.api_keys:
             if not _KEY_HASH.fullmatch(entry.key_hash):
                 raise TableError(f"API key {entry.name!r} has a malformed hash")
+            if entry.node and entry.node not in chains:
+                raise TableError(f"API key {entry.name!r} names unknown node {entry.node!r}")
             allowed = frozenset(entry.allowed_models) if entry.allowed_models else None
             keys[entry.key_hash] = KeyInfo(entry.name, entry.principal, allowed,
-                                           strategy_name(entry.default_strategy))
+                                           strategy_name(entry.default_strategy),
+                                           chains.get(entry.node, ()), entry.expires_at_unix_ms)
 
         return cls(
             version=table.version,
@@ -273,6 +279,32 @@ def _load_providers(table: routing_pb2.RoutingTable, secrets: SecretReader) -> d
             unusable_reason=unusable,
         )
     return providers
+
+
+def _node_chains(table: routing_pb2.RoutingTable) -> dict[str, tuple[str, ...]]:
+    """Each org node's path to its root, nearest first; each node walked once."""
+    parents = {node.name: node.parent for node in _unique(table.nodes, "node").values()}
+    chains: dict[str, tuple[str, ...]] = {}
+    for name in parents:
+        path: list[str] = []
+        current = name
+        while current not in chains:
+            if current in path:
+                raise TableError(f"node {current!r} is part of a cycle")
+            path.append(current)
+            parent = parents[current]
+            if not parent:
+                base: tuple[str, ...] = ()
+                break
+            if parent not in parents:
+                raise TableError(f"node {current!r} names unknown parent {parent!r}")
+            current = parent
+        else:
+            base = chains[current]
+        for node in reversed(path):
+            base = (node, *base)
+            chains[node] = base
+    return chains
 
 
 def strategy_name(value: int) -> str:

@@ -15,6 +15,8 @@ import argparse
 import asyncio
 import json
 import sys
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -35,11 +37,13 @@ _KINDS: dict[str, tuple[str, str, str, list[str]]] = {
     "endpoints": ("GetEndpoint", "ListEndpoints", "DeleteEndpoint",
                   ["name", "model", "provider", "upstream_model", "region"]),
     "routes": ("GetRoute", "ListRoutes", "DeleteRoute", ["name", "strategy", "tiers"]),
-    "apikeys": ("GetApiKey", "ListApiKeys", "DeleteApiKey", ["name", "prefix", "principal", "allowed_models"]),
+    "apikeys": ("GetApiKey", "ListApiKeys", "DeleteApiKey",
+                ["name", "prefix", "principal", "node", "allowed_models", "expires_at_unix_ms"]),
+    "nodes": ("GetNode", "ListNodes", "DeleteNode", ["name", "kind", "parent", "display_name"]),
 }
 _ALIASES = {
     "provider": "providers", "model": "models", "endpoint": "endpoints", "route": "routes",
-    "apikey": "apikeys", "key": "apikeys", "keys": "apikeys",
+    "apikey": "apikeys", "key": "apikeys", "keys": "apikeys", "node": "nodes",
 }
 
 
@@ -115,10 +119,27 @@ async def cmd_delete(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -
     return 0
 
 
+def _expiry_ms(text: str | None) -> int:
+    """'30d', '12h', '90m' from now, or an ISO date/time, as Unix ms; None: never."""
+    if not text:
+        return 0
+    units = {"d": 86400, "h": 3600, "m": 60}
+    if text[-1:] in units and text[:-1].isdigit():
+        return int((time.time() + int(text[:-1]) * units[text[-1]]) * 1000)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise CtlError(f"--expires {text!r}: use a duration like 30d, 12h, 90m or an ISO date") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
+
+
 async def cmd_keys_create(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -> int:
     allowed = [m.strip() for m in args.allow.split(",") if m.strip()] if args.allow else []
     response = await stub.CreateApiKey(
-        admin_pb2.CreateApiKeyRequest(name=args.name, principal=args.principal or "", allowed_models=allowed)
+        admin_pb2.CreateApiKeyRequest(name=args.name, principal=args.principal or "", allowed_models=allowed,
+                                      node=args.node or "", expires_at_unix_ms=_expiry_ms(args.expires))
     )
     print(f"apikey/{response.key.name} created for principal {response.key.principal}")
     print("secret (shown once, store it now):")
@@ -188,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     output_choices = ["table", "yaml", "json"]
     get = sub.add_parser("get", help="list resources, or show one")
-    get.add_argument("kind", help="providers | models | endpoints | routes | apikeys")
+    get.add_argument("kind", help="providers | models | endpoints | routes | apikeys | nodes")
     get.add_argument("name", nargs="?")
     get.add_argument("-o", "--output", choices=output_choices, default="table")
     get.set_defaults(handler=cmd_get)
@@ -204,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--principal", help="who the key belongs to (default key:<name>)")
     create.add_argument("--allow", help="comma-separated routes/models the key may use (default: all)")
+    create.add_argument("--node", help="org node the key belongs to; usage is charged up its tree")
+    create.add_argument("--expires", help="expiry: a duration from now (30d, 12h, 90m) or an ISO date")
     create.set_defaults(handler=cmd_keys_create)
 
     proxies = sub.add_parser("proxies", help="connected proxies and the table version each ACKed")

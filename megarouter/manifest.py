@@ -41,6 +41,7 @@ class ResourceType:
 
 
 RESOURCE_TYPES = [
+    ResourceType("node", "nodes", routing_pb2.OrgNode, "PutNode", 0),
     ResourceType("provider", "providers", routing_pb2.Provider, "PutProvider", 0),
     ResourceType("model", "models", routing_pb2.Model, "PutModel", 0),
     ResourceType("endpoint", "endpoints", routing_pb2.Endpoint, "PutEndpoint", 1),
@@ -88,7 +89,20 @@ def parse_manifest(text: str, source: str = "<input>") -> list[Resource]:
         for position, item in enumerate(items):
             item_where = where if not isinstance(body, list) else f"{where} item {position + 1}"
             resources.append(Resource(rtype, _to_message(rtype, item, item_where), item_where))
-    return sorted(resources, key=lambda r: r.type.order)
+    parents = {r.name: r.message.parent for r in resources if r.type.singular == "node"}  # type: ignore[attr-defined]
+    return sorted(resources, key=lambda r: (r.type.order, _depth(r, parents)))
+
+
+def _depth(resource: Resource, parents: dict[str, str]) -> int:
+    """Org nodes sort parents first, so a whole tree applies in one file."""
+    if resource.type.singular != "node":
+        return 0
+    depth, parent, seen = 0, parents.get(resource.name, ""), set()
+    while parent in parents and parent not in seen:
+        seen.add(parent)
+        depth += 1
+        parent = parents[parent]
+    return depth
 
 
 def _to_message(rtype: ResourceType, item: Any, where: str) -> Message:

@@ -249,6 +249,26 @@ class Route(_Resource):
         return [model for tier in self.tiers for model in tier.models]
 
 
+class OrgNode(_Resource):
+    """An organisation, team or project; organisations are the roots."""
+
+    name: Name
+    parent: str = ""
+    kind: Literal["org", "team", "project"]
+    display_name: str = Field("", max_length=200)
+    metadata: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _shape(self) -> OrgNode:
+        if self.kind == "org" and self.parent:
+            raise ValueError("parent: an org is a root and has no parent")
+        if self.kind != "org" and not self.parent:
+            raise ValueError(f"parent: a {self.kind} needs a parent node")
+        if self.parent == self.name:
+            raise ValueError("parent: a node cannot be its own parent")
+        return self
+
+
 class Defaults(_Resource):
     """Fleet-wide settings; one per control plane."""
 
@@ -266,6 +286,9 @@ class ApiKey(_Resource):
     allowed_models: list[str] = []
     created_at_unix_ms: int = 0
     default_strategy: StrategyName = "unspecified"
+    node: str = ""
+    expires_at_unix_ms: int = Field(0, ge=0)
+    metadata: dict[str, str] = {}
 
 
 class CreateApiKey(_Resource):
@@ -274,6 +297,9 @@ class CreateApiKey(_Resource):
     allowed_models: list[str] = []
     secret: str = ""
     default_strategy: StrategyName = "unspecified"
+    node: str = ""
+    expires_at_unix_ms: int = Field(0, ge=0)
+    metadata: dict[str, str] = {}
 
     @field_validator("secret")
     @classmethod
@@ -364,6 +390,9 @@ def api_key_public(key: ApiKey) -> admin_pb2.ApiKey:
         allowed_models=key.allowed_models,
         created_at_unix_ms=key.created_at_unix_ms,
         default_strategy=strategy_enum(key.default_strategy),
+        node=key.node,
+        expires_at_unix_ms=key.expires_at_unix_ms,
+        metadata=key.metadata,
     )
 
 
@@ -377,4 +406,5 @@ PROTO_TYPES: dict[type[_Resource], type[Message]] = {
     Endpoint: routing_pb2.Endpoint,
     Route: routing_pb2.Route,
     Defaults: routing_pb2.Defaults,
+    OrgNode: routing_pb2.OrgNode,
 }

@@ -74,6 +74,8 @@ def demo_manifest(sim_ports: dict[str, int]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=env_default("DATA_DIR", "./.megarouter"),
                         help="store, proxy cache and dev key live here [MEGAROUTER_DATA_DIR]")
+    parser.add_argument("--store", default=None,
+                        help="store URL, e.g. etcd://127.0.0.1:2379 (default: SQLite in the data dir)")
     parser.add_argument("--admin-listen", default="127.0.0.1:50051")
     parser.add_argument("--proxy-listen", default="127.0.0.1:8080")
     parser.add_argument("--metrics-listen", default="127.0.0.1:9464")
@@ -159,7 +161,7 @@ async def up(args: argparse.Namespace) -> int:
             children.append(await _start(name, ["sim", "--name", name, "--models", ",".join(models), *flags]))
         sim_ports = {child.name: child.ready["port"] for child in children}
         children.append(await _start("controlplane", [
-            "controlplane", "--listen", args.admin_listen, "--store", str(data_dir / "store"),
+            "controlplane", "--listen", args.admin_listen, "--store", args.store or str(data_dir / "store"),
             "--metrics-listen", args.metrics_listen,
         ]))
         admin = f"127.0.0.1:{children[-1].ready['port']}"

@@ -185,3 +185,30 @@ async def test_store_survives_restart(tmp_path) -> None:
             assert table.version == put.revision
     finally:
         await service.stop()
+
+
+async def test_org_tree_rules(admin) -> None:
+    await admin.PutNode(routing_pb2.OrgNode(name="acme", kind="org"))
+    await admin.PutNode(routing_pb2.OrgNode(name="acme-ml", kind="team", parent="acme"))
+    await admin.PutNode(routing_pb2.OrgNode(name="acme-ml-search", kind="project", parent="acme-ml"))
+    details = await _expect(grpc.StatusCode.INVALID_ARGUMENT,
+                            admin.PutNode(routing_pb2.OrgNode(name="orphan", kind="team")))
+    assert "parent" in details
+    details = await _expect(grpc.StatusCode.FAILED_PRECONDITION,
+                            admin.PutNode(routing_pb2.OrgNode(name="lost", kind="team", parent="ghost")))
+    assert "unknown parent 'ghost'" in details
+    # Moving a team under its own descendant would make a cycle.
+    details = await _expect(grpc.StatusCode.FAILED_PRECONDITION,
+                            admin.PutNode(routing_pb2.OrgNode(name="acme-ml", kind="team", parent="acme-ml-search")))
+    assert "cycle" in details
+    await admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(name="search-bot", node="acme-ml-search"))
+    details = await _expect(grpc.StatusCode.FAILED_PRECONDITION,
+                            admin.DeleteNode(admin_pb2.DeleteRequest(name="acme-ml")))
+    assert "node 'acme-ml-search'" in details
+    details = await _expect(grpc.StatusCode.FAILED_PRECONDITION,
+                            admin.DeleteNode(admin_pb2.DeleteRequest(name="acme-ml-search")))
+    assert "API key 'search-bot'" in details
+    await _expect(grpc.StatusCode.FAILED_PRECONDITION,
+                  admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(name="nobody-bot", node="ghost")))
+    key = await admin.GetApiKey(admin_pb2.GetRequest(name="search-bot"))
+    assert key.node == "acme-ml-search"

@@ -238,3 +238,19 @@ async def test_proxy_reports_endpoint_stats_to_control_plane(system: System, cli
         return 'megarouter_cp_fleet_endpoint_requests_total{endpoint="small-sim"}' in text
 
     await eventually(reported, what="the proxy's telemetry report for small-sim")
+
+
+async def test_expired_key_is_refused(system: System) -> None:
+    import time
+
+    from megarouter.v1 import admin_pb2
+
+    secret = "sk-mr-expiring-key-0123456789"
+    created = await system.admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(
+        name="expiring", secret=secret, expires_at_unix_ms=int(time.time() * 1000) - 1))
+    await system.wait_proxy_version(created.revision)
+    expired = openai.AsyncOpenAI(base_url=system.base_url(), api_key=secret, max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as caught:
+        await expired.chat.completions.create(model="chat", messages=[{"role": "user", "content": "x"}])
+    assert caught.value.code == "expired_api_key"
+    await system.admin.DeleteApiKey(admin_pb2.DeleteRequest(name="expiring"))

@@ -69,3 +69,27 @@ def test_provider_without_its_secret_is_left_out_not_nacked() -> None:
 def test_invalid_tables_are_rejected_with_a_reason(field, bad, message) -> None:
     with pytest.raises(TableError, match=message):
         RuntimeTable.load(_table(**{field: bad}), secrets=lambda ref: "x")
+
+
+def test_key_is_charged_up_its_node_chain() -> None:
+    table = _table()
+    table.nodes.add(name="acme", kind="org")
+    table.nodes.add(name="ml", parent="acme", kind="team")
+    table.nodes.add(name="ml-search", parent="ml", kind="project")
+    table.api_keys[0].node = "ml-search"
+    key = RuntimeTable.load(table, secrets=lambda ref: "x").keys[key_hash("secret-1")]
+    assert key.nodes == ("ml-search", "ml", "acme")
+
+
+def test_deep_trees_load_and_cycles_are_rejected() -> None:
+    table = _table()
+    table.nodes.add(name="n0", kind="org")
+    for depth in range(1, 3000):  # deeper than Python's recursion limit
+        table.nodes.add(name=f"n{depth}", parent=f"n{depth - 1}", kind="team")
+    table.api_keys[0].node = "n2999"
+    assert len(RuntimeTable.load(table, secrets=lambda ref: "x").keys[key_hash("secret-1")].nodes) == 3000
+    cyclic = _table()
+    cyclic.nodes.add(name="a", parent="b", kind="team")
+    cyclic.nodes.add(name="b", parent="a", kind="team")
+    with pytest.raises(TableError, match="cycle"):
+        RuntimeTable.load(cyclic, secrets=lambda ref: "x")

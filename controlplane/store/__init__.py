@@ -25,19 +25,23 @@ async def open_store(url: str) -> Store:
     """Open the store a URL names.
 
     Accepted: a plain directory path, ``sqlite:///abs/dir`` or ``sqlite://rel/dir`` (the
-    database is ``<dir>/store.db``; the directory is created). ``etcd://`` is reserved.
+    database is ``<dir>/store.db``; the directory is created), or
+    ``etcd://host1:2379,host2:2379[/prefix]`` (an etcd v3 cluster; every key is stored under
+    the path, without trailing slashes, as a prefix).
     """
     if url.startswith("etcd://"):
-        raise StoreError(
-            f"the etcd backend is not available yet (got {url!r}); "
-            "use a directory path or sqlite:///path/to/dir"
-        )
+        try:  # aetcd loads only when etcd is used
+            from .etcd import EtcdStore, parse_etcd_url
+        except ImportError as exc:
+            raise StoreError(f"the etcd backend needs the aetcd package ({exc})") from exc
+        endpoints, prefix = parse_etcd_url(url)
+        return await EtcdStore.open(endpoints, prefix=prefix)
     if url.startswith("sqlite://"):
         directory = url[len("sqlite://") :]
     elif "://" in url:
         raise StoreError(
             f"unsupported store URL {url!r}: use a directory path, sqlite:///abs/dir, "
-            "sqlite://relative/dir (etcd:// is not available yet)"
+            "sqlite://relative/dir or etcd://host:2379[,host:2379][/prefix]"
         )
     else:
         directory = url

@@ -26,13 +26,17 @@ from megarouter.v1 import discovery_pb2 as megarouter_dot_v1_dot_discovery__pb2
 from megarouter.v1 import routing_pb2 as megarouter_dot_v1_dot_routing__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19megarouter/v1/admin.proto\x12\rmegarouter.v1\x1a\x1dmegarouter/v1/discovery.proto\x1a\x1bmegarouter/v1/routing.proto\"\x1a\n\nGetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x14\n\x12GetDefaultsRequest\"\r\n\x0bListRequest\"\x1d\n\rDeleteRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"A\n\x0bPutResponse\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x0f\n\x07\x63hanged\x18\x03 \x01(\x08\"\"\n\x0e\x44\x65leteResponse\x12\x10\n\x08revision\x18\x01 \x01(\x04\"Q\n\x15ListProvidersResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.megarouter.v1.Provider\x12\x10\n\x08revision\x18\x02 \x01(\x04\"K\n\x12ListModelsResponse\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.megarouter.v1.Model\x12\x10\n\x08revision\x18\x02 \x01(\x04\"Q\n\x15ListEndpointsResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.megarouter.v1.Endpoint\x12\x10\n\x08revision\x18\x02 \x01(\x04\"K\n\x12ListRoutesResponse\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.megarouter.v1.Route\x12\x10\n\x08revision\x18\x02 \x01(\x04\"\xa0\x01\n\x06\x41piKey\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x16\n\x0e\x61llowed_models\x18\x04 \x03(\t\x12\x1a\n\x12\x63reated_at_unix_ms\x18\x05 \x01(\x03\x12\x31\n\x10\x64\x65\x66\x61ult_strategy\x18\x06 \x01(\x0e\x32\x17.megarouter.v1.Strategy\"\x91\x01\n\x13\x43reateApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tprincipal\x18\x02 \x01(\t\x12\x16\n\x0e\x61llowed_models\x18\x03 \x03(\t\x12\x0e\n\x06secret\x18\x04 \x01(\t\x12\x31\n\x10\x64\x65\x66\x61ult_strategy\x18\x05 \x01(\x0e\x32\x17.megarouter.v1.Strategy\"\\\n\x14\x43reateApiKeyResponse\x12\"\n\x03key\x18\x01 \x01(\x0b\x32\x15.megarouter.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x04\"M\n\x13ListApiKeysResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.megarouter.v1.ApiKey\x12\x10\n\x08revision\x18\x02 \x01(\x04\"\x14\n\x12ListProxiesRequest\"\xb6\x01\n\x0bProxyStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0c\n\x04peer\x18\x03 \x01(\t\x12\x15\n\racked_version\x18\x04 \x01(\x04\x12\x16\n\x0epushed_version\x18\x05 \x01(\x04\x12\x11\n\tlast_nack\x18\x06 \x01(\t\x12\x1c\n\x14\x63onnected_at_unix_ms\x18\x07 \x01(\x03\x12\x18\n\x10software_version\x18\x08 \x01(\t\"[\n\x13ListProxiesResponse\x12+\n\x07proxies\x18\x01 \x03(\x0b\x32\x1a.megarouter.v1.ProxyStatus\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\x04\"\x18\n\x16GetRoutingTableRequest\"\x17\n\x15GetFleetHealthRequest\"\'\n\x14PushRawTableResponse\x12\x0f\n\x07proxies\x18\x01 \x01(\r2\xc5\x0e\n\x05\x41\x64min\x12\x42\n\x0bPutProvider\x12\x17.megarouter.v1.Provider\x1a\x1a.megarouter.v1.PutResponse\x12\x41\n\x0bGetProvider\x12\x19.megarouter.v1.GetRequest\x1a\x17.megarouter.v1.Provider\x12Q\n\rListProviders\x12\x1a.megarouter.v1.ListRequest\x1a$.megarouter.v1.ListProvidersResponse\x12M\n\x0e\x44\x65leteProvider\x12\x1c.megarouter.v1.DeleteRequest\x1a\x1d.megarouter.v1.DeleteResponse\x12<\n\x08PutModel\x12\x14.megarouter.v1.Model\x1a\x1a.megarouter.v1.PutResponse\x12;\n\x08GetModel\x12\x19.megarouter.v1.GetRequest\x1a\x14.megarouter.v1.Model\x12K\n\nListModels\x12\x1a.megarouter.v1.ListRequest\x1a!.megarouter.v1.ListModelsResponse\x12J\n\x0b\x44\x65leteModel\x12\x1c.megarouter.v1.DeleteRequest\x1a\x1d.megarouter.v1.DeleteResponse\x12\x42\n\x0bPutEndpoint\x12\x17.megarouter.v1.Endpoint\x1a\x1a.megarouter.v1.PutResponse\x12\x41\n\x0bGetEndpoint\x12\x19.megarouter.v1.GetRequest\x1a\x17.megarouter.v1.Endpoint\x12Q\n\rListEndpoints\x12\x1a.megarouter.v1.ListRequest\x1a$.megarouter.v1.ListEndpointsResponse\x12M\n\x0e\x44\x65leteEndpoint\x12\x1c.megarouter.v1.DeleteRequest\x1a\x1d.megarouter.v1.DeleteResponse\x12<\n\x08PutRoute\x12\x14.megarouter.v1.Route\x1a\x1a.megarouter.v1.PutResponse\x12;\n\x08GetRoute\x12\x19.megarouter.v1.GetRequest\x1a\x14.megarouter.v1.Route\x12K\n\nListRoutes\x12\x1a.megarouter.v1.ListRequest\x1a!.megarouter.v1.ListRoutesResponse\x12J\n\x0b\x44\x65leteRoute\x12\x1c.megarouter.v1.DeleteRequest\x1a\x1d.megarouter.v1.DeleteResponse\x12W\n\x0c\x43reateApiKey\x12\".megarouter.v1.CreateApiKeyRequest\x1a#.megarouter.v1.CreateApiKeyResponse\x12=\n\tGetApiKey\x12\x19.megarouter.v1.GetRequest\x1a\x15.megarouter.v1.ApiKey\x12M\n\x0bListApiKeys\x12\x1a.megarouter.v1.ListRequest\x1a\".megarouter.v1.ListApiKeysResponse\x12K\n\x0c\x44\x65leteApiKey\x12\x1c.megarouter.v1.DeleteRequest\x1a\x1d.megarouter.v1.DeleteResponse\x12I\n\x0bGetDefaults\x12!.megarouter.v1.GetDefaultsRequest\x1a\x17.megarouter.v1.Defaults\x12\x42\n\x0bPutDefaults\x12\x17.megarouter.v1.Defaults\x1a\x1a.megarouter.v1.PutResponse\x12T\n\x0bListProxies\x12!.megarouter.v1.ListProxiesRequest\x1a\".megarouter.v1.ListProxiesResponse\x12R\n\x0eGetFleetHealth\x12$.megarouter.v1.GetFleetHealthRequest\x1a\x1a.megarouter.v1.FleetHealth\x12U\n\x0fGetRoutingTable\x12%.megarouter.v1.GetRoutingTableRequest\x1a\x1b.megarouter.v1.RoutingTable2]\n\tTestHooks\x12P\n\x0cPushRawTable\x12\x1b.megarouter.v1.RoutingTable\x1a#.megarouter.v1.PushRawTableResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19megarouter/v1/admin.proto\x12\rmegarouter.v1\x1a\x1dmegarouter/v1/discovery.proto\x1a\x1bmegarouter/v1/routing.proto\"\x1a\n\nGetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x14\n\x12GetDefaultsRequest\"\r\n\x0bListRequest\"\x1d\n\rDeleteRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"A\n\x0bPutResponse\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x0f\n\x07\x63hanged\x18\x03 \x01(\x08\"\"\n\x0e\x44\x65leteResponse\x12\x10\n\x08revision\x18\x01 \x01(\x04\"Q\n\x15ListProvidersResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.megarouter.v1.Provider\x12\x10\n\x08revision\x18\x02 \x01(\x04\"K\n\x12ListModelsResponse\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.megarouter.v1.Model\x12\x10\n\x08revision\x18\x02 \x01(\x04\"Q\n\x15ListEndpointsResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.megarouter.v1.Endpoint\x12\x10\n\x08revision\x18\x02 \x01(\x04\"K\n\x12ListRoutesResponse\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.megarouter.v1.Route\x12\x10\n\x08revision\x18\x02 \x01(\x04\"L\n\x11ListNodesResponse\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.megarouter.v1.OrgNode\x12\x10\n\x08revision\x18\x02 \x01(\x04\"\xb2\x02\n\x06\x41piKey\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x16\n\x0e\x61llowed_models\x18\x04 \x03(\t\x12\x1a\n\x12\x63reated_at_unix_ms\x18\x05 \x01(\x03\x12\x31\n\x10\x64\x65\x66\x61ult_strategy\x18\x06 \x01(\x0e\x32\x17.megarouter.v1.Strategy\x12\x0c\n\x04node\x18\x07 \x01(\t\x12\x1a\n\x12\x65xpires_at_unix_ms\x18\x08 \x01(\x03\x12\x35\n\x08metadata\x18\t \x03(\x0b\x32#.megarouter.v1.ApiKey.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb0\x02\n\x13\x43reateApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tprincipal\x18\x02 \x01(\t\x12\x16\n\x0e\x61llowed_models\x18\x03 \x03(\t\x12\x0e\n\x06secret\x18\x04 \x01(\t\x12\x31\n\x10\x64\x65\x66\x61ult_strategy\x18\x05 \x01(\x0e\x32\x17.megarouter.v1.Strategy\x12\x0c\n\x04node\x18\x06 \x01(\t\x12\x1a\n\x12\x65xpires_at_unix_ms\x18\x07 \x01(\x03\x12\x42\n\x08metadata\x18\x08 \x03(\x0b\x32\x30.megarouter.v1.CreateApiKeyRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\\\n\x14\x43reateApiKeyResponse\x12\"\n\x03key\x18\x01 \x01(\x0b\x32\x15.megarouter.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x04\"M\n\x13ListApiKeysResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.megarouter.v1.ApiKey\x12\x10\n\x08revision\x18\x02 \x01(\x04\"\x14\n\x12ListProxiesRequest\"\xb6\x01\n\x0bProxyStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0c\n\x04peer\x18\x03 \x01(\t\x12\x15\n\racked_version\x18\x04 \x01(\x04\x12\x16\n\x0epushed_version\x18\x05 \x01(\x04\x12\x11\n\tlast_nack\x18\x06 \x01(\t\x12\x1c\n\x14\x63onnected_at_unix_ms\x18\x07 \x01(\x03\x12\x18\n\x10software_version\x18\x08 \x01(\t\"[\n\x13ListProxiesResponse\x12+\n\x07proxies\x18\x01 \x03(\x0b\x32\x1a.megarouter.v1.ProxyStatus\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\x04\"\x18\n\x16GetRoutingTableRequest\"\x17\n\x15GetFleetHealthRequest\"\'\n\x14PushRawTableResponse\x12\x0f\n\x07proxies\x18\x01 \x01(\r2\xd8\x10\n\x05\x41\x64min\x12\x42\n\x0bPutProvider\x12\x17.megarouter.v1.Provider\x1a\x1a.megarouter.v1.PutResponse\x12\x41\n\x0bGetProvider\x12\x19.megarouter.v1.GetRequest\x1a\x17.megarouter.v1.Provider\x12Q\n\rListProviders\x12\x1a.megarouter.v1.ListRequest\x1a$.megarouter.v1.ListProvidersResponse\x12M\n\x0e\x44\x65leteProvider\x12\x1c.megarouter.v1.DeleteRequest\x1a\x1d.megarouter.v1.DeleteResponse\x12<\n\x08PutModel\x12\x14.megarouter.v1.Model\x1a\x1a.megarouter.v1.PutResponse\x12;\n\x08GetModel\x12\x19.megarouter.v1.GetRequest\x1a\x14.megarouter.v1.Model\x12K\n\nListModels\x12\x1a.megarouter.v1.ListRequest\x1a!.megarouter.v1.ListModelsResponse\x12J\n\x0b\x44\x65leteModel\x12\x1c.megarouter.v1.DeleteRequest\x1a\x1d.megarouter.v1.DeleteResponse\x12\x42\n\x0bPutEndpoint\x12\x17.megarouter.v1.Endpoint\x1a\x1a.megarouter.v1.PutResponse\x12\x41\n\x0bGetEndpoint\x12\x19.megarouter.v1.GetRequest\x1a\x17.megarouter.v1.Endpoint\x12Q\n\rListEndpoints\x12\x1a.megarouter.v1.ListRequest\x1a$.megarouter.v1.ListEndpointsResponse\x12M\n\x0e\x44\x65leteEndpoint\x12\x1c.megarouter.v1.DeleteRequest\x1a\x1d.megarouter.v1.DeleteResponse\x12<\n\x08PutRoute\x12\x14.megarouter.v1.Route\x1a\x1a.megarouter.v1.PutResponse\x12;\n\x08GetRoute\x12\x19.megarouter.v1.GetRequest\x1a\x14.megarouter.v1.Route\x12K\n\nListRoutes\x12\x1a.megarouter.v1.ListRequest\x1a!.megarouter.v1.ListRoutesResponse\x12J\n\x0b\x44\x65leteRoute\x12\x1c.megarouter.v1.DeleteRequest\x1a\x1d.megarouter.v1.DeleteResponse\x12=\n\x07PutNode\x12\x16.megarouter.v1.OrgNode\x1a\x1a.megarouter.v1.PutResponse\x12<\n\x07GetNode\x12\x19.megarouter.v1.GetRequest\x1a\x16.megarouter.v1.OrgNode\x12I\n\tListNodes\x12\x1a.megarouter.v1.ListRequest\x1a .megarouter.v1.ListNodesResponse\x12I\n\nDeleteNode\x12\x1c.megarouter.v1.DeleteRequest\x1a\x1d.megarouter.v1.DeleteResponse\x12W\n\x0c\x43reateApiKey\x12\".megarouter.v1.CreateApiKeyRequest\x1a#.megarouter.v1.CreateApiKeyResponse\x12=\n\tGetApiKey\x12\x19.megarouter.v1.GetRequest\x1a\x15.megarouter.v1.ApiKey\x12M\n\x0bListApiKeys\x12\x1a.megarouter.v1.ListRequest\x1a\".megarouter.v1.ListApiKeysResponse\x12K\n\x0c\x44\x65leteApiKey\x12\x1c.megarouter.v1.DeleteRequest\x1a\x1d.megarouter.v1.DeleteResponse\x12I\n\x0bGetDefaults\x12!.megarouter.v1.GetDefaultsRequest\x1a\x17.megarouter.v1.Defaults\x12\x42\n\x0bPutDefaults\x12\x17.megarouter.v1.Defaults\x1a\x1a.megarouter.v1.PutResponse\x12T\n\x0bListProxies\x12!.megarouter.v1.ListProxiesRequest\x1a\".megarouter.v1.ListProxiesResponse\x12R\n\x0eGetFleetHealth\x12$.megarouter.v1.GetFleetHealthRequest\x1a\x1a.megarouter.v1.FleetHealth\x12U\n\x0fGetRoutingTable\x12%.megarouter.v1.GetRoutingTableRequest\x1a\x1b.megarouter.v1.RoutingTable2]\n\tTestHooks\x12P\n\x0cPushRawTable\x12\x1b.megarouter.v1.RoutingTable\x1a#.megarouter.v1.PushRawTableResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'megarouter.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_APIKEY_METADATAENTRY']._loaded_options = None
+  _globals['_APIKEY_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_CREATEAPIKEYREQUEST_METADATAENTRY']._loaded_options = None
+  _globals['_CREATEAPIKEYREQUEST_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_GETREQUEST']._serialized_start=104
   _globals['_GETREQUEST']._serialized_end=130
   _globals['_GETDEFAULTSREQUEST']._serialized_start=132
@@ -53,28 +57,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTENDPOINTSRESPONSE']._serialized_end=544
   _globals['_LISTROUTESRESPONSE']._serialized_start=546
   _globals['_LISTROUTESRESPONSE']._serialized_end=621
-  _globals['_APIKEY']._serialized_start=624
-  _globals['_APIKEY']._serialized_end=784
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=787
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=932
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=934
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1026
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1028
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1105
-  _globals['_LISTPROXIESREQUEST']._serialized_start=1107
-  _globals['_LISTPROXIESREQUEST']._serialized_end=1127
-  _globals['_PROXYSTATUS']._serialized_start=1130
-  _globals['_PROXYSTATUS']._serialized_end=1312
-  _globals['_LISTPROXIESRESPONSE']._serialized_start=1314
-  _globals['_LISTPROXIESRESPONSE']._serialized_end=1405
-  _globals['_GETROUTINGTABLEREQUEST']._serialized_start=1407
-  _globals['_GETROUTINGTABLEREQUEST']._serialized_end=1431
-  _globals['_GETFLEETHEALTHREQUEST']._serialized_start=1433
-  _globals['_GETFLEETHEALTHREQUEST']._serialized_end=1456
-  _globals['_PUSHRAWTABLERESPONSE']._serialized_start=1458
-  _globals['_PUSHRAWTABLERESPONSE']._serialized_end=1497
-  _globals['_ADMIN']._serialized_start=1500
-  _globals['_ADMIN']._serialized_end=3361
-  _globals['_TESTHOOKS']._serialized_start=3363
-  _globals['_TESTHOOKS']._serialized_end=3456
+  _globals['_LISTNODESRESPONSE']._serialized_start=623
+  _globals['_LISTNODESRESPONSE']._serialized_end=699
+  _globals['_APIKEY']._serialized_start=702
+  _globals['_APIKEY']._serialized_end=1008
+  _globals['_APIKEY_METADATAENTRY']._serialized_start=961
+  _globals['_APIKEY_METADATAENTRY']._serialized_end=1008
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1011
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1315
+  _globals['_CREATEAPIKEYREQUEST_METADATAENTRY']._serialized_start=961
+  _globals['_CREATEAPIKEYREQUEST_METADATAENTRY']._serialized_end=1008
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1317
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1409
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1411
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1488
+  _globals['_LISTPROXIESREQUEST']._serialized_start=1490
+  _globals['_LISTPROXIESREQUEST']._serialized_end=1510
+  _globals['_PROXYSTATUS']._serialized_start=1513
+  _globals['_PROXYSTATUS']._serialized_end=1695
+  _globals['_LISTPROXIESRESPONSE']._serialized_start=1697
+  _globals['_LISTPROXIESRESPONSE']._serialized_end=1788
+  _globals['_GETROUTINGTABLEREQUEST']._serialized_start=1790
+  _globals['_GETROUTINGTABLEREQUEST']._serialized_end=1814
+  _globals['_GETFLEETHEALTHREQUEST']._serialized_start=1816
+  _globals['_GETFLEETHEALTHREQUEST']._serialized_end=1839
+  _globals['_PUSHRAWTABLERESPONSE']._serialized_start=1841
+  _globals['_PUSHRAWTABLERESPONSE']._serialized_end=1880
+  _globals['_ADMIN']._serialized_start=1883
+  _globals['_ADMIN']._serialized_end=4019
+  _globals['_TESTHOOKS']._serialized_start=4021
+  _globals['_TESTHOOKS']._serialized_end=4114
 # @@protoc_insertion_point(module_scope)

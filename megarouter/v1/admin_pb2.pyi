@@ -76,35 +76,69 @@ class ListRoutesResponse(_message.Message):
     revision: int
     def __init__(self, items: _Optional[_Iterable[_Union[_routing_pb2.Route, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
 
+class ListNodesResponse(_message.Message):
+    __slots__ = ("items", "revision")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[_routing_pb2.OrgNode]
+    revision: int
+    def __init__(self, items: _Optional[_Iterable[_Union[_routing_pb2.OrgNode, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+
 class ApiKey(_message.Message):
-    __slots__ = ("name", "prefix", "principal", "allowed_models", "created_at_unix_ms", "default_strategy")
+    __slots__ = ("name", "prefix", "principal", "allowed_models", "created_at_unix_ms", "default_strategy", "node", "expires_at_unix_ms", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     PREFIX_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     name: str
     prefix: str
     principal: str
     allowed_models: _containers.RepeatedScalarFieldContainer[str]
     created_at_unix_ms: int
     default_strategy: _routing_pb2.Strategy
-    def __init__(self, name: _Optional[str] = ..., prefix: _Optional[str] = ..., principal: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ..., created_at_unix_ms: _Optional[int] = ..., default_strategy: _Optional[_Union[_routing_pb2.Strategy, str]] = ...) -> None: ...
+    node: str
+    expires_at_unix_ms: int
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., prefix: _Optional[str] = ..., principal: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ..., created_at_unix_ms: _Optional[int] = ..., default_strategy: _Optional[_Union[_routing_pb2.Strategy, str]] = ..., node: _Optional[str] = ..., expires_at_unix_ms: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CreateApiKeyRequest(_message.Message):
-    __slots__ = ("name", "principal", "allowed_models", "secret", "default_strategy")
+    __slots__ = ("name", "principal", "allowed_models", "secret", "default_strategy", "node", "expires_at_unix_ms", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
     SECRET_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     name: str
     principal: str
     allowed_models: _containers.RepeatedScalarFieldContainer[str]
     secret: str
     default_strategy: _routing_pb2.Strategy
-    def __init__(self, name: _Optional[str] = ..., principal: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ..., secret: _Optional[str] = ..., default_strategy: _Optional[_Union[_routing_pb2.Strategy, str]] = ...) -> None: ...
+    node: str
+    expires_at_unix_ms: int
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., principal: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ..., secret: _Optional[str] = ..., default_strategy: _Optional[_Union[_routing_pb2.Strategy, str]] = ..., node: _Optional[str] = ..., expires_at_unix_ms: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CreateApiKeyResponse(_message.Message):
     __slots__ = ("key", "secret", "revision")

@@ -116,6 +116,26 @@ class AdminStub:
                 request_serializer=megarouter_dot_v1_dot_admin__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=megarouter_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
                 _registered_method=True)
+        self.PutNode = channel.unary_unary(
+                '/megarouter.v1.Admin/PutNode',
+                request_serializer=megarouter_dot_v1_dot_routing__pb2.OrgNode.SerializeToString,
+                response_deserializer=megarouter_dot_v1_dot_admin__pb2.PutResponse.FromString,
+                _registered_method=True)
+        self.GetNode = channel.unary_unary(
+                '/megarouter.v1.Admin/GetNode',
+                request_serializer=megarouter_dot_v1_dot_admin__pb2.GetRequest.SerializeToString,
+                response_deserializer=megarouter_dot_v1_dot_routing__pb2.OrgNode.FromString,
+                _registered_method=True)
+        self.ListNodes = channel.unary_unary(
+                '/megarouter.v1.Admin/ListNodes',
+                request_serializer=megarouter_dot_v1_dot_admin__pb2.ListRequest.SerializeToString,
+                response_deserializer=megarouter_dot_v1_dot_admin__pb2.ListNodesResponse.FromString,
+                _registered_method=True)
+        self.DeleteNode = channel.unary_unary(
+                '/megarouter.v1.Admin/DeleteNode',
+                request_serializer=megarouter_dot_v1_dot_admin__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=megarouter_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
+                _registered_method=True)
         self.CreateApiKey = channel.unary_unary(
                 '/megarouter.v1.Admin/CreateApiKey',
                 request_serializer=megarouter_dot_v1_dot_admin__pb2.CreateApiKeyRequest.SerializeToString,
@@ -262,6 +282,30 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutNode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetNode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListNodes(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteNode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateApiKey(self, request, context):
         """The secret is returned once, by CreateApiKey, and stored only as a hash.
         """
@@ -401,6 +445,26 @@ def add_AdminServicer_to_server(servicer, server):
             ),
             'DeleteRoute': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteRoute,
+                    request_deserializer=megarouter_dot_v1_dot_admin__pb2.DeleteRequest.FromString,
+                    response_serializer=megarouter_dot_v1_dot_admin__pb2.DeleteResponse.SerializeToString,
+            ),
+            'PutNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutNode,
+                    request_deserializer=megarouter_dot_v1_dot_routing__pb2.OrgNode.FromString,
+                    response_serializer=megarouter_dot_v1_dot_admin__pb2.PutResponse.SerializeToString,
+            ),
+            'GetNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNode,
+                    request_deserializer=megarouter_dot_v1_dot_admin__pb2.GetRequest.FromString,
+                    response_serializer=megarouter_dot_v1_dot_routing__pb2.OrgNode.SerializeToString,
+            ),
+            'ListNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNodes,
+                    request_deserializer=megarouter_dot_v1_dot_admin__pb2.ListRequest.FromString,
+                    response_serializer=megarouter_dot_v1_dot_admin__pb2.ListNodesResponse.SerializeToString,
+            ),
+            'DeleteNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteNode,
                     request_deserializer=megarouter_dot_v1_dot_admin__pb2.DeleteRequest.FromString,
                     response_serializer=megarouter_dot_v1_dot_admin__pb2.DeleteResponse.SerializeToString,
             ),
@@ -880,6 +944,114 @@ class Admin:
             request,
             target,
             '/megarouter.v1.Admin/DeleteRoute',
+            megarouter_dot_v1_dot_admin__pb2.DeleteRequest.SerializeToString,
+            megarouter_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/megarouter.v1.Admin/PutNode',
+            megarouter_dot_v1_dot_routing__pb2.OrgNode.SerializeToString,
+            megarouter_dot_v1_dot_admin__pb2.PutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/megarouter.v1.Admin/GetNode',
+            megarouter_dot_v1_dot_admin__pb2.GetRequest.SerializeToString,
+            megarouter_dot_v1_dot_routing__pb2.OrgNode.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/megarouter.v1.Admin/ListNodes',
+            megarouter_dot_v1_dot_admin__pb2.ListRequest.SerializeToString,
+            megarouter_dot_v1_dot_admin__pb2.ListNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/megarouter.v1.Admin/DeleteNode',
             megarouter_dot_v1_dot_admin__pb2.DeleteRequest.SerializeToString,
             megarouter_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
             options,

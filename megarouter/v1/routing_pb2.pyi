@@ -207,19 +207,44 @@ class Route(_message.Message):
     allowed_regions: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, name: _Optional[str] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., tiers: _Optional[_Iterable[_Union[Tier, _Mapping]]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., quality_floor: _Optional[int] = ..., description: _Optional[str] = ..., weights: _Optional[_Union[BalancedWeights, _Mapping]] = ..., allowed_regions: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class OrgNode(_message.Message):
+    __slots__ = ("name", "parent", "kind", "display_name", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    parent: str
+    kind: str
+    display_name: str
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., parent: _Optional[str] = ..., kind: _Optional[str] = ..., display_name: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
 class ApiKeyEntry(_message.Message):
-    __slots__ = ("key_hash", "name", "principal", "allowed_models", "default_strategy")
+    __slots__ = ("key_hash", "name", "principal", "allowed_models", "default_strategy", "node", "expires_at_unix_ms")
     KEY_HASH_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     key_hash: str
     name: str
     principal: str
     allowed_models: _containers.RepeatedScalarFieldContainer[str]
     default_strategy: Strategy
-    def __init__(self, key_hash: _Optional[str] = ..., name: _Optional[str] = ..., principal: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ..., default_strategy: _Optional[_Union[Strategy, str]] = ...) -> None: ...
+    node: str
+    expires_at_unix_ms: int
+    def __init__(self, key_hash: _Optional[str] = ..., name: _Optional[str] = ..., principal: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ..., default_strategy: _Optional[_Union[Strategy, str]] = ..., node: _Optional[str] = ..., expires_at_unix_ms: _Optional[int] = ...) -> None: ...
 
 class Defaults(_message.Message):
     __slots__ = ("strategy", "weights")
@@ -230,7 +255,7 @@ class Defaults(_message.Message):
     def __init__(self, strategy: _Optional[_Union[Strategy, str]] = ..., weights: _Optional[_Union[BalancedWeights, _Mapping]] = ...) -> None: ...
 
 class RoutingTable(_message.Message):
-    __slots__ = ("version", "providers", "models", "endpoints", "routes", "api_keys", "defaults", "generated_at_unix_ms")
+    __slots__ = ("version", "providers", "models", "endpoints", "routes", "api_keys", "defaults", "generated_at_unix_ms", "nodes")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PROVIDERS_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
@@ -239,6 +264,7 @@ class RoutingTable(_message.Message):
     API_KEYS_FIELD_NUMBER: _ClassVar[int]
     DEFAULTS_FIELD_NUMBER: _ClassVar[int]
     GENERATED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
     version: int
     providers: _containers.RepeatedCompositeFieldContainer[Provider]
     models: _containers.RepeatedCompositeFieldContainer[Model]
@@ -247,4 +273,5 @@ class RoutingTable(_message.Message):
     api_keys: _containers.RepeatedCompositeFieldContainer[ApiKeyEntry]
     defaults: Defaults
     generated_at_unix_ms: int
-    def __init__(self, version: _Optional[int] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., api_keys: _Optional[_Iterable[_Union[ApiKeyEntry, _Mapping]]] = ..., defaults: _Optional[_Union[Defaults, _Mapping]] = ..., generated_at_unix_ms: _Optional[int] = ...) -> None: ...
+    nodes: _containers.RepeatedCompositeFieldContainer[OrgNode]
+    def __init__(self, version: _Optional[int] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., api_keys: _Optional[_Iterable[_Union[ApiKeyEntry, _Mapping]]] = ..., defaults: _Optional[_Union[Defaults, _Mapping]] = ..., generated_at_unix_ms: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[OrgNode, _Mapping]]] = ...) -> None: ...
