@@ -245,11 +245,12 @@ def seed_control_plane(admin_address: str, upstream_port: int, anthropic_port: i
     # Imported here so `--help` and the wrk check work without the package.
     import grpc
 
+    from megarouter.admin_client import admin_channel
     from megarouter.manifest import apply_resources, describe_rpc_error, parse_manifest
     from megarouter.v1 import admin_pb2, admin_pb2_grpc
 
     async def seed() -> int:
-        async with grpc.aio.insecure_channel(admin_address) as channel:
+        async with admin_channel(admin_address) as channel:
             admin = admin_pb2_grpc.AdminStub(channel)
             await apply_resources(admin, parse_manifest(bench_manifest(upstream_port, anthropic_port)))
             created = await admin.CreateApiKey(
@@ -798,6 +799,9 @@ def main(argv: list[str] | None = None) -> int:
         print(problem, file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _terminate)
+    # The bench's control plane bootstraps with this operator token (inherited
+    # through the environment) and the seeding client sends it.
+    os.environ.setdefault("MEGAROUTER_ADMIN_TOKEN", "mr-admin-bench-" + os.urandom(12).hex())
     tmp = Path(tempfile.mkdtemp(prefix="megarouter-bench-"))
     services = Services(tmp)
     ok = False

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import secrets
 import time
 from typing import Any, NoReturn
@@ -17,6 +18,7 @@ from typing import Any, NoReturn
 import grpc
 from pydantic import BaseModel, ValidationError
 
+from controlplane import rbac
 from controlplane.catalog_models import catalog_models, effective_models
 from controlplane.discovery import ProxyRegistry, SnapshotCache
 from controlplane.references import blocking_references, missing_references
@@ -34,11 +36,13 @@ from controlplane.repository import (
 )
 from controlplane.store import CasConflict, Store
 from megarouter.resources import (
+    NAME_PATTERN,
     PROTO_TYPES,
     ApiKey,
     CreateApiKey,
     Defaults,
     Model,
+    OrgNode,
     api_key_public,
     proto_to_dict,
     resource_to_proto,
@@ -176,12 +180,44 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         ENDPOINTS, admin_pb2.ListEndpointsResponse
     )
     PutRoute, GetRoute, ListRoutes, DeleteRoute = _crud(ROUTES, admin_pb2.ListRoutesResponse)
-    PutNode, GetNode, ListNodes, DeleteNode = _crud(NODES, admin_pb2.ListNodesResponse)
+    # ------------------------------------------------------- org tree (scoped)
+
+    async def _parents(self) -> dict[str, str]:
+        items, _ = await self.store.list(NODES.prefix)
+        return {node.name: node.parent for node in (NODES.decode(kv) for kv in items)}
+
+    async def PutNode(self, request, context):
+        node = await _validate(OrgNode, "node", proto_to_dict(request), context)
+        parents = await self._parents()
+        # Creating or moving a node needs the permission where it lands, and
+        # where it was (a move out of one's subtree is a delete there).
+        await rbac.require(context, "nodes.write", (node.name, *rbac.node_chain(node.parent, parents)))
+        if node.name in parents:
+            await rbac.require(context, "nodes.write", rbac.node_chain(node.name, parents))
+        return await self.put_resource(NODES, node, context)
+
+    async def GetNode(self, request, context):
+        node = await self.get_resource(NODES, request.name, context)
+        await rbac.require(context, "nodes.read", rbac.node_chain(node.name, await self._parents()))
+        return resource_to_proto(node, routing_pb2.OrgNode)
+
+    async def ListNodes(self, request, context):
+        items, revision = await self.store.list(NODES.prefix)
+        nodes = [NODES.decode(kv) for kv in items]
+        visible = _visible("nodes.read", {n.name: n.parent for n in nodes})
+        return admin_pb2.ListNodesResponse(
+            items=[resource_to_proto(n, routing_pb2.OrgNode) for n in nodes if visible(n.name)], revision=revision
+        )
+
+    async def DeleteNode(self, request, context):
+        await rbac.require(context, "nodes.write", rbac.node_chain(request.name, await self._parents()))
+        return await self.delete_resource(NODES, request.name, context)
 
     # ----------------------------------------------------------- API keys
 
     async def CreateApiKey(self, request, context):
         spec: CreateApiKey = await _validate(CreateApiKey, "API key", proto_to_dict(request), context)
+        await rbac.require(context, "keys.write", rbac.node_chain(spec.node, await self._parents()))
         secret = spec.secret or API_KEY_PREFIX + secrets.token_urlsafe(32)
         key_hash = hashlib.sha256(secret.encode()).hexdigest()
         stored = ApiKey(
@@ -209,16 +245,81 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return admin_pb2.CreateApiKeyResponse(key=api_key_public(stored), secret=secret, revision=revision)
 
     async def GetApiKey(self, request, context):
-        return api_key_public(await self.get_resource(API_KEYS, request.name, context))
+        key = await self.get_resource(API_KEYS, request.name, context)
+        await rbac.require(context, "keys.read", rbac.node_chain(key.node, await self._parents()))
+        return api_key_public(key)
 
     async def ListApiKeys(self, request, context):
         items, revision = await self.store.list(API_KEYS.prefix)
+        visible = _visible("keys.read", await self._parents())
+        keys = [API_KEYS.decode(kv) for kv in items]
         return admin_pb2.ListApiKeysResponse(
-            items=[api_key_public(API_KEYS.decode(kv)) for kv in items], revision=revision
+            items=[api_key_public(key) for key in keys if visible(key.node)], revision=revision
         )
 
     async def DeleteApiKey(self, request, context):
+        key = await self.get_resource(API_KEYS, request.name, context)
+        await rbac.require(context, "keys.write", rbac.node_chain(key.node, await self._parents()))
         return await self.delete_resource(API_KEYS, request.name, context)
+
+    # ------------------------------------------------------------ access
+
+    async def CreateAdminToken(self, request, context):
+        invalid = grpc.StatusCode.INVALID_ARGUMENT
+        if not re.fullmatch(NAME_PATTERN, request.name):
+            await _abort(context, invalid, "invalid admin token: name: must be a DNS-like name")
+        if request.secret and len(request.secret) < 24:
+            await _abort(context, invalid, "invalid admin token: secret: at least 24 characters")
+        secret = request.secret or rbac.new_token_secret()
+        record = rbac.AdminTokenRecord(name=request.name, token_hash=rbac.hash_token(secret), prefix=secret[:13],
+                                       created_at_unix_ms=int(time.time() * 1000))
+        async with self._write_lock:
+            if await self.store.get(rbac.TOKENS.key(record.name)) is not None:
+                await _abort(context, grpc.StatusCode.ALREADY_EXISTS, f"admin token {record.name!r} already exists")
+            revision = await self._write(rbac.TOKENS.key(record.name), rbac.TOKENS.encode(record), 0, context)
+        return admin_pb2.CreateAdminTokenResponse(token=_token_proto(record), secret=secret, revision=revision)
+
+    async def ListAdminTokens(self, request, context):
+        items, revision = await self.store.list(rbac.TOKENS.prefix)
+        return admin_pb2.ListAdminTokensResponse(
+            items=[_token_proto(rbac.TOKENS.decode(kv)) for kv in items], revision=revision)
+
+    async def DeleteAdminToken(self, request, context):
+        async with self._write_lock:
+            bindings, _ = await self.store.list(rbac.BINDINGS.prefix)
+            users = [b.name for b in (rbac.BINDINGS.decode(kv) for kv in bindings) if b.token == request.name]
+            if users:
+                await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
+                             f"admin token {request.name!r} is still used by role bindings {users}")
+        return await self.delete_resource(rbac.TOKENS, request.name, context)
+
+    async def PutRoleBinding(self, request, context):
+        binding = await _validate(rbac.RoleBindingRecord, "role binding", proto_to_dict(request), context)
+        problems = []
+        if await self.store.get(rbac.TOKENS.key(binding.token)) is None:
+            problems.append(f"unknown admin token {binding.token!r}")
+        if binding.scope and await self.store.get(NODES.key(binding.scope)) is None:
+            problems.append(f"unknown scope node {binding.scope!r}")
+        if problems:
+            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, "; ".join(problems))
+        return await self.put_resource(rbac.BINDINGS, binding, context)
+
+    async def ListRoleBindings(self, request, context):
+        items, revision = await self.store.list(rbac.BINDINGS.prefix)
+        return admin_pb2.ListRoleBindingsResponse(
+            items=[admin_pb2.RoleBinding(**rbac.BINDINGS.decode(kv).model_dump()) for kv in items], revision=revision)
+
+    async def DeleteRoleBinding(self, request, context):
+        return await self.delete_resource(rbac.BINDINGS, request.name, context)
+
+    async def WhoAmI(self, request, context):
+        principal = rbac.current_principal.get()
+        assert principal is not None  # the interceptor authenticated the call
+        return admin_pb2.WhoAmIResponse(
+            token=principal.token,
+            bindings=[admin_pb2.RoleBinding(**b.model_dump()) for b in principal.bindings],
+            permissions=sorted(principal.permissions()),
+        )
 
     # ----------------------------------------------------------- defaults
 
@@ -253,6 +354,23 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         if current is None:
             await _abort(context, grpc.StatusCode.UNAVAILABLE, "no routing table compiled yet")
         return current
+
+
+def _token_proto(record: rbac.AdminTokenRecord) -> admin_pb2.AdminToken:
+    return admin_pb2.AdminToken(name=record.name, prefix=record.prefix, created_at_unix_ms=record.created_at_unix_ms)
+
+
+def _visible(permission: str, parents: dict[str, str]):
+    """A filter: may the caller see a resource owned by this node ('' = none)?"""
+    principal = rbac.current_principal.get()
+    scopes = principal.scopes(permission) if principal is not None else set()
+
+    def visible(node: str) -> bool:
+        if scopes is None:
+            return True
+        return bool(node) and not scopes.isdisjoint(rbac.node_chain(node, parents))
+
+    return visible
 
 
 def _model_proto(model: Model, source: str) -> routing_pb2.Model:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+from pathlib import Path
 
 import grpc
 from aiohttp import web
@@ -12,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from controlplane import rbac
 from controlplane.admin import AdminService, TestHooksService
 from controlplane.discovery import DiscoveryService, ProxyRegistry, SnapshotCache
 from controlplane.fleet import FleetView
@@ -55,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--health-push-interval", type=float,
                         default=float(env_default("HEALTH_PUSH_INTERVAL", 1.0)),
                         help="seconds between fleet-health pushes to proxies [MEGAROUTER_HEALTH_PUSH_INTERVAL]")
+    parser.add_argument("--admin-token-file", default=env_default("ADMIN_TOKEN_FILE", ""),
+                        help="bootstrap admin token file, read (or written, if absent) on first start "
+                             "[MEGAROUTER_ADMIN_TOKEN_FILE; default <store dir>/admin-token]")
     parser.add_argument("--log-level", default=None)
 
 
@@ -71,7 +77,9 @@ async def serve(args: argparse.Namespace) -> int:
     snapshots = SnapshotCache()
     registry = ProxyRegistry()
 
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    directory = rbac.AccessDirectory(store)
+    await _bootstrap_admin_token(store, directory, args)
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[rbac.AdminAuthInterceptor(directory)])
     admin_pb2_grpc.add_AdminServicer_to_server(AdminService(store, snapshots, registry), server)
 
     discovery_pb2_grpc.add_DiscoveryServicer_to_server(DiscoveryService(snapshots, registry), server)
@@ -124,6 +132,37 @@ async def serve(args: argparse.Namespace) -> int:
     await metrics_runner.cleanup()
     await store.close()
     return exit_code
+
+
+async def _bootstrap_admin_token(store, directory: rbac.AccessDirectory, args: argparse.Namespace) -> None:
+    """First start: install the operator's bootstrap admin token.
+
+    From MEGAROUTER_ADMIN_TOKEN or --admin-token-file; with neither, one is
+    generated and written (mode 0600) to the token file, whose path — never
+    the token — is logged.
+    """
+    if await directory.has_tokens():
+        return
+    secret = os.environ.get("MEGAROUTER_ADMIN_TOKEN", "").strip()
+    token_file = Path(args.admin_token_file) if args.admin_token_file else _default_token_file(args.store)
+    if not secret and token_file is not None and token_file.exists():
+        secret = token_file.read_text().strip()
+    if not secret:
+        if token_file is None:
+            raise SystemExit("no admin token: set MEGAROUTER_ADMIN_TOKEN or --admin-token-file for a new etcd store")
+        secret = rbac.new_token_secret()
+        token_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secret + "\n")
+        log.warning("generated the bootstrap admin token; it is in %s", token_file)
+    await rbac.bootstrap(store, secret)
+
+
+def _default_token_file(store_url: str) -> Path | None:
+    if store_url.startswith("etcd://"):
+        return None
+    return Path(store_url.removeprefix("sqlite://")) / "admin-token"
 
 
 async def _start_metrics(listen: str) -> tuple[web.AppRunner, int]:

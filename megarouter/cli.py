@@ -13,6 +13,7 @@ import importlib
 import sys
 
 from megarouter import __version__
+from megarouter.runtime import die_with_parent
 
 # Subcommand -> module with add_arguments(parser) and run(args) -> int.
 # Imported lazily so `megarouter sim` does not load gRPC, and so on.
@@ -25,6 +26,7 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="megarouter", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

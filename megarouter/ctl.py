@@ -24,6 +24,7 @@ import yaml
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from megarouter.admin_client import admin_channel
 from megarouter.manifest import ManifestError, apply_resources, describe_rpc_error, parse_manifest
 from megarouter.resources import proto_to_dict
 from megarouter.runtime import env_default
@@ -201,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--server", default=env_default("ADMIN", "127.0.0.1:50051"),
                         help="control-plane gRPC address [MEGAROUTER_ADMIN]")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per admin call")
+    parser.add_argument("--token", default=None,
+                        help="operator token [MEGAROUTER_ADMIN_TOKEN, MEGAROUTER_ADMIN_TOKEN_FILE, "
+                             "./.megarouter/admin-token]")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     apply = sub.add_parser("apply", help="create or update resources from a YAML file")
@@ -265,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    async with grpc.aio.insecure_channel(args.server) as channel:
+    async with admin_channel(args.server, args.token) as channel:
         stub = admin_pb2_grpc.AdminStub(channel)
         # Every call on this stub gets the same deadline.
         for name in dir(stub):
@@ -289,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except grpc.aio.AioRpcError as exc:
-        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+        if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+            print(f"error: {exc.details()} (set --token or MEGAROUTER_ADMIN_TOKEN)", file=sys.stderr)
+        elif exc.code() == grpc.StatusCode.UNAVAILABLE:
             print(f"error: cannot reach the control plane at {args.server} ({exc.details()})", file=sys.stderr)
         else:
             print(f"error: {describe_rpc_error(exc)}", file=sys.stderr)

@@ -55,13 +55,29 @@ def env_default(name: str, default: Any) -> Any:
     return os.environ.get(f"MEGAROUTER_{name}", default)
 
 
+PARENT_PID_ENV = "MEGAROUTER_PARENT_PID"
+
+
 def die_with_parent() -> None:
-    """For a child process (`preexec_fn`): receive SIGTERM when the parent
+    """In a child started by a supervisor (`megarouter up`, the tests, the
+    benches) that set MEGAROUTER_PARENT_PID: receive SIGTERM when that parent
     dies, however it dies, so a supervisor killed hard leaves no orphans.
-    Linux only; elsewhere a no-op."""
-    if sys.platform != "linux":
+
+    Done by the child at start-up rather than in a `preexec_fn`: running
+    Python between fork and exec in a process that uses gRPC can abort the
+    child. Linux only; elsewhere a no-op.
+    """
+    parent = os.environ.get(PARENT_PID_ENV)
+    if not parent or sys.platform != "linux":
         return
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(parent):  # the parent died before prctl took effect
+        sys.exit(1)
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a supervised child: ours, plus who to die with."""
+    return {**os.environ, PARENT_PID_ENV: str(os.getpid()), **(extra or {})}

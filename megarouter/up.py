@@ -21,8 +21,9 @@ from pathlib import Path
 import aiohttp
 import grpc
 
+from megarouter.admin_client import admin_channel
 from megarouter.manifest import apply_resources, describe_rpc_error, parse_manifest
-from megarouter.runtime import announce_ready, die_with_parent, env_default, run_service, stop_event
+from megarouter.runtime import announce_ready, child_env, env_default, run_service, stop_event
 from megarouter.v1 import admin_pb2, admin_pb2_grpc
 
 # name, region, upstream model ids it serves, and its simulated behaviour.
@@ -95,7 +96,7 @@ class Child:
 async def _start(name: str, argv: list[str]) -> Child:
     """Start `megarouter <argv>` and wait for its ready line."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "megarouter", *argv, stdout=asyncio.subprocess.PIPE, preexec_fn=die_with_parent
+        sys.executable, "-m", "megarouter", *argv, stdout=asyncio.subprocess.PIPE, env=child_env()
     )
     assert process.stdout is not None
     while True:
@@ -126,7 +127,7 @@ def dev_key(data_dir: Path) -> str:
 
 
 async def seed(admin_address: str, sim_ports: dict[str, int], key: str) -> None:
-    async with grpc.aio.insecure_channel(admin_address) as channel:
+    async with admin_channel(admin_address) as channel:
         stub = admin_pb2_grpc.AdminStub(channel)
         await apply_resources(stub, parse_manifest(demo_manifest(sim_ports), "demo config"))
         # The dev key is re-imported each start so MEGAROUTER_DEV_KEY can change.
@@ -162,9 +163,11 @@ async def up(args: argparse.Namespace) -> int:
         sim_ports = {child.name: child.ready["port"] for child in children}
         children.append(await _start("controlplane", [
             "controlplane", "--listen", args.admin_listen, "--store", args.store or str(data_dir / "store"),
-            "--metrics-listen", args.metrics_listen,
+            "--metrics-listen", args.metrics_listen, "--admin-token-file", str(data_dir / "admin-token"),
         ]))
         admin = f"127.0.0.1:{children[-1].ready['port']}"
+        # The control plane wrote (or had) the bootstrap admin token; ctl finds it there too.
+        os.environ.setdefault("MEGAROUTER_ADMIN_TOKEN_FILE", str(data_dir / "admin-token"))
         key = dev_key(data_dir)
         await seed(admin, sim_ports, key)
         children.append(await _start("proxy", [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,11 +13,16 @@ import aiohttp
 import grpc
 import pytest
 
+from megarouter.admin_client import admin_channel
 from megarouter.manifest import apply_resources, parse_manifest
 from megarouter.v1 import admin_pb2, admin_pb2_grpc
 from tests.harness import Service, eventually, start_service
 
 API_KEY = "sk-mr-test-0123456789abcdef"
+# Every control plane a test starts bootstraps with this admin token, and
+# every admin client (admin_channel, megarouterctl) sends it.
+ADMIN_TOKEN = "mr-admin-test-token-0123456789abcdef"
+os.environ["MEGAROUTER_ADMIN_TOKEN"] = ADMIN_TOKEN
 _names = itertools.count(1)
 
 
@@ -131,7 +137,7 @@ async def build_system(tmp: Path, proxies: int = 1) -> System:
         raise
     system = System(tmp=tmp, controlplane=controlplane, sims=[sim])
     try:
-        system.channel = grpc.aio.insecure_channel(system.admin_address)
+        system.channel = admin_channel(system.admin_address)
         await system.apply(demo_manifest(sim.port))
         created = await system.admin.CreateApiKey(
             admin_pb2.CreateApiKeyRequest(name="test", principal="team-test", secret=API_KEY)

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from megarouter.runtime import die_with_parent
+from megarouter.runtime import child_env
 
 READY_TIMEOUT_S = 30.0
 
@@ -59,11 +58,11 @@ async def start_service(
 ) -> Service:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = child_env({"PYTHONUNBUFFERED": "1", **(env or {})})
     with open(log_path, "ab") as log_file:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "megarouter", *argv,
-            stdout=asyncio.subprocess.PIPE, stderr=log_file, env=full_env, preexec_fn=die_with_parent,
+            stdout=asyncio.subprocess.PIPE, stderr=log_file, env=full_env,
         )
     assert process.stdout is not None
 

@@ -10,6 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from megarouter.admin_client import admin_channel
 from megarouter.v1 import admin_pb2, admin_pb2_grpc, routing_pb2
 from tests.conftest import key_hash, start_controlplane
 from tests.harness import Service, eventually, restart
@@ -26,7 +27,7 @@ async def controlplane(tmp_path_factory) -> AsyncIterator[Service]:
 
 @pytest.fixture
 async def admin(controlplane: Service) -> AsyncIterator[admin_pb2_grpc.AdminStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{controlplane.port}") as channel:
+    async with admin_channel(f"127.0.0.1:{controlplane.port}") as channel:
         yield admin_pb2_grpc.AdminStub(channel)
 
 
@@ -172,13 +173,13 @@ async def test_health_reflection_and_metrics(controlplane: Service) -> None:
 async def test_store_survives_restart(tmp_path) -> None:
     service = await start_controlplane(tmp_path)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        async with admin_channel(f"127.0.0.1:{service.port}") as channel:
             put = await admin_pb2_grpc.AdminStub(channel).PutModel(
                 routing_pb2.Model(name="durable", context_window=1000)
             )
         await service.stop()
         service = await restart(service, tmp_path / "logs")
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        async with admin_channel(f"127.0.0.1:{service.port}") as channel:
             admin = admin_pb2_grpc.AdminStub(channel)
             assert (await admin.GetModel(admin_pb2.GetRequest(name="durable"))).context_window == 1000
             table = await admin.GetRoutingTable(admin_pb2.GetRoutingTableRequest())

@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
-import grpc
 import openai
 import pytest
 
+from megarouter.admin_client import admin_channel
 from megarouter.v1 import admin_pb2
 from tests.conftest import API_KEY, System, start_controlplane
 from tests.harness import start_service
@@ -50,7 +50,7 @@ async def azure(tmp_path_factory) -> AsyncIterator[System]:
                                             "--models", DEPLOYMENTS, "--api-key", AZURE_SECRET], tmp / "logs")
     system = System(tmp=tmp, controlplane=await start_controlplane(tmp), sims=[sim])
     try:
-        system.channel = grpc.aio.insecure_channel(system.admin_address)
+        system.channel = admin_channel(system.admin_address)
         await system.apply(manifest(sim.port))
         created = await system.admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(name="t", secret=API_KEY))
         await system.start_proxy(env={"TEST_AZURE_KEY": AZURE_SECRET})

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
-import grpc
 import openai
 import pytest
 
+from megarouter.admin_client import admin_channel
 from megarouter.v1 import admin_pb2
 from tests.conftest import API_KEY, System, start_controlplane
 from tests.harness import start_service
@@ -84,7 +84,7 @@ async def providers(tmp_path_factory) -> AsyncIterator[System]:
     ]
     system = System(tmp=tmp, controlplane=await start_controlplane(tmp), sims=sims)
     try:
-        system.channel = grpc.aio.insecure_channel(system.admin_address)
+        system.channel = admin_channel(system.admin_address)
         await system.apply(manifest(*(sim.port for sim in sims)))
         created = await system.admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(name="t", secret=API_KEY))
         await system.start_proxy(env={"TEST_ANTHROPIC_KEY": ANTHROPIC_SECRET, "TEST_GEMINI_KEY": GEMINI_SECRET})

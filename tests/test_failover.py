@@ -11,10 +11,10 @@ import sys
 from collections.abc import AsyncIterator
 
 import aiohttp
-import grpc
 import openai
 import pytest
 
+from megarouter.admin_client import admin_channel
 from megarouter.v1 import admin_pb2
 from tests.conftest import API_KEY, System, start_controlplane
 from tests.harness import eventually, start_service
@@ -68,7 +68,7 @@ async def pair(tmp_path) -> AsyncIterator[System]:
     ]
     system = System(tmp=tmp_path, controlplane=await start_controlplane(tmp_path), sims=sims)
     try:
-        system.channel = grpc.aio.insecure_channel(system.admin_address)
+        system.channel = admin_channel(system.admin_address)
         await system.apply(manifest(sims[0].port, sims[1].port, _free_port()))
         created = await system.admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(name="k", secret=API_KEY))
         await system.start_proxy("--ejection-base-s", "0.5", env={"SIM_A_KEY": SIM_A_KEY})

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
-import grpc
 import openai
 import pytest
 
+from megarouter.admin_client import admin_channel
 from megarouter.v1 import admin_pb2
 from tests.conftest import API_KEY, System, start_controlplane
 from tests.harness import start_service
@@ -31,7 +31,7 @@ async def pool(tmp_path) -> AsyncIterator[System]:
     endpoints = "\n".join(f"  - {{name: e-{n}, model: m-{n}, provider: p-{n}, upstream_model: up-{n}}}"
                           for n, *_ in POOL)
     try:
-        system.channel = grpc.aio.insecure_channel(system.admin_address)
+        system.channel = admin_channel(system.admin_address)
         await system.apply(f"providers:\n{providers}\n---\nmodels:\n{models}\n---\nendpoints:\n{endpoints}\n---\n"
                            "route: {name: pool, tiers: [{models: [m-fast, m-mid, m-cheap]}]}\n")
         created = await system.admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(name="k", secret=API_KEY))

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import grpc
 import pytest
 import yaml
 
 from megarouter import whatif
+from megarouter.admin_client import admin_channel
 from megarouter.v1 import routing_pb2
 from megarouter.whatif import (
     DEFAULT_POOL,
@@ -390,7 +390,7 @@ async def test_cli_route_from_a_running_control_plane(tmp_path: Path) -> None:
     controlplane = await start_controlplane(tmp_path)
     try:
         address = f"127.0.0.1:{controlplane.port}"
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with admin_channel(address) as channel:
             await apply_resources(admin_pb2_grpc.AdminStub(channel), parse_manifest("""
 provider: {name: openai, kind: openai, base_url: 'https://api.openai.com/v1'}
 ---

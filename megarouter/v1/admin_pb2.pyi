@@ -158,6 +158,76 @@ class ListApiKeysResponse(_message.Message):
     revision: int
     def __init__(self, items: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
 
+class AdminToken(_message.Message):
+    __slots__ = ("name", "prefix", "created_at_unix_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    prefix: str
+    created_at_unix_ms: int
+    def __init__(self, name: _Optional[str] = ..., prefix: _Optional[str] = ..., created_at_unix_ms: _Optional[int] = ...) -> None: ...
+
+class CreateAdminTokenRequest(_message.Message):
+    __slots__ = ("name", "secret")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    secret: str
+    def __init__(self, name: _Optional[str] = ..., secret: _Optional[str] = ...) -> None: ...
+
+class CreateAdminTokenResponse(_message.Message):
+    __slots__ = ("token", "secret", "revision")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    token: AdminToken
+    secret: str
+    revision: int
+    def __init__(self, token: _Optional[_Union[AdminToken, _Mapping]] = ..., secret: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class ListAdminTokensResponse(_message.Message):
+    __slots__ = ("items", "revision")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[AdminToken]
+    revision: int
+    def __init__(self, items: _Optional[_Iterable[_Union[AdminToken, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class RoleBinding(_message.Message):
+    __slots__ = ("name", "token", "role", "scope")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    token: str
+    role: str
+    scope: str
+    def __init__(self, name: _Optional[str] = ..., token: _Optional[str] = ..., role: _Optional[str] = ..., scope: _Optional[str] = ...) -> None: ...
+
+class ListRoleBindingsResponse(_message.Message):
+    __slots__ = ("items", "revision")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[RoleBinding]
+    revision: int
+    def __init__(self, items: _Optional[_Iterable[_Union[RoleBinding, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class WhoAmIRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WhoAmIResponse(_message.Message):
+    __slots__ = ("token", "bindings", "permissions")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    BINDINGS_FIELD_NUMBER: _ClassVar[int]
+    PERMISSIONS_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    bindings: _containers.RepeatedCompositeFieldContainer[RoleBinding]
+    permissions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, token: _Optional[str] = ..., bindings: _Optional[_Iterable[_Union[RoleBinding, _Mapping]]] = ..., permissions: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class ListProxiesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

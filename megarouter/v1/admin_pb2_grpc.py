@@ -156,6 +156,41 @@ class AdminStub:
                 request_serializer=megarouter_dot_v1_dot_admin__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=megarouter_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
                 _registered_method=True)
+        self.CreateAdminToken = channel.unary_unary(
+                '/megarouter.v1.Admin/CreateAdminToken',
+                request_serializer=megarouter_dot_v1_dot_admin__pb2.CreateAdminTokenRequest.SerializeToString,
+                response_deserializer=megarouter_dot_v1_dot_admin__pb2.CreateAdminTokenResponse.FromString,
+                _registered_method=True)
+        self.ListAdminTokens = channel.unary_unary(
+                '/megarouter.v1.Admin/ListAdminTokens',
+                request_serializer=megarouter_dot_v1_dot_admin__pb2.ListRequest.SerializeToString,
+                response_deserializer=megarouter_dot_v1_dot_admin__pb2.ListAdminTokensResponse.FromString,
+                _registered_method=True)
+        self.DeleteAdminToken = channel.unary_unary(
+                '/megarouter.v1.Admin/DeleteAdminToken',
+                request_serializer=megarouter_dot_v1_dot_admin__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=megarouter_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
+                _registered_method=True)
+        self.PutRoleBinding = channel.unary_unary(
+                '/megarouter.v1.Admin/PutRoleBinding',
+                request_serializer=megarouter_dot_v1_dot_admin__pb2.RoleBinding.SerializeToString,
+                response_deserializer=megarouter_dot_v1_dot_admin__pb2.PutResponse.FromString,
+                _registered_method=True)
+        self.ListRoleBindings = channel.unary_unary(
+                '/megarouter.v1.Admin/ListRoleBindings',
+                request_serializer=megarouter_dot_v1_dot_admin__pb2.ListRequest.SerializeToString,
+                response_deserializer=megarouter_dot_v1_dot_admin__pb2.ListRoleBindingsResponse.FromString,
+                _registered_method=True)
+        self.DeleteRoleBinding = channel.unary_unary(
+                '/megarouter.v1.Admin/DeleteRoleBinding',
+                request_serializer=megarouter_dot_v1_dot_admin__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=megarouter_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
+                _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/megarouter.v1.Admin/WhoAmI',
+                request_serializer=megarouter_dot_v1_dot_admin__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=megarouter_dot_v1_dot_admin__pb2.WhoAmIResponse.FromString,
+                _registered_method=True)
         self.GetDefaults = channel.unary_unary(
                 '/megarouter.v1.Admin/GetDefaults',
                 request_serializer=megarouter_dot_v1_dot_admin__pb2.GetDefaultsRequest.SerializeToString,
@@ -331,6 +366,50 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateAdminToken(self, request, context):
+        """Operator access. Every Admin call carries `authorization: Bearer <token>`;
+        a token's role bindings decide what it may do, and where in the org tree.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAdminTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAdminToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutRoleBinding(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRoleBindings(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRoleBinding(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WhoAmI(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetDefaults(self, request, context):
         """Fleet-wide defaults (strategy, balanced weights).
         """
@@ -487,6 +566,41 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.DeleteApiKey,
                     request_deserializer=megarouter_dot_v1_dot_admin__pb2.DeleteRequest.FromString,
                     response_serializer=megarouter_dot_v1_dot_admin__pb2.DeleteResponse.SerializeToString,
+            ),
+            'CreateAdminToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAdminToken,
+                    request_deserializer=megarouter_dot_v1_dot_admin__pb2.CreateAdminTokenRequest.FromString,
+                    response_serializer=megarouter_dot_v1_dot_admin__pb2.CreateAdminTokenResponse.SerializeToString,
+            ),
+            'ListAdminTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAdminTokens,
+                    request_deserializer=megarouter_dot_v1_dot_admin__pb2.ListRequest.FromString,
+                    response_serializer=megarouter_dot_v1_dot_admin__pb2.ListAdminTokensResponse.SerializeToString,
+            ),
+            'DeleteAdminToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAdminToken,
+                    request_deserializer=megarouter_dot_v1_dot_admin__pb2.DeleteRequest.FromString,
+                    response_serializer=megarouter_dot_v1_dot_admin__pb2.DeleteResponse.SerializeToString,
+            ),
+            'PutRoleBinding': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutRoleBinding,
+                    request_deserializer=megarouter_dot_v1_dot_admin__pb2.RoleBinding.FromString,
+                    response_serializer=megarouter_dot_v1_dot_admin__pb2.PutResponse.SerializeToString,
+            ),
+            'ListRoleBindings': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRoleBindings,
+                    request_deserializer=megarouter_dot_v1_dot_admin__pb2.ListRequest.FromString,
+                    response_serializer=megarouter_dot_v1_dot_admin__pb2.ListRoleBindingsResponse.SerializeToString,
+            ),
+            'DeleteRoleBinding': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRoleBinding,
+                    request_deserializer=megarouter_dot_v1_dot_admin__pb2.DeleteRequest.FromString,
+                    response_serializer=megarouter_dot_v1_dot_admin__pb2.DeleteResponse.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=megarouter_dot_v1_dot_admin__pb2.WhoAmIRequest.FromString,
+                    response_serializer=megarouter_dot_v1_dot_admin__pb2.WhoAmIResponse.SerializeToString,
             ),
             'GetDefaults': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDefaults,
@@ -1162,6 +1276,195 @@ class Admin:
             '/megarouter.v1.Admin/DeleteApiKey',
             megarouter_dot_v1_dot_admin__pb2.DeleteRequest.SerializeToString,
             megarouter_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAdminToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/megarouter.v1.Admin/CreateAdminToken',
+            megarouter_dot_v1_dot_admin__pb2.CreateAdminTokenRequest.SerializeToString,
+            megarouter_dot_v1_dot_admin__pb2.CreateAdminTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAdminTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/megarouter.v1.Admin/ListAdminTokens',
+            megarouter_dot_v1_dot_admin__pb2.ListRequest.SerializeToString,
+            megarouter_dot_v1_dot_admin__pb2.ListAdminTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAdminToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/megarouter.v1.Admin/DeleteAdminToken',
+            megarouter_dot_v1_dot_admin__pb2.DeleteRequest.SerializeToString,
+            megarouter_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutRoleBinding(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/megarouter.v1.Admin/PutRoleBinding',
+            megarouter_dot_v1_dot_admin__pb2.RoleBinding.SerializeToString,
+            megarouter_dot_v1_dot_admin__pb2.PutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRoleBindings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/megarouter.v1.Admin/ListRoleBindings',
+            megarouter_dot_v1_dot_admin__pb2.ListRequest.SerializeToString,
+            megarouter_dot_v1_dot_admin__pb2.ListRoleBindingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRoleBinding(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/megarouter.v1.Admin/DeleteRoleBinding',
+            megarouter_dot_v1_dot_admin__pb2.DeleteRequest.SerializeToString,
+            megarouter_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/megarouter.v1.Admin/WhoAmI',
+            megarouter_dot_v1_dot_admin__pb2.WhoAmIRequest.SerializeToString,
+            megarouter_dot_v1_dot_admin__pb2.WhoAmIResponse.FromString,
             options,
             channel_credentials,
             insecure,
