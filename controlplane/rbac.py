@@ -200,7 +200,11 @@ class AdminAuthInterceptor(grpc.aio.ServerInterceptor):
             if principal is None:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                                     "missing or unknown admin token: send 'authorization: Bearer <token>'")
-            if permission is not None and permission not in principal.permissions():
+            # System-wide permissions need a global binding; org-scoped ones
+            # are checked here for being held somewhere, and by the handler for where.
+            held = (principal.allows(permission, None) if permission in GLOBAL_PERMISSIONS
+                    else permission in principal.permissions()) if permission is not None else True
+            if not held:
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                     f"token {principal.token!r} lacks permission {permission!r} for {method}")
             reset = current_principal.set(principal)

@@ -4,6 +4,7 @@
   megarouterctl get routes [NAME] [-o yaml]   show resources
   megarouterctl delete route NAME             delete a resource
   megarouterctl keys create NAME              create an API key (secret shown once)
+  megarouterctl tokens create NAME --role R   create an operator token (admin/operator/viewer/billing)
   megarouterctl proxies                       connected proxies and their table versions
   megarouterctl health                        fleet-wide endpoint health
   megarouterctl whatif --profile NAME         monthly cost of a workload under each strategy
@@ -148,6 +149,38 @@ async def cmd_keys_create(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespa
     return 0
 
 
+async def cmd_tokens_create(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -> int:
+    created = await stub.CreateAdminToken(admin_pb2.CreateAdminTokenRequest(name=args.name))
+    if args.role:
+        await stub.PutRoleBinding(admin_pb2.RoleBinding(name=f"{args.name}-{args.role}", token=args.name,
+                                                        role=args.role, scope=args.scope or ""))
+    where = f" over {args.scope}" if args.scope else " over everything" if args.role else " (no role yet)"
+    print(f"admintoken/{args.name} created{' as ' + args.role if args.role else ''}{where}")
+    print("secret (shown once, store it now):")
+    print(created.secret)
+    return 0
+
+
+async def cmd_tokens_list(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -> int:
+    tokens = await stub.ListAdminTokens(admin_pb2.ListRequest())
+    bindings = await stub.ListRoleBindings(admin_pb2.ListRequest())
+    roles: dict[str, list[str]] = {}
+    for binding in bindings.items:
+        roles.setdefault(binding.token, []).append(f"{binding.role}@{binding.scope or '*'}")
+    items = [{"name": t.name, "prefix": t.prefix, "roles": roles.get(t.name, [])} for t in tokens.items]
+    print_items(items, ["name", "prefix", "roles"], args.output)
+    return 0
+
+
+async def cmd_whoami(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -> int:
+    who = await stub.WhoAmI(admin_pb2.WhoAmIRequest())
+    print(f"token: {who.token}")
+    for binding in who.bindings:
+        print(f"  {binding.role} over {binding.scope or 'everything'}")
+    print("permissions: " + ", ".join(who.permissions))
+    return 0
+
+
 async def cmd_proxies(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -> int:
     response = await stub.ListProxies(admin_pb2.ListProxiesRequest())
     items = [json_format.MessageToDict(p, preserving_proto_field_name=True,
@@ -232,6 +265,19 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--node", help="org node the key belongs to; usage is charged up its tree")
     create.add_argument("--expires", help="expiry: a duration from now (30d, 12h, 90m) or an ISO date")
     create.set_defaults(handler=cmd_keys_create)
+
+    tokens = sub.add_parser("tokens", help="manage operator (admin API) tokens")
+    tokens_sub = tokens.add_subparsers(dest="tokens_command", required=True)
+    token_create = tokens_sub.add_parser("create", help="create a token; prints the secret once")
+    token_create.add_argument("name")
+    token_create.add_argument("--role", choices=["admin", "operator", "viewer", "billing"])
+    token_create.add_argument("--scope", help="org node whose subtree the role covers (default: everything)")
+    token_create.set_defaults(handler=cmd_tokens_create)
+    token_list = tokens_sub.add_parser("list", help="tokens and their role bindings")
+    token_list.add_argument("-o", "--output", choices=output_choices, default="table")
+    token_list.set_defaults(handler=cmd_tokens_list)
+    whoami = sub.add_parser("whoami", help="the token in use, its roles and permissions")
+    whoami.set_defaults(handler=cmd_whoami)
 
     proxies = sub.add_parser("proxies", help="connected proxies and the table version each ACKed")
     proxies.add_argument("-o", "--output", choices=output_choices, default="table")
