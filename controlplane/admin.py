@@ -19,11 +19,13 @@ import grpc
 from pydantic import BaseModel, ValidationError
 
 from controlplane import rbac
+from controlplane.budgets import BudgetLedger
 from controlplane.catalog_models import catalog_models, effective_models
 from controlplane.discovery import ProxyRegistry, SnapshotCache
 from controlplane.references import blocking_references, missing_references
 from controlplane.repository import (
     API_KEYS,
+    BUDGETS,
     DEFAULTS_KEY,
     ENDPOINTS,
     MODELS,
@@ -39,6 +41,7 @@ from megarouter.resources import (
     NAME_PATTERN,
     PROTO_TYPES,
     ApiKey,
+    Budget,
     CreateApiKey,
     Defaults,
     Model,
@@ -102,8 +105,10 @@ def _crud(collection: Collection, list_response: type):
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):
-    def __init__(self, store: Store, snapshots: SnapshotCache, registry: ProxyRegistry) -> None:
+    def __init__(self, store: Store, snapshots: SnapshotCache, registry: ProxyRegistry,
+                 ledger: BudgetLedger | None = None) -> None:
         self.store = store
+        self._ledger = ledger or BudgetLedger(store)
         self._snapshots = snapshots
         self._registry = registry
         # Serialises reference checks with writes. One control plane owns an
@@ -261,6 +266,50 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         key = await self.get_resource(API_KEYS, request.name, context)
         await rbac.require(context, "keys.write", rbac.node_chain(key.node, await self._parents()))
         return await self.delete_resource(API_KEYS, request.name, context)
+
+    # ------------------------------------------------------------ budgets
+
+    async def _budget_chain(self, budget: Budget) -> tuple[str, ...]:
+        parents = await self._parents()
+        node = budget.node
+        if budget.key:
+            kv = await self.store.get(API_KEYS.key(budget.key))
+            node = API_KEYS.decode(kv).node if kv else ""
+        return rbac.node_chain(node, parents)
+
+    async def PutBudget(self, request, context):
+        budget = await _validate(Budget, "budget", proto_to_dict(request), context)
+        await rbac.require(context, "budgets.write", await self._budget_chain(budget))
+        return await self.put_resource(BUDGETS, budget, context)
+
+    async def GetBudget(self, request, context):
+        budget = await self.get_resource(BUDGETS, request.name, context)
+        await rbac.require(context, "budgets.read", await self._budget_chain(budget))
+        return resource_to_proto(budget, routing_pb2.Budget)
+
+    async def ListBudgets(self, request, context):
+        items, revision = await self.store.list(BUDGETS.prefix)
+        visible = []
+        for budget in (BUDGETS.decode(kv) for kv in items):
+            principal = rbac.current_principal.get()
+            if principal is not None and principal.allows("budgets.read", await self._budget_chain(budget)):
+                visible.append(resource_to_proto(budget, routing_pb2.Budget))
+        return admin_pb2.ListBudgetsResponse(items=visible, revision=revision)
+
+    async def DeleteBudget(self, request, context):
+        budget = await self.get_resource(BUDGETS, request.name, context)
+        await rbac.require(context, "budgets.write", await self._budget_chain(budget))
+        return await self.delete_resource(BUDGETS, request.name, context)
+
+    async def ListBudgetStatus(self, request, context):
+        principal = rbac.current_principal.get()
+        statuses = []
+        for status in await self._ledger.status():
+            kv = await self.store.get(BUDGETS.key(status.budget))
+            if kv and principal is not None and principal.allows(
+                    "budgets.read", await self._budget_chain(BUDGETS.decode(kv))):
+                statuses.append(status)
+        return admin_pb2.ListBudgetStatusResponse(items=statuses)
 
     # ------------------------------------------------------------ access
 

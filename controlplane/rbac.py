@@ -53,6 +53,8 @@ METHOD_PERMISSIONS: dict[str, str | None] = {
     "GetApiKey": "keys.read", "ListApiKeys": "keys.read", "CreateApiKey": "keys.write", "DeleteApiKey": "keys.write",
     **{name: "access.admin" for name in ("CreateAdminToken", "ListAdminTokens", "DeleteAdminToken",
                                          "PutRoleBinding", "ListRoleBindings", "DeleteRoleBinding")},
+    "PutBudget": "budgets.write", "DeleteBudget": "budgets.write",
+    "GetBudget": "budgets.read", "ListBudgets": "budgets.read", "ListBudgetStatus": "budgets.read",
     "WhoAmI": None,          # any authenticated token
     "PushRawTable": "config.write",
 }

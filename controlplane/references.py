@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from controlplane.catalog_models import catalog_models, effective_models
 from controlplane.repository import StoreContents
-from megarouter.resources import ApiKey, Endpoint, OrgNode, Route
+from megarouter.resources import ApiKey, Budget, Endpoint, OrgNode, Route
 
 
 def missing_references(resource: BaseModel, contents: StoreContents) -> list[str]:
@@ -32,6 +32,13 @@ def missing_references(resource: BaseModel, contents: StoreContents) -> list[str
                 problems.append(f"API key {resource.name!r} allows unknown route or model {name!r}")
         if resource.node and resource.node not in contents.nodes:
             problems.append(f"API key {resource.name!r} names unknown node {resource.node!r}")
+    elif isinstance(resource, Budget):
+        if resource.node and resource.node not in contents.nodes:
+            problems.append(f"budget {resource.name!r} names unknown node {resource.node!r}")
+        if resource.key and resource.key not in contents.api_keys:
+            problems.append(f"budget {resource.name!r} names unknown API key {resource.key!r}")
+        if resource.model and resource.model not in models:
+            problems.append(f"budget {resource.name!r} names unknown model {resource.model!r}")
     elif isinstance(resource, OrgNode) and resource.parent:
         if resource.parent not in contents.nodes:
             problems.append(f"node {resource.name!r} names unknown parent {resource.parent!r}")
@@ -60,6 +67,9 @@ def blocking_references(collection: str, name: str, contents: StoreContents) -> 
     if collection == "nodes":
         users += [f"node {n.name!r}" for n in contents.nodes.values() if n.parent == name]
         users += [f"API key {k.name!r}" for k in contents.api_keys.values() if k.node == name]
+        users += [f"budget {b.name!r}" for b in contents.budgets.values() if b.node == name]
+    if collection == "apikeys":
+        users += [f"budget {b.name!r}" for b in contents.budgets.values() if b.key == name]
     if collection in ("models", "routes"):
         users += [f"API key {k.name!r}" for k in contents.api_keys.values() if name in k.allowed_models]
     return users

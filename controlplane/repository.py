@@ -13,7 +13,7 @@ import orjson
 from pydantic import BaseModel
 
 from controlplane.store import KeyValue, Store
-from megarouter.resources import ApiKey, Defaults, Endpoint, Model, OrgNode, Provider, Route
+from megarouter.resources import ApiKey, Budget, Defaults, Endpoint, Model, OrgNode, Provider, Route
 
 ROOT = "/megarouter/v1/"
 
@@ -49,11 +49,12 @@ ENDPOINTS = Collection("endpoints", "endpoint", Endpoint)
 ROUTES = Collection("routes", "route", Route)
 API_KEYS = Collection("apikeys", "API key", ApiKey)
 NODES = Collection("nodes", "node", OrgNode)
+BUDGETS = Collection("budgets", "budget", Budget)
 # A singleton: the one resource is stored under the name "defaults".
 SETTINGS = Collection("settings", "settings", Defaults)
 DEFAULTS_KEY = SETTINGS.key("defaults")
 
-COLLECTIONS = (PROVIDERS, MODELS, ENDPOINTS, ROUTES, API_KEYS, NODES)
+COLLECTIONS = (PROVIDERS, MODELS, ENDPOINTS, ROUTES, API_KEYS, NODES, BUDGETS)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class StoreContents:
     api_keys: dict[str, ApiKey]
     defaults: Defaults
     nodes: dict[str, OrgNode]
+    budgets: dict[str, Budget]
 
 
 async def read_all(store: Store) -> StoreContents:
@@ -95,4 +97,5 @@ async def read_all(store: Store) -> StoreContents:
         api_keys=buckets["apikeys"],
         defaults=defaults,
         nodes=buckets["nodes"],
+        budgets=buckets["budgets"],
     )

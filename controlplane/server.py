@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from controlplane import rbac
 from controlplane.admin import AdminService, TestHooksService
+from controlplane.budgets import BudgetLedger, BudgetsService
 from controlplane.discovery import DiscoveryService, ProxyRegistry, SnapshotCache
 from controlplane.fleet import FleetView
 from controlplane.snapshot import follow_store
@@ -25,6 +26,8 @@ from megarouter.runtime import announce_ready, env_default, setup_logging, stop_
 from megarouter.v1 import (
     admin_pb2,
     admin_pb2_grpc,
+    budgets_pb2,
+    budgets_pb2_grpc,
     discovery_pb2,
     discovery_pb2_grpc,
     telemetry_pb2,
@@ -80,8 +83,9 @@ async def serve(args: argparse.Namespace) -> int:
     directory = rbac.AccessDirectory(store)
     await _bootstrap_admin_token(store, directory, args)
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[rbac.AdminAuthInterceptor(directory)])
-    admin_pb2_grpc.add_AdminServicer_to_server(AdminService(store, snapshots, registry), server)
-
+    ledger = BudgetLedger(store)
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminService(store, snapshots, registry, ledger), server)
+    budgets_pb2_grpc.add_BudgetsServicer_to_server(BudgetsService(ledger), server)
     discovery_pb2_grpc.add_DiscoveryServicer_to_server(DiscoveryService(snapshots, registry), server)
     fleet = FleetView()
     telemetry_pb2_grpc.add_TelemetryServicer_to_server(TelemetryService(fleet), server)
@@ -89,6 +93,7 @@ async def serve(args: argparse.Namespace) -> int:
         admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
         discovery_pb2.DESCRIPTOR.services_by_name["Discovery"].full_name,
         telemetry_pb2.DESCRIPTOR.services_by_name["Telemetry"].full_name,
+        budgets_pb2.DESCRIPTOR.services_by_name["Budgets"].full_name,
     ]
     if args.enable_test_hooks:
         log.warning("test hooks enabled: TestHooks.PushRawTable bypasses validation")

@@ -51,6 +51,8 @@ def compile_table(contents: StoreContents) -> routing_pb2.RoutingTable:
         )
     for node in _sorted(contents.nodes):
         table.nodes.append(routing_pb2.OrgNode(name=node.name, parent=node.parent, kind=node.kind))
+    for budget in _sorted(contents.budgets):
+        table.budgets.append(resource_to_proto(budget, routing_pb2.Budget))
     return table
 
 

@@ -10,6 +10,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from dataplane.budgets import BudgetEnforcer
 from dataplane.chat import ChatHandler, parse_body
 from dataplane.completions import CompletionsHandler
 from dataplane.embeddings import EmbeddingsHandler
@@ -27,16 +28,19 @@ DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # base64 images make chat bodies larg
 class ProxyState:
     """What the proxy holds: caches only. The table is swapped whole."""
 
-    def __init__(self, ejection_base_s: float = BASE_EJECTION_S) -> None:
+    def __init__(self, ejection_base_s: float = BASE_EJECTION_S, node_id: str = "proxy",
+                 control_plane: list[str] | None = None) -> None:
         self.table: RuntimeTable | None = None
         self.sessions = SessionPool()
         self.stats = EndpointStats(outliers=OutlierDetector(ejection_base_s))
-        self.chat = ChatHandler(self.sessions, self.stats)
+        self.budgets = BudgetEnforcer(node_id, control_plane or ["127.0.0.1:50051"])
+        self.chat = ChatHandler(self.sessions, self.stats, self.budgets)
         self.embeddings = EmbeddingsHandler(self.sessions, self.stats)
         self.completions = CompletionsHandler(self.sessions, self.stats)
 
     def install(self, table: RuntimeTable) -> None:
         self.table = table
+        self.budgets.set_rules(table.proto.budgets)
         TABLE_VERSION.set(table.version)
 
 

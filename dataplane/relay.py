@@ -45,11 +45,17 @@ def request_cost(endpoint: EndpointRuntime, usage: Usage) -> float:
     return cost_usd(endpoint.pricing, usage.prompt_tokens, usage.completion_tokens, usage.cached_prompt_tokens)
 
 
+# Called once per served request with what it used: budgets settle on it.
+UsageCallback = Callable[[EndpointRuntime, Usage, float], None]
+
+
 def _record(stats: EndpointStats, endpoint: EndpointRuntime, outcome: str, latency: float, ttft: float | None,
-            usage: Usage) -> float:
+            usage: Usage, on_usage: UsageCallback | None = None) -> float:
     cost = request_cost(endpoint, usage)
     stats.record(endpoint.name, outcome, latency, ttft_s=ttft,
                  prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens, cost_usd=cost)
+    if on_usage is not None:
+        on_usage(endpoint, usage, cost)
     return cost
 
 
@@ -58,6 +64,7 @@ async def relay_json(
     success: Success,
     translate: Callable[[bytes], tuple[bytes, Usage]],
     headers: dict[str, str],
+    on_usage: UsageCallback | None = None,
 ) -> web.Response:
     loop = asyncio.get_running_loop()
     endpoint = success.endpoint.name
@@ -72,7 +79,7 @@ async def relay_json(
         stats.record(endpoint, failure.error_class, loop.time() - success.started)
         raise exhausted_error(failure, success.attempts) from None
     body, usage = translate(raw)
-    cost = _record(stats, success.endpoint, "success", loop.time() - success.started, None, usage)
+    cost = _record(stats, success.endpoint, "success", loop.time() - success.started, None, usage, on_usage)
     headers["x-megarouter-cost-usd"] = f"{cost:.8f}"
     return web.Response(body=body, content_type="application/json", headers=headers)
 
@@ -83,6 +90,7 @@ async def relay_stream(
     success: Success,
     translator: StreamTranslator,
     headers: dict[str, str],
+    on_usage: UsageCallback | None = None,
 ) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
     response = web.StreamResponse(
@@ -115,7 +123,7 @@ async def relay_stream(
     elif interrupted or not translator.complete:
         outcome = "stream_interrupted"
     ttft = success.first_chunk_at - success.started
-    _record(stats, success.endpoint, outcome, loop.time() - success.started, ttft, translator.usage)
+    _record(stats, success.endpoint, outcome, loop.time() - success.started, ttft, translator.usage, on_usage)
     try:
         if outcome == "stream_interrupted":
             await _write(response, request, STREAM_INTERRUPTED)

@@ -53,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
 
 async def serve(args: argparse.Namespace) -> int:
     stop = stop_event()
-    state = ProxyState(ejection_base_s=args.ejection_base_s)
+    addresses = [a.strip() for a in args.control_plane.split(",") if a.strip()]
+    state = ProxyState(ejection_base_s=args.ejection_base_s, node_id=args.node_id, control_plane=addresses)
     cache_path = Path(args.cache_file) if args.cache_file else None
     if cache_path is not None:
         cached = load_cached_table(cache_path)
@@ -62,7 +63,6 @@ async def serve(args: argparse.Namespace) -> int:
             log.info("serving cached table version=%d until the control plane answers", cached.version)
 
     node = discovery_pb2.Node(id=args.node_id, region=args.region, version=__version__)
-    addresses = [a.strip() for a in args.control_plane.split(",") if a.strip()]
     discovery = DiscoveryClient(addresses, node, lambda: state.table, state.install, cache_path,
                                 on_fleet_health=state.stats.health.set_fleet)
 
@@ -78,6 +78,7 @@ async def serve(args: argparse.Namespace) -> int:
     tasks = [
         asyncio.create_task(discovery.run(), name="discovery"),
         asyncio.create_task(report_stats(addresses, node, state.stats, args.telemetry_interval), name="telemetry"),
+        asyncio.create_task(state.budgets.run(), name="budgets"),
     ]
     log.info("proxy %s listening on http://%s:%d/v1", args.node_id, host, bound)
     announce_ready("proxy", port=bound, node_id=args.node_id)
@@ -87,4 +88,5 @@ async def serve(args: argparse.Namespace) -> int:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await runner.cleanup()
+    await state.budgets.close()  # report the last consumption before exiting
     return 0

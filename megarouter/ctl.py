@@ -42,10 +42,12 @@ _KINDS: dict[str, tuple[str, str, str, list[str]]] = {
     "apikeys": ("GetApiKey", "ListApiKeys", "DeleteApiKey",
                 ["name", "prefix", "principal", "node", "allowed_models", "expires_at_unix_ms"]),
     "nodes": ("GetNode", "ListNodes", "DeleteNode", ["name", "kind", "parent", "display_name"]),
+    "budgets": ("GetBudget", "ListBudgets", "DeleteBudget",
+                ["name", "node", "key", "window", "unit", "limit", "model", "task", "action"]),
 }
 _ALIASES = {
     "provider": "providers", "model": "models", "endpoint": "endpoints", "route": "routes",
-    "apikey": "apikeys", "key": "apikeys", "keys": "apikeys", "node": "nodes",
+    "apikey": "apikeys", "key": "apikeys", "keys": "apikeys", "node": "nodes", "budget": "budgets",
 }
 
 
@@ -172,6 +174,18 @@ async def cmd_tokens_list(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespa
     return 0
 
 
+async def cmd_budgets(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -> int:
+    statuses = await stub.ListBudgetStatus(admin_pb2.ListRequest())
+    items = [{
+        "budget": s.budget, "window": s.window, "unit": s.unit, "limit": f"{s.limit:g}", "spent": f"{s.spent:.6g}",
+        "used": f"{s.used_ratio:.0%}", "leased": f"{s.leased:.6g}", "action": s.action,
+        "alerts": ",".join(f"{a:.0%}" for a in s.alerts_crossed),
+    } for s in statuses.items]
+    print_items(items, ["budget", "window", "unit", "limit", "spent", "used", "leased", "action", "alerts"],
+                args.output)
+    return 0
+
+
 async def cmd_whoami(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -> int:
     who = await stub.WhoAmI(admin_pb2.WhoAmIRequest())
     print(f"token: {who.token}")
@@ -276,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     token_list = tokens_sub.add_parser("list", help="tokens and their role bindings")
     token_list.add_argument("-o", "--output", choices=output_choices, default="table")
     token_list.set_defaults(handler=cmd_tokens_list)
+    budgets = sub.add_parser("budgets", help="spend against each budget in its current window")
+    budgets.add_argument("-o", "--output", choices=output_choices, default="table")
+    budgets.set_defaults(handler=cmd_budgets)
+
     whoami = sub.add_parser("whoami", help="the token in use, its roles and permissions")
     whoami.set_defaults(handler=cmd_whoami)
 

@@ -46,6 +46,7 @@ RESOURCE_TYPES = [
     ResourceType("model", "models", routing_pb2.Model, "PutModel", 0),
     ResourceType("endpoint", "endpoints", routing_pb2.Endpoint, "PutEndpoint", 1),
     ResourceType("route", "routes", routing_pb2.Route, "PutRoute", 2),
+    ResourceType("budget", "budgets", routing_pb2.Budget, "PutBudget", 2),
     ResourceType("defaults", "defaults", routing_pb2.Defaults, "PutDefaults", 3),
 ]
 _BY_NAME = {name: t for t in RESOURCE_TYPES for name in (t.singular, t.plural)}

@@ -269,6 +269,29 @@ class OrgNode(_Resource):
         return self
 
 
+class Budget(_Resource):
+    """A spending limit on a node's subtree or on one API key, per window."""
+
+    name: Name
+    node: str = ""
+    key: str = ""
+    window: Literal["daily", "monthly", "total"]
+    unit: Literal["usd", "tokens", "requests"]
+    limit: float = Field(gt=0)
+    model: str = ""
+    task: str = ""
+    action: Literal["pause", "alert"] = "pause"
+    alert_thresholds: list[Annotated[float, Field(gt=0, le=10)]] = [0.5, 0.8, 1.0]
+
+    @model_validator(mode="after")
+    def _one_scope(self) -> Budget:
+        if bool(self.node) == bool(self.key):
+            raise ValueError("node: set exactly one of node (a subtree) or key (one API key)")
+        if not self.alert_thresholds:
+            object.__setattr__(self, "alert_thresholds", [0.5, 0.8, 1.0])
+        return self
+
+
 class Defaults(_Resource):
     """Fleet-wide settings; one per control plane."""
 
@@ -407,4 +430,5 @@ PROTO_TYPES: dict[type[_Resource], type[Message]] = {
     Route: routing_pb2.Route,
     Defaults: routing_pb2.Defaults,
     OrgNode: routing_pb2.OrgNode,
+    Budget: routing_pb2.Budget,
 }

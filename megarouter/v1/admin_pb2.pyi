@@ -84,6 +84,44 @@ class ListNodesResponse(_message.Message):
     revision: int
     def __init__(self, items: _Optional[_Iterable[_Union[_routing_pb2.OrgNode, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
 
+class ListBudgetsResponse(_message.Message):
+    __slots__ = ("items", "revision")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[_routing_pb2.Budget]
+    revision: int
+    def __init__(self, items: _Optional[_Iterable[_Union[_routing_pb2.Budget, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class BudgetStatus(_message.Message):
+    __slots__ = ("budget", "window", "limit", "spent", "leased", "used_ratio", "alerts_crossed", "resets_at_unix_ms", "unit", "action")
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    SPENT_FIELD_NUMBER: _ClassVar[int]
+    LEASED_FIELD_NUMBER: _ClassVar[int]
+    USED_RATIO_FIELD_NUMBER: _ClassVar[int]
+    ALERTS_CROSSED_FIELD_NUMBER: _ClassVar[int]
+    RESETS_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    budget: str
+    window: str
+    limit: float
+    spent: float
+    leased: float
+    used_ratio: float
+    alerts_crossed: _containers.RepeatedScalarFieldContainer[float]
+    resets_at_unix_ms: int
+    unit: str
+    action: str
+    def __init__(self, budget: _Optional[str] = ..., window: _Optional[str] = ..., limit: _Optional[float] = ..., spent: _Optional[float] = ..., leased: _Optional[float] = ..., used_ratio: _Optional[float] = ..., alerts_crossed: _Optional[_Iterable[float]] = ..., resets_at_unix_ms: _Optional[int] = ..., unit: _Optional[str] = ..., action: _Optional[str] = ...) -> None: ...
+
+class ListBudgetStatusResponse(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[BudgetStatus]
+    def __init__(self, items: _Optional[_Iterable[_Union[BudgetStatus, _Mapping]]] = ...) -> None: ...
+
 class ApiKey(_message.Message):
     __slots__ = ("name", "prefix", "principal", "allowed_models", "created_at_unix_ms", "default_strategy", "node", "expires_at_unix_ms", "metadata")
     class MetadataEntry(_message.Message):

@@ -156,6 +156,31 @@ class AdminStub:
                 request_serializer=megarouter_dot_v1_dot_admin__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=megarouter_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
                 _registered_method=True)
+        self.PutBudget = channel.unary_unary(
+                '/megarouter.v1.Admin/PutBudget',
+                request_serializer=megarouter_dot_v1_dot_routing__pb2.Budget.SerializeToString,
+                response_deserializer=megarouter_dot_v1_dot_admin__pb2.PutResponse.FromString,
+                _registered_method=True)
+        self.GetBudget = channel.unary_unary(
+                '/megarouter.v1.Admin/GetBudget',
+                request_serializer=megarouter_dot_v1_dot_admin__pb2.GetRequest.SerializeToString,
+                response_deserializer=megarouter_dot_v1_dot_routing__pb2.Budget.FromString,
+                _registered_method=True)
+        self.ListBudgets = channel.unary_unary(
+                '/megarouter.v1.Admin/ListBudgets',
+                request_serializer=megarouter_dot_v1_dot_admin__pb2.ListRequest.SerializeToString,
+                response_deserializer=megarouter_dot_v1_dot_admin__pb2.ListBudgetsResponse.FromString,
+                _registered_method=True)
+        self.DeleteBudget = channel.unary_unary(
+                '/megarouter.v1.Admin/DeleteBudget',
+                request_serializer=megarouter_dot_v1_dot_admin__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=megarouter_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
+                _registered_method=True)
+        self.ListBudgetStatus = channel.unary_unary(
+                '/megarouter.v1.Admin/ListBudgetStatus',
+                request_serializer=megarouter_dot_v1_dot_admin__pb2.ListRequest.SerializeToString,
+                response_deserializer=megarouter_dot_v1_dot_admin__pb2.ListBudgetStatusResponse.FromString,
+                _registered_method=True)
         self.CreateAdminToken = channel.unary_unary(
                 '/megarouter.v1.Admin/CreateAdminToken',
                 request_serializer=megarouter_dot_v1_dot_admin__pb2.CreateAdminTokenRequest.SerializeToString,
@@ -366,6 +391,37 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutBudget(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBudget(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBudgets(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteBudget(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBudgetStatus(self, request, context):
+        """Spend against each budget in its current window.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateAdminToken(self, request, context):
         """Operator access. Every Admin call carries `authorization: Bearer <token>`;
         a token's role bindings decide what it may do, and where in the org tree.
@@ -566,6 +622,31 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.DeleteApiKey,
                     request_deserializer=megarouter_dot_v1_dot_admin__pb2.DeleteRequest.FromString,
                     response_serializer=megarouter_dot_v1_dot_admin__pb2.DeleteResponse.SerializeToString,
+            ),
+            'PutBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutBudget,
+                    request_deserializer=megarouter_dot_v1_dot_routing__pb2.Budget.FromString,
+                    response_serializer=megarouter_dot_v1_dot_admin__pb2.PutResponse.SerializeToString,
+            ),
+            'GetBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBudget,
+                    request_deserializer=megarouter_dot_v1_dot_admin__pb2.GetRequest.FromString,
+                    response_serializer=megarouter_dot_v1_dot_routing__pb2.Budget.SerializeToString,
+            ),
+            'ListBudgets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBudgets,
+                    request_deserializer=megarouter_dot_v1_dot_admin__pb2.ListRequest.FromString,
+                    response_serializer=megarouter_dot_v1_dot_admin__pb2.ListBudgetsResponse.SerializeToString,
+            ),
+            'DeleteBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteBudget,
+                    request_deserializer=megarouter_dot_v1_dot_admin__pb2.DeleteRequest.FromString,
+                    response_serializer=megarouter_dot_v1_dot_admin__pb2.DeleteResponse.SerializeToString,
+            ),
+            'ListBudgetStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBudgetStatus,
+                    request_deserializer=megarouter_dot_v1_dot_admin__pb2.ListRequest.FromString,
+                    response_serializer=megarouter_dot_v1_dot_admin__pb2.ListBudgetStatusResponse.SerializeToString,
             ),
             'CreateAdminToken': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateAdminToken,
@@ -1276,6 +1357,141 @@ class Admin:
             '/megarouter.v1.Admin/DeleteApiKey',
             megarouter_dot_v1_dot_admin__pb2.DeleteRequest.SerializeToString,
             megarouter_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/megarouter.v1.Admin/PutBudget',
+            megarouter_dot_v1_dot_routing__pb2.Budget.SerializeToString,
+            megarouter_dot_v1_dot_admin__pb2.PutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/megarouter.v1.Admin/GetBudget',
+            megarouter_dot_v1_dot_admin__pb2.GetRequest.SerializeToString,
+            megarouter_dot_v1_dot_routing__pb2.Budget.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBudgets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/megarouter.v1.Admin/ListBudgets',
+            megarouter_dot_v1_dot_admin__pb2.ListRequest.SerializeToString,
+            megarouter_dot_v1_dot_admin__pb2.ListBudgetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/megarouter.v1.Admin/DeleteBudget',
+            megarouter_dot_v1_dot_admin__pb2.DeleteRequest.SerializeToString,
+            megarouter_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBudgetStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/megarouter.v1.Admin/ListBudgetStatus',
+            megarouter_dot_v1_dot_admin__pb2.ListRequest.SerializeToString,
+            megarouter_dot_v1_dot_admin__pb2.ListBudgetStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -255,7 +255,7 @@ class Defaults(_message.Message):
     def __init__(self, strategy: _Optional[_Union[Strategy, str]] = ..., weights: _Optional[_Union[BalancedWeights, _Mapping]] = ...) -> None: ...
 
 class RoutingTable(_message.Message):
-    __slots__ = ("version", "providers", "models", "endpoints", "routes", "api_keys", "defaults", "generated_at_unix_ms", "nodes")
+    __slots__ = ("version", "providers", "models", "endpoints", "routes", "api_keys", "defaults", "generated_at_unix_ms", "nodes", "budgets")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PROVIDERS_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
@@ -265,6 +265,7 @@ class RoutingTable(_message.Message):
     DEFAULTS_FIELD_NUMBER: _ClassVar[int]
     GENERATED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
+    BUDGETS_FIELD_NUMBER: _ClassVar[int]
     version: int
     providers: _containers.RepeatedCompositeFieldContainer[Provider]
     models: _containers.RepeatedCompositeFieldContainer[Model]
@@ -274,4 +275,29 @@ class RoutingTable(_message.Message):
     defaults: Defaults
     generated_at_unix_ms: int
     nodes: _containers.RepeatedCompositeFieldContainer[OrgNode]
-    def __init__(self, version: _Optional[int] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., api_keys: _Optional[_Iterable[_Union[ApiKeyEntry, _Mapping]]] = ..., defaults: _Optional[_Union[Defaults, _Mapping]] = ..., generated_at_unix_ms: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[OrgNode, _Mapping]]] = ...) -> None: ...
+    budgets: _containers.RepeatedCompositeFieldContainer[Budget]
+    def __init__(self, version: _Optional[int] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., api_keys: _Optional[_Iterable[_Union[ApiKeyEntry, _Mapping]]] = ..., defaults: _Optional[_Union[Defaults, _Mapping]] = ..., generated_at_unix_ms: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[OrgNode, _Mapping]]] = ..., budgets: _Optional[_Iterable[_Union[Budget, _Mapping]]] = ...) -> None: ...
+
+class Budget(_message.Message):
+    __slots__ = ("name", "node", "key", "window", "unit", "limit", "model", "task", "action", "alert_thresholds")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    ALERT_THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    node: str
+    key: str
+    window: str
+    unit: str
+    limit: float
+    model: str
+    task: str
+    action: str
+    alert_thresholds: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, name: _Optional[str] = ..., node: _Optional[str] = ..., key: _Optional[str] = ..., window: _Optional[str] = ..., unit: _Optional[str] = ..., limit: _Optional[float] = ..., model: _Optional[str] = ..., task: _Optional[str] = ..., action: _Optional[str] = ..., alert_thresholds: _Optional[_Iterable[float]] = ...) -> None: ...

@@ -1,0 +1,216 @@
+"""Budget enforcement on the proxy, against leases from the control plane.
+
+Before a request is sent upstream, its worst-case amount (cost, tokens or
+one request) is reserved from this proxy's lease of every `pause` budget
+that covers it: the key's own budgets and those of every node above it,
+filtered by model and task. When a lease runs short, more is acquired from
+the control plane's ledger, which never grants beyond the budget's
+remainder — so a request that cannot be covered is refused with 429
+`budget_exceeded`, fleet-wide. After the response the real amount settles
+the reservation and the unused rest returns to the lease; consumption is
+reported to the ledger in the background (retried until acknowledged, so a
+control-plane restart loses nothing) and idle leases are handed back.
+
+The bound: the fleet's spend in a window can exceed a limit only by what
+real usage exceeds the worst-case estimate of requests in flight — with
+`max_tokens` set (or the model's max output known) that is the prompt-size
+estimate's error on one request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import grpc
+
+from dataplane.discovery_client import CHANNEL_OPTIONS
+from dataplane.errors import ApiError
+from dataplane.table import KeyInfo
+from megarouter.v1 import budgets_pb2, budgets_pb2_grpc, routing_pb2
+
+log = logging.getLogger("megarouter.proxy.budgets")
+
+# Each refill asks for this share of the limit (or what the request needs, if more).
+LEASE_CHUNK = 0.02
+IDLE_RELEASE_S = 10.0
+FLUSH_INTERVAL_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetRule:
+    name: str
+    node: str
+    key: str
+    unit: str          # usd | tokens | requests
+    limit: float
+    model: str
+    task: str
+    action: str        # pause | alert
+
+    @classmethod
+    def from_proto(cls, budget: routing_pb2.Budget) -> BudgetRule:
+        return cls(budget.name, budget.node, budget.key, budget.unit, budget.limit, budget.model, budget.task,
+                   budget.action)
+
+    def covers(self, key: KeyInfo, task: str) -> bool:
+        scoped = (self.key == key.name) if self.key else (self.node in key.nodes)
+        return scoped and (not self.task or self.task == task)
+
+
+@dataclass(slots=True)
+class _Lease:
+    window: str = ""
+    available: float = 0.0
+    resets_at_unix_ms: int = 0
+    last_used: float = 0.0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass(slots=True)
+class Reservation:
+    held: list[tuple[BudgetRule, str, float]]     # rule, window, amount reserved
+    watched: list[BudgetRule]                      # alert-only budgets: report, never refuse
+
+
+class BudgetExhausted(ApiError):
+    def __init__(self, rule: BudgetRule, resets_at_unix_ms: int) -> None:
+        when = ("never (a total budget)" if not resets_at_unix_ms else
+                datetime.fromtimestamp(resets_at_unix_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC"))
+        scope = f"key {rule.key!r}" if rule.key else f"node {rule.node!r}"
+        super().__init__(
+            429, f"Budget '{rule.name}' ({rule.limit:g} {rule.unit} for {scope}) is exhausted; it resets {when}.",
+            type="budget_exceeded", code="budget_exceeded",
+            headers={"Retry-After": str(max(1, int(resets_at_unix_ms / 1000 - time.time())))}
+            if resets_at_unix_ms else None,
+        )
+
+
+class BudgetEnforcer:
+    def __init__(self, node_id: str, addresses: list[str]) -> None:
+        self._node_id = node_id
+        self._addresses = addresses
+        self._rules: list[BudgetRule] = []
+        self._leases: dict[str, _Lease] = {}
+        self._pending: dict[tuple[str, str], list[float]] = {}   # (budget, window) -> [consumed, released]
+        self._channel: grpc.aio.Channel | None = None
+        self._address_index = 0
+
+    def set_rules(self, budgets) -> None:
+        self._rules = [BudgetRule.from_proto(b) for b in budgets]
+
+    def applicable(self, key: KeyInfo, task: str, models: set[str]) -> list[BudgetRule]:
+        if not self._rules:
+            return []
+        return [r for r in self._rules if r.covers(key, task) and (not r.model or r.model in models)]
+
+    async def reserve(self, rules: list[BudgetRule], amounts: dict[str, float]) -> Reservation:
+        held: list[tuple[BudgetRule, str, float]] = []
+        try:
+            for rule in rules:
+                if rule.action != "pause":
+                    continue
+                amount = amounts[rule.unit]
+                lease = self._leases.setdefault(rule.name, _Lease())
+                if lease.available < amount:
+                    await self._refill(rule, lease, amount)
+                if lease.available < amount:
+                    raise BudgetExhausted(rule, lease.resets_at_unix_ms)
+                lease.available -= amount
+                lease.last_used = time.monotonic()
+                held.append((rule, lease.window, amount))
+        except BaseException:
+            self._give_back(held)
+            raise
+        return Reservation(held, [r for r in rules if r.action != "pause"])
+
+    def settle(self, reservation: Reservation, model: str | None, amounts: dict[str, float]) -> None:
+        """`model` served the request (None: nothing was served, nothing spent)."""
+        for rule, window, reserved in reservation.held:
+            spent = amounts[rule.unit] if model is not None and (not rule.model or rule.model == model) else 0.0
+            lease = self._leases.get(rule.name)
+            if lease is not None and lease.window == window:
+                lease.available += reserved - spent
+            self._add_pending(rule.name, window, consumed=spent)
+        for rule in reservation.watched:
+            if model is not None and (not rule.model or rule.model == model):
+                self._add_pending(rule.name, "", consumed=amounts[rule.unit])
+
+    def _give_back(self, held: list[tuple[BudgetRule, str, float]]) -> None:
+        for rule, window, amount in held:
+            lease = self._leases.get(rule.name)
+            if lease is not None and lease.window == window:
+                lease.available += amount
+
+    def _add_pending(self, budget: str, window: str, consumed: float = 0.0, released: float = 0.0) -> None:
+        entry = self._pending.setdefault((budget, window), [0.0, 0.0])
+        entry[0] += consumed
+        entry[1] += released
+
+    async def _refill(self, rule: BudgetRule, lease: _Lease, amount: float) -> None:
+        async with lease.lock:
+            if lease.available >= amount:
+                return  # another request refilled it meanwhile
+            want = max(amount - lease.available, rule.limit * LEASE_CHUNK)
+            try:
+                grant = await self._stub().Acquire(
+                    budgets_pb2.AcquireRequest(node_id=self._node_id, budget=rule.name, want=want), timeout=5)
+            except grpc.aio.AioRpcError as exc:
+                # Fail closed: without the ledger no new spend can be covered.
+                log.warning("budget %s: lease refill failed: %s", rule.name, exc.code().name)
+                self._rotate()
+                return
+            if grant.window != lease.window:
+                # A new window: the old lease is void; whatever was left of it
+                # is not handed back (the ledger dropped it with the window).
+                lease.available = 0.0
+                lease.window = grant.window
+            lease.available += grant.granted
+            lease.resets_at_unix_ms = grant.resets_at_unix_ms
+
+    def _stub(self) -> budgets_pb2_grpc.BudgetsStub:
+        if self._channel is None:
+            address = self._addresses[self._address_index % len(self._addresses)]
+            self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        return budgets_pb2_grpc.BudgetsStub(self._channel)
+
+    def _rotate(self) -> None:
+        if self._channel is not None:
+            asyncio.get_running_loop().create_task(self._channel.close())
+        self._channel = None
+        self._address_index += 1
+
+    async def run(self) -> None:
+        """Report consumption and hand back idle leases, until cancelled."""
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            now = time.monotonic()
+            for name, lease in self._leases.items():
+                if lease.available > 0 and now - lease.last_used > IDLE_RELEASE_S and not lease.lock.locked():
+                    self._add_pending(name, lease.window, released=lease.available)
+                    lease.available = 0.0
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        request = budgets_pb2.SettleRequest(node_id=self._node_id, settlements=[
+            budgets_pb2.Settlement(budget=budget, window=window, consumed=consumed, released=released)
+            for (budget, window), (consumed, released) in pending.items()
+        ])
+        try:
+            await self._stub().Settle(request, timeout=5)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("budget settlement failed (%s); will retry", exc.code().name)
+            self._rotate()
+            for (budget, window), (consumed, released) in pending.items():
+                self._add_pending(budget, window, consumed, released)
+
+    async def close(self) -> None:
+        await self.flush()
+        if self._channel is not None:
+            await self._channel.close()

@@ -1,0 +1,172 @@
+"""Budgets: the ledger's windows and leases, and fleet-wide enforcement
+across three proxies under concurrency, with a documented overshoot bound."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import aiohttp
+import pytest
+
+from controlplane.budgets import BudgetLedger, window_of
+from controlplane.repository import BUDGETS
+from controlplane.store import open_store
+from megarouter.admin_client import admin_channel
+from megarouter.resources import Budget
+from megarouter.v1 import admin_pb2, budgets_pb2, routing_pb2
+from tests.conftest import System, demo_manifest, start_controlplane, start_sim
+from tests.harness import eventually, restart
+
+KEY_SECRET = "sk-mr-budget-key-0123456789"
+LIMIT_USD = 0.002
+
+
+def _at(text: str) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
+
+
+async def test_windows_roll_over_at_utc_midnight_and_month_end(tmp_path) -> None:
+    now = [_at("2026-11-30T23:59:30")]
+    store = await open_store(str(tmp_path))
+    try:
+        budget = Budget(name="daily", node="acme", window="daily", unit="requests", limit=10)
+        await store.put(BUDGETS.key("daily"), BUDGETS.encode(budget))
+        ledger = BudgetLedger(store, clock=lambda: now[0])
+        grant = await ledger.acquire("p1", "daily", 10)
+        assert (grant.window, grant.granted, grant.remaining) == ("2026-11-30", 10, 0)
+        await ledger.settle("p1", budgets_pb2.Settlement(budget="daily", window="2026-11-30", consumed=10))
+        assert (await ledger.acquire("p1", "daily", 1)).granted == 0  # spent for today
+        now[0] = _at("2026-12-01T00:00:01")
+        grant = await ledger.acquire("p1", "daily", 4)
+        assert (grant.window, grant.granted, grant.remaining) == ("2026-12-01", 4, 6)
+        # Late settlement for the closed window does not leak into the new one.
+        await ledger.settle("p1", budgets_pb2.Settlement(budget="daily", window="2026-11-30", consumed=3))
+        status = {s.budget: s for s in await ledger.status()}["daily"]
+        assert (status.window, status.spent, status.leased) == ("2026-12-01", 0, 4)
+    finally:
+        await store.close()
+    assert window_of("monthly", _at("2026-02-28T12:00:00")) == ("2026-02", int(_at("2026-03-01T00:00:00") * 1000))
+    assert window_of("total", 0) == ("total", 0)
+
+
+async def test_unsettled_leases_of_a_vanished_proxy_are_reclaimed(tmp_path) -> None:
+    now = [1_000_000.0]
+    store = await open_store(str(tmp_path))
+    try:
+        await store.put(BUDGETS.key("b"), BUDGETS.encode(
+            Budget(name="b", node="acme", window="total", unit="usd", limit=1.0)))
+        ledger = BudgetLedger(store, clock=lambda: now[0])
+        assert (await ledger.acquire("dead-proxy", "b", 0.8)).granted == pytest.approx(0.8)
+        assert (await ledger.acquire("live-proxy", "b", 0.5)).granted == pytest.approx(0.2)
+        now[0] += 60  # the dead proxy never settled within the lease TTL
+        assert (await ledger.acquire("live-proxy", "b", 0.5)).granted == pytest.approx(0.5)
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+async def fleet(tmp_path) -> AsyncIterator[System]:
+    sim = await start_sim(tmp_path, "sim", "--latency-ms", "30")
+    system = System(tmp=tmp_path, controlplane=await start_controlplane(tmp_path), sims=[sim])
+    try:
+        system.channel = admin_channel(system.admin_address)
+        await system.apply(demo_manifest(sim.port) + """
+---
+nodes:
+  - {name: acme, kind: org}
+  - {name: team-a, kind: team, parent: acme}
+  - {name: team-b, kind: team, parent: acme}
+""")
+        await system.admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(name="a-key", node="team-a", secret=KEY_SECRET))
+        await system.admin.PutBudget(routing_pb2.Budget(
+            name="acme-daily", node="acme", window="daily", unit="usd", limit=LIMIT_USD, action="pause"))
+        await system.admin.PutBudget(routing_pb2.Budget(
+            name="team-b-only", node="team-b", window="daily", unit="requests", limit=1, action="pause"))
+        put = await system.admin.PutBudget(routing_pb2.Budget(
+            name="acme-watch", node="acme", window="monthly", unit="requests", limit=100, action="alert"))
+        for _ in range(3):
+            await system.start_proxy()
+        for index in range(3):
+            await system.wait_proxy_version(put.revision, index)
+        yield system
+    finally:
+        await system.close()
+
+
+async def _one(session: aiohttp.ClientSession, url: str) -> tuple[int, float, str]:
+    async with session.post(url, headers={"Authorization": f"Bearer {KEY_SECRET}"}, json={
+        "model": "demo-small", "max_tokens": 16, "messages": [{"role": "user", "content": "hello there"}],
+    }) as response:
+        body = await response.json()
+        cost = float(response.headers.get("x-megarouter-cost-usd", 0))
+        return response.status, cost, (body.get("error") or {}).get("code") or ""
+
+
+async def _status(system: System, name: str) -> admin_pb2.BudgetStatus:
+    statuses = await system.admin.ListBudgetStatus(admin_pb2.ListRequest())
+    return next(s for s in statuses.items if s.budget == name)
+
+
+async def test_fleet_spend_never_exceeds_the_limit_by_more_than_one_request(fleet: System) -> None:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        calls = [_one(session, fleet.base_url(i) + "/chat/completions") for i in range(3) for _ in range(200)]
+        results = await asyncio.gather(*calls)
+    served = [cost for status, cost, _ in results if status == 200]
+    refused = [(status, code) for status, _, code in results if status != 200]
+    # One request's worst case: ~40 prompt tokens at $0.15/M + 16 output at $0.60/M.
+    worst_case = (40 * 0.15 + 16 * 0.60) / 1e6
+    spent = sum(served)
+    print(f"served {len(served)} of {len(results)}, spent ${spent:.6f} of ${LIMIT_USD}")
+    assert spent <= LIMIT_USD + worst_case, (spent, len(served))
+    assert spent >= LIMIT_USD * 0.5  # leases must not strand most of the budget
+    assert refused and set(refused) == {(429, "budget_exceeded")}
+
+    # Every served request reached the ledger (proxies settle in the background).
+    async def settled() -> bool:
+        return abs((await _status(fleet, "acme-daily")).spent - spent) < 1e-9
+    await eventually(settled, what="the ledger to record every served request's cost")
+    watch = await _status(fleet, "acme-watch")
+    assert watch.spent == len(served) and watch.action == "alert"  # alert-only budgets count, never refuse
+
+    # A control-plane restart loses no recorded spend, and the limit still holds.
+    await fleet.controlplane.stop()
+    fleet.controlplane = await restart(fleet.controlplane, fleet.tmp / "logs")
+    assert abs((await _status(fleet, "acme-daily")).spent - spent) < 1e-9
+    async with aiohttp.ClientSession() as session:
+        status, _, code = await _one(session, fleet.base_url(0) + "/chat/completions")
+    assert (status, code) == (429, "budget_exceeded")
+
+
+async def test_budget_error_names_the_budget_and_its_reset(fleet: System) -> None:
+    await fleet.admin.PutBudget(routing_pb2.Budget(
+        name="acme-daily", node="acme", window="daily", unit="usd", limit=1e-9, action="pause"))
+    table = await fleet.admin.GetRoutingTable(admin_pb2.GetRoutingTableRequest())
+    await fleet.wait_proxy_version(table.version)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(fleet.base_url() + "/chat/completions",
+                                headers={"Authorization": f"Bearer {KEY_SECRET}"},
+                                json={"model": "chat", "messages": [{"role": "user", "content": "x"}]}) as response:
+            body = await response.json()
+            assert response.status == 429 and int(response.headers["Retry-After"]) > 0
+    error = body["error"]
+    assert error["code"] == "budget_exceeded" and "acme-daily" in error["message"] and "resets" in error["message"]
+
+
+def test_which_budgets_cover_a_request() -> None:
+    from dataplane.budgets import BudgetRule
+    from dataplane.table import KeyInfo
+
+    key = KeyInfo("svc", "p", None, nodes=("search", "ml", "acme"))
+    rules = {
+        "org": BudgetRule("org", "acme", "", "usd", 1, "", "", "pause"),
+        "other-team": BudgetRule("other-team", "sales", "", "usd", 1, "", "", "pause"),
+        "this-key": BudgetRule("this-key", "", "svc", "tokens", 1, "", "", "pause"),
+        "other-key": BudgetRule("other-key", "", "bot", "tokens", 1, "", "", "pause"),
+        "chat-task": BudgetRule("chat-task", "ml", "", "requests", 1, "", "chat", "pause"),
+        "gpt-only": BudgetRule("gpt-only", "ml", "", "usd", 1, "gpt-4o", "", "pause"),
+    }
+    assert {name for name, rule in rules.items() if rule.covers(key, "chat")} == {
+        "org", "this-key", "chat-task", "gpt-only"}
+    assert not rules["chat-task"].covers(key, "batch")
