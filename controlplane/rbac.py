@@ -23,7 +23,7 @@ import grpc
 from pydantic import BaseModel, ConfigDict, Field
 
 from controlplane.repository import Collection
-from controlplane.store import Store
+from controlplane.store import CasConflict, Store
 from megarouter.resources import NAME_PATTERN
 
 log = logging.getLogger("megarouter.controlplane.rbac")
@@ -55,6 +55,7 @@ METHOD_PERMISSIONS: dict[str, str | None] = {
                                          "PutRoleBinding", "ListRoleBindings", "DeleteRoleBinding")},
     "PutBudget": "budgets.write", "DeleteBudget": "budgets.write",
     "GetBudget": "budgets.read", "ListBudgets": "budgets.read", "ListBudgetStatus": "budgets.read",
+    "QueryUsage": "usage.read",
     "WhoAmI": None,          # any authenticated token
     "PushRawTable": "config.write",
 }
@@ -178,9 +179,16 @@ async def bootstrap(store: Store, secret: str) -> None:
     token = AdminTokenRecord(name="bootstrap", token_hash=hash_token(secret), prefix=secret[:13],
                              created_at_unix_ms=now)
     binding = RoleBindingRecord(name="bootstrap-admin", token="bootstrap", role="admin", scope="")
-    await store.put(TOKENS.key(token.name), TOKENS.encode(token), expected_revision=0)
-    await store.put(BINDINGS.key(binding.name), BINDINGS.encode(binding), expected_revision=0)
-    log.info("created the bootstrap admin token (its secret is not logged)")
+    # Binding first, token second: a crash in between leaves no token, so the
+    # next start bootstraps again. Replicas starting together on an empty
+    # store race here; the loser finds the records written (CasConflict).
+    for collection, record in ((BINDINGS, binding), (TOKENS, token)):
+        try:
+            await store.put(collection.key(record.name), collection.encode(record), expected_revision=0)
+        except CasConflict:
+            log.info("%s %r already exists: another replica bootstrapped", collection.kind, record.name)
+            continue
+    log.info("bootstrap admin token installed (its secret is not logged)")
 
 
 class AdminAuthInterceptor(grpc.aio.ServerInterceptor):
