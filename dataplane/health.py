@@ -31,6 +31,7 @@ class EndpointHealth:
     successes: float = 0.0             # decayed counts
     failures: float = 0.0
     updated_at: float = 0.0
+    measured_at: float = 0.0           # when latency or TTFT last changed
 
     def _decay(self, now: float) -> None:
         if self.updated_at:
@@ -40,6 +41,10 @@ class EndpointHealth:
         self.updated_at = now
 
 
+# A latency measurement older than this no longer counts: the endpoint is
+# treated as unmeasured (optimistically fast), so live traffic re-measures it.
+# Without this, an endpoint that was slow once would never be tried again.
+STALE_LATENCY_S = 15.0
 # Each request in flight makes an endpoint look this much slower.
 INFLIGHT_PENALTY = 0.15
 # How many observations the fleet's view of an endpoint is worth, at most,
@@ -94,7 +99,7 @@ class HealthRegistry:
     def latency(self, endpoint: str, stream: bool) -> float | None:
         """Predicted seconds (TTFT for streams): own measurement, else the fleet's."""
         state = self._endpoints.get(endpoint)
-        if state is not None:
+        if state is not None and self._clock() - state.measured_at <= STALE_LATENCY_S:
             own = state.ttft_s if stream and state.ttft_s is not None else state.latency_s
             if own is not None:
                 return own * (1 + INFLIGHT_PENALTY * state.inflight)
@@ -139,8 +144,10 @@ class HealthRegistry:
             health.failures += 1.0
         if ttft_s is not None:
             health.ttft_s = _ewma(health.ttft_s, ttft_s)
+            health.measured_at = health.updated_at
         elif latency_s is not None and ok:
             health.latency_s = _ewma(health.latency_s, latency_s)
+            health.measured_at = health.updated_at
         if not ok and latency_s is not None:
             # A failure that took long (a timeout) is evidence of slowness;
             # a fast failure must not make the endpoint look fast.

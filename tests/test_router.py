@@ -194,3 +194,20 @@ def test_needs_are_read_from_the_request() -> None:
     assert needs.output_tokens == 77 and needs.min_quality == 2
     assert needs.prompt_tokens >= 100 + 85
     assert chat_needs({"messages": [], "tools": [{}], "tool_choice": "none"}).capabilities == frozenset()
+
+
+def test_a_slow_endpoint_is_retried_once_its_measurement_is_stale() -> None:
+    now = [0.0]
+    health = HealthRegistry(clock=lambda: now[0])
+    fast, slow = endpoint("fast"), endpoint("slow")
+    for ep, latency in ((fast, 0.05), (slow, 0.5)):
+        health.started(ep.name)
+        health.finished(ep.name, True, latency, None)
+    route, needs = target((slow, fast)), Needs(frozenset(), 10, 10)
+    assert plan(route, needs, "latency", health, DEFAULT_WEIGHTS).endpoints[0].name == "fast"
+    now[0] = 20.0  # the slow endpoint's only measurement is now stale; the fast one keeps serving
+    health.started(fast.name)
+    health.finished(fast.name, True, 0.05, None)
+    firsts = {plan(route, needs, "latency", health, DEFAULT_WEIGHTS, random.Random(seed)).endpoints[0].name
+              for seed in range(20)}
+    assert "slow" in firsts  # it gets traffic again, and so a fresh measurement
