@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install run test proto catalog bench lint clean
+.PHONY: install run test proto catalog bench chaos lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ catalog: install
 ## Proxy throughput, CPU and latency overhead (see bench/README.md).
 bench: install
 	$(PY) bench/proxy_bench.py
+
+## Failover under scripted provider faults (see bench/README.md).
+chaos: install
+	$(PY) bench/chaos.py
 
 lint: install
 	$(VENV)/bin/ruff check .
