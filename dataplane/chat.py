@@ -11,6 +11,8 @@ clean `[DONE]` that would pass a half answer off as complete.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -25,7 +27,7 @@ from dataplane.relay import relay_json, relay_stream
 from dataplane.routing import router
 from dataplane.routing.controls import explanation, read_controls
 from dataplane.routing.needs import Needs, chat_needs
-from dataplane.stats import EndpointStats
+from dataplane.stats import EndpointStats, UsageAccount
 from dataplane.table import EndpointRuntime, KeyInfo, RuntimeTable, Target
 from dataplane.upstream import SessionPool
 from megarouter.catalog import cost_usd
@@ -83,6 +85,39 @@ def resolve(table: RuntimeTable, key: KeyInfo, model: str) -> Target:
 
 
 TASK_HEADER = "x-megarouter-task"
+# Longest route/task label usage is counted under (the header is free text).
+MAX_USAGE_LABEL = 128
+
+
+def usage_route(request: web.Request, payload: dict[str, Any]) -> str:
+    """What a request's usage is counted under: the task header, else the route or model it named."""
+    model = payload.get("model")
+    return (request.headers.get(TASK_HEADER) or (model if isinstance(model, str) else ""))[:MAX_USAGE_LABEL]
+
+
+Handle = Callable[..., Awaitable[web.StreamResponse]]
+
+
+def counted(handle: Handle) -> Handle:
+    """Counts each client request once in its key's usage: the relay counts
+    what was served; an error response counts as an error with no model."""
+
+    @functools.wraps(handle)
+    async def counted_handle(self, request: web.Request, table: RuntimeTable, key: KeyInfo,
+                             payload: dict[str, Any]) -> web.StreamResponse:
+        account = self._stats.account(key.name, key.nodes, usage_route(request, payload))
+        try:
+            return await handle(self, request, table, key, payload, account)
+        except Exception:
+            account.failed()
+            raise
+        except BaseException:
+            account.served("")  # the client left before anything was served
+            raise
+
+    return counted_handle
+
+
 # Worst-case prompt: the estimate plus a margin, since it is only an estimate.
 PROMPT_MARGIN = 1.25
 PROMPT_SLACK_TOKENS = 32
@@ -107,8 +142,10 @@ class ChatHandler:
         self._stats = stats
         self._budgets = budgets
 
+    @counted
     async def handle(
-        self, request: web.Request, table: RuntimeTable, key: KeyInfo, payload: dict[str, Any]
+        self, request: web.Request, table: RuntimeTable, key: KeyInfo, payload: dict[str, Any],
+        account: UsageAccount,
     ) -> web.StreamResponse:
         check_chat_request(payload)
         controls = read_controls(request.headers)
@@ -122,7 +159,8 @@ class ChatHandler:
             needs = replace(needs, needed_quality=estimate(payload).needed_quality)
         try:
             route_plan = router.plan(target, needs, strategy, self._stats.health,
-                                     target.weights or table.default_weights, outliers=self._stats.outliers)
+                                     target.weights or table.default_weights, outliers=self._stats.outliers,
+                                     explain=controls.explain)
         except router.NoCandidate as exc:
             raise ApiError(exc.status, exc.message, code=exc.code, param=exc.param,
                            type="invalid_request_error" if exc.status < 500 else "server_error") from None
@@ -161,9 +199,9 @@ class ChatHandler:
             if stream:
                 include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
                 translator = adapter.chat_stream(model, include_usage)
-                return await relay_stream(request, self._stats, success, translator, headers, on_usage)
+                return await relay_stream(request, self._stats, success, translator, headers, on_usage, account)
             return await relay_json(self._stats, success, lambda raw: adapter.chat_response(raw, model), headers,
-                                    on_usage)
+                                    on_usage, account)
         finally:
             if reservation is not None and not settled:
                 # Sent upstream but the usage is unknown (the client left):

@@ -82,6 +82,7 @@ def plan(
     weights: Weights,
     rng: random.Random | None = None,
     outliers: OutlierDetector | None = None,
+    explain: bool = False,
 ) -> Plan:
     rng = rng or random
     now = health.now()
@@ -96,13 +97,17 @@ def plan(
     eligible = _drop_unavailable(eligible, health, outliers, now)
 
     output_tokens = needs.output_tokens or DEFAULT_EXPECTED_OUTPUT_TOKENS
+    # Only what the strategy scores is computed (explanations ask for all).
+    want_cost = explain or strategy in ("cost", "balanced")
+    want_latency = explain or strategy in ("latency", "balanced")
     known_latencies = []
     unknown: list[Candidate] = []
     for candidate in eligible:
         name = candidate.endpoint.name
-        candidate.expected_cost = cost_usd(candidate.endpoint.pricing, needs.prompt_tokens, output_tokens)
+        if want_cost:
+            candidate.expected_cost = cost_usd(candidate.endpoint.pricing, needs.prompt_tokens, output_tokens)
         candidate.p_success = health.success_probability(name, now)
-        latency = health.latency(name, stream)
+        latency = health.latency(name, stream) if want_latency else 0.0
         if latency is None:
             unknown.append(candidate)
         else:
@@ -217,14 +222,19 @@ def _by_latency(tier: list[Candidate], rng: random.Random) -> list[Candidate]:
     return ranked
 
 
+# Only the head of a chain is ever tried (max_attempts <= 10): diversity is
+# arranged there; the rest is ordered by success probability alone.
+_DIVERSE_HEAD = 10
+
+
 def _by_availability(tier: list[Candidate]) -> list[Candidate]:
     """Highest predicted success first, then prefer a chain that spans
     providers and regions, so one provider's outage cannot take all tries."""
-    remaining = list(tier)
+    remaining = sorted(tier, key=lambda c: -c.p_success)
     chain: list[Candidate] = []
     providers: set[str] = set()
     regions: set[str] = set()
-    while remaining:
+    while remaining and len(chain) < _DIVERSE_HEAD:
         def value(c: Candidate) -> float:
             bonus = (DIVERSITY_PROVIDER if c.endpoint.provider.name not in providers else 0.0) + (
                 DIVERSITY_REGION if c.endpoint.region not in regions else 0.0)
@@ -235,7 +245,9 @@ def _by_availability(tier: list[Candidate]) -> list[Candidate]:
         chain.append(pick)
         providers.add(pick.endpoint.provider.name)
         regions.add(pick.endpoint.region)
-    return chain
+    for candidate in remaining:
+        candidate.score = -candidate.p_success
+    return chain + remaining
 
 
 def _balanced(tier: list[Candidate], weights: Weights) -> list[Candidate]:
