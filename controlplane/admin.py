@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import grpc
 from pydantic import BaseModel, ValidationError
 
-from controlplane import rbac
+from controlplane import rbac, usage
 from controlplane.budgets import BudgetLedger
 from controlplane.catalog_models import catalog_models, effective_models
 from controlplane.discovery import ProxyRegistry, SnapshotCache
@@ -403,6 +403,19 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         if current is None:
             await _abort(context, grpc.StatusCode.UNAVAILABLE, "no routing table compiled yet")
         return current
+
+    # ------------------------------------------------------------ usage
+
+    async def QueryUsage(self, request, context):
+        """Persisted usage of the keys the caller may read usage of (scoped by `usage.read`)."""
+        principal = rbac.current_principal.get()
+        try:
+            return await usage.query(self.store, request, principal)
+        except usage.QueryError as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except usage.QueryDenied as exc:
+            who = f"token {principal.token!r}" if principal else "this caller"
+            await _abort(context, grpc.StatusCode.PERMISSION_DENIED, f"{who} {exc}")
 
 
 def _token_proto(record: rbac.AdminTokenRecord) -> admin_pb2.AdminToken:

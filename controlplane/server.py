@@ -22,6 +22,7 @@ from controlplane.fleet import FleetView
 from controlplane.snapshot import follow_store
 from controlplane.store import open_store
 from controlplane.telemetry import TelemetryService, publish_fleet_health
+from controlplane.usage import FLUSH_INTERVAL_S, UsageAggregator
 from megarouter.runtime import announce_ready, env_default, setup_logging, stop_event
 from megarouter.v1 import (
     admin_pb2,
@@ -61,6 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--health-push-interval", type=float,
                         default=float(env_default("HEALTH_PUSH_INTERVAL", 1.0)),
                         help="seconds between fleet-health pushes to proxies [MEGAROUTER_HEALTH_PUSH_INTERVAL]")
+    parser.add_argument("--usage-flush-interval", type=float,
+                        default=float(env_default("USAGE_FLUSH_INTERVAL", FLUSH_INTERVAL_S)),
+                        help="seconds between writes of usage analytics to the store "
+                             "[MEGAROUTER_USAGE_FLUSH_INTERVAL]")
     parser.add_argument("--admin-token-file", default=env_default("ADMIN_TOKEN_FILE", ""),
                         help="bootstrap admin token file, read (or written, if absent) on first start "
                              "[MEGAROUTER_ADMIN_TOKEN_FILE; default <store dir>/admin-token]")
@@ -88,7 +93,8 @@ async def serve(args: argparse.Namespace) -> int:
     budgets_pb2_grpc.add_BudgetsServicer_to_server(BudgetsService(ledger), server)
     discovery_pb2_grpc.add_DiscoveryServicer_to_server(DiscoveryService(snapshots, registry), server)
     fleet = FleetView()
-    telemetry_pb2_grpc.add_TelemetryServicer_to_server(TelemetryService(fleet), server)
+    usage = UsageAggregator(store)
+    telemetry_pb2_grpc.add_TelemetryServicer_to_server(TelemetryService(fleet, usage), server)
     service_names = [
         admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
         discovery_pb2.DESCRIPTOR.services_by_name["Discovery"].full_name,
@@ -113,6 +119,7 @@ async def serve(args: argparse.Namespace) -> int:
     health_pusher = asyncio.create_task(
         publish_fleet_health(fleet, snapshots, args.health_push_interval), name="fleet-health"
     )
+    usage_flusher = asyncio.create_task(usage.run(args.usage_flush_interval), name="usage-flush")
     await snapshots.next_after(0)  # serve nothing until the first table exists
     for name in ["", *service_names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -133,7 +140,12 @@ async def serve(args: argparse.Namespace) -> int:
     await server.stop(grace=2)
     publisher.cancel()
     health_pusher.cancel()
+    usage_flusher.cancel()
     stopped.cancel()
+    try:
+        await usage.flush()  # what proxies reported since the last flush
+    except Exception:
+        log.exception("usage could not be persisted at shutdown")
     await metrics_runner.cleanup()
     await store.close()
     return exit_code

@@ -1,7 +1,8 @@
-"""The Telemetry service: per-endpoint stats reported by proxies.
+"""The Telemetry service: per-endpoint stats and usage reported by proxies.
 
 Reports feed the fleet health view (`fleet.py`) that is pushed back to
-every proxy, and fleet-wide Prometheus counters.
+every proxy, fleet-wide Prometheus counters, and usage analytics
+(`usage.py`), which persists per-key usage.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import grpc
 from prometheus_client import Counter
 
 from controlplane.fleet import FleetView
+from controlplane.usage import UsageAggregator
 from megarouter.v1 import telemetry_pb2, telemetry_pb2_grpc
 
 log = logging.getLogger("megarouter.controlplane.telemetry")
@@ -36,9 +38,10 @@ class NodeReport:
 
 
 class TelemetryService(telemetry_pb2_grpc.TelemetryServicer):
-    def __init__(self, fleet: FleetView) -> None:
+    def __init__(self, fleet: FleetView, usage: UsageAggregator | None = None) -> None:
         self.latest: dict[str, NodeReport] = {}
         self._fleet = fleet
+        self._usage = usage
 
     async def ReportStats(self, request_iterator, context: grpc.aio.ServicerContext) -> telemetry_pb2.StatsAck:
         node_id = ""
@@ -52,6 +55,8 @@ class TelemetryService(telemetry_pb2_grpc.TelemetryServicer):
             REPORTS.inc()
             self.latest[node_id] = NodeReport(node_id, time.time(), report)
             self._fleet.add_report(node_id, report)
+            if self._usage is not None and report.usage:
+                self._usage.add(report.usage)
             for stats in report.endpoints:
                 FLEET_REQUESTS.labels(stats.endpoint).inc(stats.requests)
                 for error_class, count in stats.errors_by_class.items():

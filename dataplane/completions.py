@@ -17,13 +17,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from dataplane.chat import check_model, resolve
+from dataplane.chat import check_model, counted, resolve
 from dataplane.errors import bad_request
 from dataplane.failover.engine import first_success
 from dataplane.providers.base import ProviderError, StreamTranslator, Usage
 from dataplane.providers.openai import OpenAIStream
 from dataplane.relay import relay_json, relay_stream
-from dataplane.stats import EndpointStats
+from dataplane.stats import EndpointStats, UsageAccount
 from dataplane.table import EndpointRuntime, KeyInfo, RuntimeTable
 from dataplane.upstream import SessionPool
 
@@ -149,8 +149,10 @@ class CompletionsHandler:
         self._sessions = sessions
         self._stats = stats
 
+    @counted
     async def handle(
-        self, request: web.Request, table: RuntimeTable, key: KeyInfo, payload: dict[str, Any]
+        self, request: web.Request, table: RuntimeTable, key: KeyInfo, payload: dict[str, Any],
+        account: UsageAccount,
     ) -> web.StreamResponse:
         check_completions_request(payload)
         target = resolve(table, key, payload["model"])
@@ -173,15 +175,16 @@ class CompletionsHandler:
         adapter = endpoint.provider.adapter
         if endpoint.native_completions:
             if stream:
-                return await relay_stream(request, self._stats, success, OpenAIStream(include_usage), headers)
+                return await relay_stream(request, self._stats, success, OpenAIStream(include_usage), headers,
+                                          account=account)
             return await relay_json(self._stats, success, lambda raw: adapter.chat_response(raw, endpoint.model),
-                                    headers)
+                                    headers, account=account)
         if stream:
             translator = ChatToCompletionStream(adapter.chat_stream(endpoint.model, include_usage))
-            return await relay_stream(request, self._stats, success, translator, headers)
+            return await relay_stream(request, self._stats, success, translator, headers, account=account)
 
         def translate(raw: bytes) -> tuple[bytes, Usage]:
             body, usage = adapter.chat_response(raw, endpoint.model)
             return completion_from_chat(body), usage
 
-        return await relay_json(self._stats, success, translate, headers)
+        return await relay_json(self._stats, success, translate, headers, account=account)

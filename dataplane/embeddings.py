@@ -11,11 +11,11 @@ from typing import Any
 
 from aiohttp import web
 
-from dataplane.chat import check_model, resolve
+from dataplane.chat import check_model, counted, resolve
 from dataplane.errors import bad_request
 from dataplane.failover.engine import first_success
 from dataplane.relay import relay_json
-from dataplane.stats import EndpointStats
+from dataplane.stats import EndpointStats, UsageAccount
 from dataplane.table import EndpointRuntime, KeyInfo, RuntimeTable
 from dataplane.upstream import SessionPool, exhausted_error
 
@@ -44,9 +44,11 @@ class EmbeddingsHandler:
         self._sessions = sessions
         self._stats = stats
 
+    @counted
     async def handle(
-        self, request: web.Request, table: RuntimeTable, key: KeyInfo, payload: dict[str, Any]
-    ) -> web.Response:
+        self, request: web.Request, table: RuntimeTable, key: KeyInfo, payload: dict[str, Any],
+        account: UsageAccount,
+    ) -> web.StreamResponse:
         check_embeddings_request(payload)
         target = resolve(table, key, payload["model"])
         if not target.endpoints:
@@ -64,5 +66,6 @@ class EmbeddingsHandler:
         success = await first_success(self._sessions, self._stats, target, endpoints, build, stream=False)
         adapter, model = success.endpoint.provider.adapter, success.endpoint.model
         return await relay_json(
-            self._stats, success, lambda raw: adapter.embeddings_response(raw, model, payload), success.headers(target)
+            self._stats, success, lambda raw: adapter.embeddings_response(raw, model, payload), success.headers(target),
+            account=account,
         )

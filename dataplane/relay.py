@@ -7,7 +7,8 @@ event and no `[DONE]`, so a client never takes half an answer for a whole
 one. Stats are recorded here, once per request, with the usage the
 upstream reported and its cost at catalog prices (also in the
 `x-megarouter-cost-usd` header of JSON responses; a stream's headers leave
-before its usage is known).
+before its usage is known), and counted in the request's usage account
+(a stream that ends in an error event counts as an error).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from aiohttp import web
 
 from dataplane.failover.engine import Success
 from dataplane.providers.base import ErrorClass, ProviderError, StreamTranslator, Usage
-from dataplane.stats import EndpointStats
+from dataplane.stats import EndpointStats, UsageAccount
 from dataplane.table import EndpointRuntime
 from dataplane.upstream import STREAM_INTERRUPTED, exhausted_error
 from megarouter.catalog import cost_usd
@@ -50,12 +51,14 @@ UsageCallback = Callable[[EndpointRuntime, Usage, float], None]
 
 
 def _record(stats: EndpointStats, endpoint: EndpointRuntime, outcome: str, latency: float, ttft: float | None,
-            usage: Usage, on_usage: UsageCallback | None = None) -> float:
+            usage: Usage, on_usage: UsageCallback | None = None, account: UsageAccount | None = None) -> float:
     cost = request_cost(endpoint, usage)
     stats.record(endpoint.name, outcome, latency, ttft_s=ttft,
                  prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens, cost_usd=cost)
     if on_usage is not None:
         on_usage(endpoint, usage, cost)
+    if account is not None:
+        account.served(endpoint.model, outcome != "success", usage.prompt_tokens, usage.completion_tokens, cost)
     return cost
 
 
@@ -65,6 +68,7 @@ async def relay_json(
     translate: Callable[[bytes], tuple[bytes, Usage]],
     headers: dict[str, str],
     on_usage: UsageCallback | None = None,
+    account: UsageAccount | None = None,
 ) -> web.Response:
     loop = asyncio.get_running_loop()
     endpoint = success.endpoint.name
@@ -73,13 +77,16 @@ async def relay_json(
             raw = await upstream.read()
     except asyncio.CancelledError:
         stats.record(endpoint, "cancelled", loop.time() - success.started)
+        if account is not None:
+            account.served(success.endpoint.model)  # the client left; its usage is unknown
         raise
     except (aiohttp.ClientError, TimeoutError) as exc:
         failure = ProviderError(ErrorClass.RETRYABLE, f"response body lost ({type(exc).__name__})", endpoint=endpoint)
         stats.record(endpoint, failure.error_class, loop.time() - success.started)
         raise exhausted_error(failure, success.attempts) from None
     body, usage = translate(raw)
-    cost = _record(stats, success.endpoint, "success", loop.time() - success.started, None, usage, on_usage)
+    cost = _record(stats, success.endpoint, "success", loop.time() - success.started, None, usage, on_usage,
+                   account)
     headers["x-megarouter-cost-usd"] = f"{cost:.8f}"
     return web.Response(body=body, content_type="application/json", headers=headers)
 
@@ -91,6 +98,7 @@ async def relay_stream(
     translator: StreamTranslator,
     headers: dict[str, str],
     on_usage: UsageCallback | None = None,
+    account: UsageAccount | None = None,
 ) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
     response = web.StreamResponse(
@@ -111,9 +119,13 @@ async def relay_stream(
         except _ClientGone:
             # Leaving the `async with` closes the upstream call at once.
             stats.record(success.endpoint.name, "cancelled", loop.time() - success.started)
+            if account is not None:
+                account.served(success.endpoint.model)  # the client left; its usage is unknown
             return response
         except asyncio.CancelledError:
             stats.record(success.endpoint.name, "cancelled", loop.time() - success.started)
+            if account is not None:
+                account.served(success.endpoint.model)
             raise
         except (aiohttp.ClientError, TimeoutError, asyncio.IncompleteReadError):
             interrupted = True  # the upstream broke or went silent
@@ -123,7 +135,8 @@ async def relay_stream(
     elif interrupted or not translator.complete:
         outcome = "stream_interrupted"
     ttft = success.first_chunk_at - success.started
-    _record(stats, success.endpoint, outcome, loop.time() - success.started, ttft, translator.usage, on_usage)
+    _record(stats, success.endpoint, outcome, loop.time() - success.started, ttft, translator.usage, on_usage,
+            account)
     try:
         if outcome == "stream_interrupted":
             await _write(response, request, STREAM_INTERRUPTED)

@@ -1,22 +1,30 @@
-"""Reports per-endpoint stats to the control plane every few seconds.
+"""Reports per-endpoint stats and usage to the control plane every few seconds.
 
-Best effort: counters drained for a report that cannot be sent are dropped,
-never queued without bound — the proxy's own routing does not depend on
-them, only the fleet view does.
+Endpoint counters are best effort: drained for a report that cannot be
+sent, they are dropped — the proxy's own routing does not depend on them,
+only the fleet view does. Usage records (analytics and chargeback) are kept:
+a report that cannot be written gives its usage back to the stats, merged
+into what accumulates meanwhile (bounded by the number of distinct usage
+keys, never a queue of reports), and it goes out with the next report.
+On shutdown a last report is sent, briefly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 
 import grpc
 
 from dataplane.discovery_client import CHANNEL_OPTIONS
-from dataplane.stats import EndpointCounters, EndpointStats
+from dataplane.stats import EndpointCounters, EndpointStats, UsageCounters, UsageKey
 from megarouter.v1 import discovery_pb2, telemetry_pb2, telemetry_pb2_grpc
 
 log = logging.getLogger("megarouter.proxy.telemetry")
+
+FINAL_REPORT_TIMEOUT_S = 2.0
+_EPOCH_DAY = datetime.date(1970, 1, 1).toordinal()
 
 
 def build_report(stats: EndpointStats, interval_s: float) -> telemetry_pb2.StatsReport:
@@ -43,6 +51,43 @@ def build_report(stats: EndpointStats, interval_s: float) -> telemetry_pb2.Stats
     return report
 
 
+def _day(days_since_epoch: int) -> str:
+    return datetime.date.fromordinal(_EPOCH_DAY + days_since_epoch).isoformat()
+
+
+def add_usage(report: telemetry_pb2.StatsReport, usage: dict[UsageKey, UsageCounters]) -> None:
+    days: dict[int, str] = {}
+    for (key, node, model, route, day), counters in usage.items():
+        text = days.get(day)
+        if text is None:
+            text = days[day] = _day(day)
+        report.usage.append(telemetry_pb2.UsageRecord(
+            key=key, node=node, model=model, route=route, day=text, requests=counters.requests,
+            errors=counters.errors, prompt_tokens=counters.prompt_tokens,
+            completion_tokens=counters.completion_tokens, cost_usd=counters.cost_usd,
+        ))
+
+
+async def _send(call, stats: EndpointStats, report: telemetry_pb2.StatsReport) -> None:
+    """Write one report with the usage counted so far; on failure the usage goes back."""
+    usage = stats.drain_usage()
+    add_usage(report, usage)
+    try:
+        await call.write(report)
+    except BaseException:
+        stats.restore_usage(usage)
+        raise
+
+
+async def _final_report(call, stats: EndpointStats, interval_s: float, node: discovery_pb2.Node | None) -> None:
+    report = build_report(stats, interval_s)
+    if node is not None:
+        report.node.CopyFrom(node)
+    await _send(call, stats, report)
+    await call.done_writing()
+    await call  # the control plane has read every report
+
+
 async def report_stats(
     addresses: list[str], node: discovery_pb2.Node, stats: EndpointStats, interval_s: float
 ) -> None:
@@ -54,15 +99,26 @@ async def report_stats(
             async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
                 call = telemetry_pb2_grpc.TelemetryStub(channel).ReportStats()
                 first = True
-                while True:
-                    await asyncio.sleep(interval_s)
-                    report = build_report(stats, interval_s)
-                    if first:
-                        report.node.CopyFrom(node)
-                    await call.write(report)
-                    first = False
+                try:
+                    while True:
+                        await asyncio.sleep(interval_s)
+                        report = build_report(stats, interval_s)
+                        if first:
+                            report.node.CopyFrom(node)
+                        await _send(call, stats, report)
+                        first = False
+                except asyncio.CancelledError:
+                    # Shutting down: deliver the usage counted since the last report.
+                    try:
+                        await asyncio.wait_for(_final_report(call, stats, interval_s, node if first else None),
+                                               FINAL_REPORT_TIMEOUT_S)
+                    except (Exception, asyncio.CancelledError):
+                        log.debug("last telemetry report to %s not delivered", address)
+                    raise
         except grpc.aio.AioRpcError as exc:
             log.debug("telemetry stream to %s failed: %s", address, exc.code().name)
+        except asyncio.InvalidStateError:
+            log.debug("telemetry stream to %s ended", address)  # the control plane went away
         except Exception:
             log.exception("telemetry stream to %s failed unexpectedly", address)
         await asyncio.sleep(min(interval_s, 1.0))

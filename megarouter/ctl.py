@@ -7,6 +7,7 @@
   megarouterctl tokens create NAME --role R   create an operator token (admin/operator/viewer/billing)
   megarouterctl proxies                       connected proxies and their table versions
   megarouterctl health                        fleet-wide endpoint health
+  megarouterctl usage --node N --by model     requests, tokens and cost per key, node, model, route, day
   megarouterctl whatif --profile NAME         monthly cost of a workload under each strategy
 """
 
@@ -186,6 +187,55 @@ async def cmd_budgets(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) 
     return 0
 
 
+_USAGE_COUNTERS = ["requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd"]
+
+
+def _time_ms(text: str | None, option: str, end_of_day: bool = False) -> int:
+    """'7d', '12h', '90m' ago, a date (UTC; with `end_of_day` the day is
+    included), or an ISO time, as Unix ms; None: unbounded (0)."""
+    if not text:
+        return 0
+    units = {"d": 86400, "h": 3600, "m": 60}
+    if text[-1:] in units and text[:-1].isdigit():
+        return int((time.time() - int(text[:-1]) * units[text[-1]]) * 1000)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise CtlError(f"{option} {text!r}: use a duration ago like 7d, 12h, 90m, a date or an ISO time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    ms = int(when.timestamp() * 1000)
+    if end_of_day and len(text) == 10:  # a bare date: through the end of that day
+        ms += 86400 * 1000
+    return ms
+
+
+async def cmd_usage(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -> int:
+    group_by = [d.strip() for d in (args.by or "").split(",") if d.strip()]
+    response = await stub.QueryUsage(admin_pb2.QueryUsageRequest(
+        node=args.node or "", key=args.key or "", group_by=group_by,
+        since_unix_ms=_time_ms(args.since, "--since"), until_unix_ms=_time_ms(args.until, "--until", True)))
+    dimensions = list(dict.fromkeys(group_by))
+    rows = sorted(response.rows, key=lambda r: (-r.cost_usd, -r.requests,
+                                                [r.dimensions.get(d, "") for d in dimensions]))
+    items = [{**{d: row.dimensions.get(d, "") for d in dimensions},
+              **{c: getattr(row, c) for c in _USAGE_COUNTERS}} for row in rows]
+    total = {c: sum(item[c] for item in items) for c in _USAGE_COUNTERS}
+    if args.output == "json":
+        print(json.dumps({"rows": items, "total": total}, indent=2))
+        return 0
+    if args.output == "yaml":
+        print(yaml.safe_dump({"rows": items, "total": total}, sort_keys=False), end="")
+        return 0
+    # Table: a row per group (empty values shown as "-"), then the total.
+    columns = dimensions or ["usage"]
+    shown = [{**item, **{d: item[d] or "-" for d in dimensions}, "cost_usd": f"{item['cost_usd']:.6f}"}
+             for item in items] if dimensions else []
+    shown.append({columns[0]: "TOTAL", **total, "cost_usd": f"{total['cost_usd']:.6f}"})
+    print_items(shown, [*columns, *_USAGE_COUNTERS], "table")
+    return 0
+
+
 async def cmd_whoami(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -> int:
     who = await stub.WhoAmI(admin_pb2.WhoAmIRequest())
     print(f"token: {who.token}")
@@ -293,6 +343,18 @@ def build_parser() -> argparse.ArgumentParser:
     budgets = sub.add_parser("budgets", help="spend against each budget in its current window")
     budgets.add_argument("-o", "--output", choices=output_choices, default="table")
     budgets.set_defaults(handler=cmd_budgets)
+
+    usage = sub.add_parser("usage", help="usage by key, node, model, route or day: requests, errors, tokens, cost",
+                           description="Usage of the API keys this token may read usage of, summed over the "
+                           "chosen dimensions, by cost (highest first), with a total. A node includes its subtree.")
+    usage.add_argument("--node", help="only keys at this org node or below it")
+    usage.add_argument("--key", help="only this API key")
+    usage.add_argument("--by", metavar="DIM[,DIM...]", help="group by node, key, model, route and/or day "
+                       "(default: one total)")
+    usage.add_argument("--since", help="from: a duration ago (7d, 12h), a date (UTC) or an ISO time")
+    usage.add_argument("--until", help="to: a duration ago, a date (included) or an ISO time (default: now)")
+    usage.add_argument("-o", "--output", choices=output_choices, default="table")
+    usage.set_defaults(handler=cmd_usage)
 
     whoami = sub.add_parser("whoami", help="the token in use, its roles and permissions")
     whoami.set_defaults(handler=cmd_whoami)

@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from megarouter.admin_client import admin_channel
-from megarouter.v1 import admin_pb2
+from megarouter.v1 import admin_pb2, routing_pb2
 from tests.conftest import API_KEY, System, start_controlplane
 from tests.harness import start_service
 
@@ -72,14 +72,14 @@ async def test_cost_picks_cheapest_meeting_the_floor(pool: System) -> None:
 
 async def test_strategy_set_on_route_and_globally(pool: System) -> None:
     client = openai.AsyncOpenAI(base_url=pool.base_url(), api_key=API_KEY, max_retries=0)
-    defaults = await pool.admin.PutDefaults(admin_pb2.routing__pb2.Defaults(strategy=2))  # STRATEGY_COST
+    defaults = await pool.admin.PutDefaults(routing_pb2.Defaults(strategy=routing_pb2.STRATEGY_COST))  # STRATEGY_COST
     await pool.wait_proxy_version(defaults.revision)
     raw = await client.chat.completions.with_raw_response.create(model="pool", messages=[{"role": "user",
                                                                                           "content": "hi"}])
     assert raw.headers["x-megarouter-strategy"] == "cost"
     assert raw.headers["x-megarouter-endpoint"] == "e-cheap"
     route = await pool.admin.GetRoute(admin_pb2.GetRequest(name="pool"))
-    route.strategy = 4  # STRATEGY_AVAILABILITY overrides the global default
+    route.strategy = routing_pb2.STRATEGY_AVAILABILITY  # overrides the global default
     put = await pool.admin.PutRoute(route)
     await pool.wait_proxy_version(put.revision)
     raw = await client.chat.completions.with_raw_response.create(model="pool", messages=[{"role": "user",

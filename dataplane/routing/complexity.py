@@ -37,7 +37,8 @@ How the score is made
    in `gain` (no ties are created) and calibrated ≈ P(weak model fails where
    the strong one succeeds) on data like the training data; it is a monotone
    score, not a calibrated probability, for traffic unlike it. Trivial
-   requests (empty, or a short greeting/thanks without tools) get score 0.0.
+   requests (empty, or a short greeting/thanks as the last user message of a
+   request under 1,000 estimated tokens, without tools or media) get 0.0.
 
 `needed_quality` (1..5, the catalog's quality_tier scale) maps `score` with
 the thresholds stored in the weights file (chosen on out-of-fold predictions
@@ -58,8 +59,20 @@ every message, + 4 per message, + ceil(characters / 4) of the JSON of
 `tools`/`functions`/`response_format`'s schema, + 85 per image/audio/file
 part (OpenAI's low-detail image cost, a lower bound). No tokenizer.
 
+Measured (bench/routellm_eval.py, held-out half of the RouteLLM data, never
+used for training or thresholds): APGR 0.683 on MMLU (95 % bootstrap CI
+0.653-0.715; prompt length alone 0.597, random 0.500) and 0.599 on GSM8K
+(CI 0.544-0.674; length alone 0.567). The issue's target of 0.70 is not
+reached: on MMLU most of the learnable signal is the subject (knowing the
+exact MMLU domain alone gives ≈ 0.655 in cross-validation), and on GSM8K the
+strong model is right on 83-91 % of problems in every length decile of the
+tune split, so the gain is whether the weak model slips, which cheap prompt
+features barely predict beyond length.
+Timing: ≈ 0.1 ms median on MMLU/GSM8K prompts, ≈ 0.4 ms for a 4k-token
+prompt (text caps), one core, CPython 3.11.
+
 Zero data retention: nothing here logs, stores or caches prompt text; the
-only state is the weights file read once at import of the first estimate.
+only state is the weights file, read once on the first estimate.
 """
 
 from __future__ import annotations
@@ -93,7 +106,7 @@ MODEL_PATH = Path(__file__).with_name("complexity_model.json")
 
 # Work caps: n-grams and cue regexes read at most this much of the last user
 # message (its head and its tail); lengths are measured on everything.
-_HEAD_CHARS = 3000
+_HEAD_CHARS = 2000
 _TAIL_CHARS = 1000
 _SYSTEM_CUE_CHARS = 1000
 
@@ -263,7 +276,7 @@ _CUES: tuple[tuple[str, frozenset[str], float], ...] = (
         "solve", "calculate", "compute", "evaluate", "simplify", "integral", "integrate", "derivative",
         "differentiate", "equation", "equations", "probability", "percent", "percentage", "average", "prime",
         "factorise", "factorize", "matrix", "theorem", "how many", "how much", "sum of", "product of", "\\ frac",
-        "\\ int", "%"), 1.0),
+        "\\ int", "%", "how far", "how long", "how old", "how fast", "in total", "altogether", "total"), 1.0),
     ("reasoning", _cues(
         "prove", "proof", "reasoning", "analyse", "analyze", "compare", "contrast", "deduce", "infer", "logic",
         "logical", "tradeoff", "tradeoffs", "justify", "strategy", "plan", "step by", "explain why", "why does",
@@ -272,6 +285,10 @@ _CUES: tuple[tuple[str, frozenset[str], float], ...] = (
 _TASK_PRIORITY = {t: i for i, t in enumerate(("extraction", "summarisation", "classification", "code", "maths",
                                                "reasoning", "chat"))}
 _STRONG_MATHS = frozenset(("\\ frac", "\\ int", "integral", "derivative", "equation", "equations"))
+_NUMBER_WORDS = frozenset((
+    "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "fifteen",
+    "twenty", "thirty", "forty", "fifty", "hundred", "thousand", "million", "half", "third", "thirds", "quarter",
+    "twice", "double", "triple", "dozen"))
 _ARITHMETIC = re.compile(r"\d\s*[-+*/^×÷=]\s*\d")
 
 
@@ -283,8 +300,12 @@ def _detect_task(grams: dict[str, None], system: set[str], capped: str, json_out
         hits = len(present)
         if system:
             hits += len((system & cues) - present)
-        if task == "maths" and _ARITHMETIC.search(capped):
-            hits += 1
+        if task == "maths":
+            quantities = numbers + len(grams.keys() & _NUMBER_WORDS)
+            if _ARITHMETIC.search(capped):
+                hits += 1
+            if quantities >= 3 and not mc and "?" in grams:
+                hits += 1     # a question over several quantities: a word problem
         if not hits and not (task == "code" and code_lines):
             continue
         score = weight * hits
@@ -295,7 +316,7 @@ def _detect_task(grams: dict[str, None], system: set[str], capped: str, json_out
             elif hits == 1 and not code_lines:
                 score *= 0.5          # a lone "function"/"program" word is weak evidence
         elif task == "maths":
-            if numbers >= 2 or any(k in grams for k in _STRONG_MATHS):
+            if quantities >= 2 or any(k in grams for k in _STRONG_MATHS):
                 score += 0.5
             else:
                 score *= 0.5
@@ -310,13 +331,14 @@ def _detect_task(grams: dict[str, None], system: set[str], capped: str, json_out
     return best
 
 
-_CODE_SYNTAX = re.compile(r"^\s*(def |class |import |from \S+ import|#include|public |function |const |let |var |"
-                          r"SELECT |for \(|if \(|return )|[;{}]\s*$", re.MULTILINE)
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
-_MC_OPTION = re.compile(r"(?:^|\n)\s*\(?[A-Da-d][.)]\s")
+# Lines that look like code: a keyword at a line start, or a line ending in ; { or }.
+_CODE_START = re.compile(r"\n[ \t]*(?:def |class |import |from \S+ import|#include|public |function |const |let |"
+                         r"var |SELECT |for \(|if \(|return )")
+_CODE_END = re.compile(r"[;{}][ \t]*$", re.MULTILINE)
+_MC_MARKS = tuple(tuple(f"\n{fmt.format(letter)} " for fmt in ("{}.", "{})", "({})")) for letter in "ABCD")
 _SENTENCE_END = re.compile(r"[.?!](?:\s|$)")
-_CAPITALISED = re.compile(r"\b[A-Z][a-z]+")
-_TOKEN = re.compile(r"\w+|[^\w\s]")
+_CAPITALISED = re.compile(r"[A-Z][a-z]+")
+_TOKEN = re.compile(r"\w+|\S")   # words, and every other non-space character alone
 _TRIVIAL = re.compile(
     r"^\W*(hi|hello|hey|hiya|yo|howdy|greetings|good (morning|afternoon|evening|night)|thanks?( you)?( so much)?|"
     r"thank you( very much)?|thx|ty|ok(ay)?|cool|great|nice|bye|goodbye|see you|cheers|how are you( doing)?( today)?|"
@@ -357,6 +379,7 @@ def features(payload: Any) -> _Features:
         capped = user
     lower = capped.lower()
     toks = _TOKEN.findall(lower)
+    numbers = sum(map(str.isdigit, toks))
     # A dict, not a set: distinct n-grams in first-occurrence order, so sums over them are reproducible.
     ngrams = dict.fromkeys(toks)
     if len(toks) > 1:
@@ -365,9 +388,8 @@ def features(payload: Any) -> _Features:
     fmt = payload.get("response_format") if isinstance(payload, dict) else None
     fmt_type = fmt.get("type") if isinstance(fmt, dict) else None
     json_output = fmt_type in ("json_schema", "json_object")
-    code_lines = len(_CODE_SYNTAX.findall(capped))
-    numbers = len(_NUMBER.findall(capped))
-    mc = len(_MC_OPTION.findall(capped)) >= 3
+    code_lines = len(_CODE_START.findall("\n" + capped)) + len(_CODE_END.findall(capped))
+    mc = sum(1 for marks in _MC_MARKS if any(m in capped for m in marks)) >= 3
     system: set[str] = set()
     if parsed.system:
         stoks = _TOKEN.findall(parsed.system.lower())
@@ -393,7 +415,7 @@ def features(payload: Any) -> _Features:
     dense.extend(1.0 if task == t else 0.0 for t in TASKS)
 
     tools = payload.get("tools") or payload.get("functions") if isinstance(payload, dict) else None
-    trivial = (not tools and parsed.n_media == 0 and len(user) <= 60
+    trivial = (not tools and parsed.n_media == 0 and len(user) <= 60 and _tokens_of(parsed) < 1000
                and (not user.strip() or _TRIVIAL.match(user) is not None))
     return _Features(ngrams, dense, task, parsed, trivial, fmt_type == "json_schema")
 

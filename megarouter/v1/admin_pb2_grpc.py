@@ -241,6 +241,11 @@ class AdminStub:
                 request_serializer=megarouter_dot_v1_dot_admin__pb2.GetRoutingTableRequest.SerializeToString,
                 response_deserializer=megarouter_dot_v1_dot_routing__pb2.RoutingTable.FromString,
                 _registered_method=True)
+        self.QueryUsage = channel.unary_unary(
+                '/megarouter.v1.Admin/QueryUsage',
+                request_serializer=megarouter_dot_v1_dot_admin__pb2.QueryUsageRequest.SerializeToString,
+                response_deserializer=megarouter_dot_v1_dot_admin__pb2.QueryUsageResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -500,6 +505,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QueryUsage(self, request, context):
+        """Usage analytics: request, error, token and cost totals, grouped by
+        dimensions, over the keys the caller may read usage of.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -707,6 +720,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetRoutingTable,
                     request_deserializer=megarouter_dot_v1_dot_admin__pb2.GetRoutingTableRequest.FromString,
                     response_serializer=megarouter_dot_v1_dot_routing__pb2.RoutingTable.SerializeToString,
+            ),
+            'QueryUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryUsage,
+                    request_deserializer=megarouter_dot_v1_dot_admin__pb2.QueryUsageRequest.FromString,
+                    response_serializer=megarouter_dot_v1_dot_admin__pb2.QueryUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1816,6 +1834,33 @@ class Admin:
             '/megarouter.v1.Admin/GetRoutingTable',
             megarouter_dot_v1_dot_admin__pb2.GetRoutingTableRequest.SerializeToString,
             megarouter_dot_v1_dot_routing__pb2.RoutingTable.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/megarouter.v1.Admin/QueryUsage',
+            megarouter_dot_v1_dot_admin__pb2.QueryUsageRequest.SerializeToString,
+            megarouter_dot_v1_dot_admin__pb2.QueryUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

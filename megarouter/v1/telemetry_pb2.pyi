@@ -40,15 +40,41 @@ class EndpointStats(_message.Message):
     ejected: bool
     def __init__(self, endpoint: _Optional[str] = ..., requests: _Optional[int] = ..., successes: _Optional[int] = ..., errors_by_class: _Optional[_Mapping[str, int]] = ..., latency_ms_sum: _Optional[float] = ..., ttft_ms_sum: _Optional[float] = ..., ttft_count: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cost_usd: _Optional[float] = ..., ejected: _Optional[bool] = ...) -> None: ...
 
+class UsageRecord(_message.Message):
+    __slots__ = ("key", "node", "model", "route", "day", "requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    DAY_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    node: str
+    model: str
+    route: str
+    day: str
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    def __init__(self, key: _Optional[str] = ..., node: _Optional[str] = ..., model: _Optional[str] = ..., route: _Optional[str] = ..., day: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cost_usd: _Optional[float] = ...) -> None: ...
+
 class StatsReport(_message.Message):
-    __slots__ = ("node", "interval_ms", "endpoints")
+    __slots__ = ("node", "interval_ms", "endpoints", "usage")
     NODE_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     node: _discovery_pb2.Node
     interval_ms: int
     endpoints: _containers.RepeatedCompositeFieldContainer[EndpointStats]
-    def __init__(self, node: _Optional[_Union[_discovery_pb2.Node, _Mapping]] = ..., interval_ms: _Optional[int] = ..., endpoints: _Optional[_Iterable[_Union[EndpointStats, _Mapping]]] = ...) -> None: ...
+    usage: _containers.RepeatedCompositeFieldContainer[UsageRecord]
+    def __init__(self, node: _Optional[_Union[_discovery_pb2.Node, _Mapping]] = ..., interval_ms: _Optional[int] = ..., endpoints: _Optional[_Iterable[_Union[EndpointStats, _Mapping]]] = ..., usage: _Optional[_Iterable[_Union[UsageRecord, _Mapping]]] = ...) -> None: ...
 
 class StatsAck(_message.Message):
     __slots__ = ("reports_received",)
