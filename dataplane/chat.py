@@ -25,6 +25,7 @@ from dataplane.failover.engine import first_success
 from dataplane.providers.base import Usage
 from dataplane.relay import relay_json, relay_stream
 from dataplane.routing import router
+from dataplane.routing.complexity import estimate
 from dataplane.routing.controls import explanation, read_controls
 from dataplane.routing.needs import Needs, chat_needs
 from dataplane.stats import EndpointStats, UsageAccount
@@ -154,8 +155,6 @@ class ChatHandler:
         strategy = controls.strategy or key.default_strategy or target.strategy or table.default_strategy
         needs = chat_needs(payload, controls.min_quality)
         if strategy == "cost":
-            from dataplane.routing.complexity import estimate  # TEMP: until the module lands
-
             needs = replace(needs, needed_quality=estimate(payload).needed_quality)
         try:
             route_plan = router.plan(target, needs, strategy, self._stats.health,

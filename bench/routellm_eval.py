@@ -1,0 +1,380 @@
+"""Offline evaluation of the complexity estimate on the RouteLLM data.
+
+    .venv/bin/python bench/routellm_eval.py            # table + timing, < 2 minutes
+    .venv/bin/python bench/routellm_eval.py --no-timing
+
+Data: data/routellm/ (copied from lm-sys/RouteLLM, Apache-2.0; see its
+README): per-question correctness of GPT-4 (strong) and Mixtral-8x7B (weak)
+on 57 MMLU domains and on GSM8K.
+
+Split (fixed, deterministic, documented in data/routellm/README.md): a
+question belongs to the *tune* half when the first 8 hex digits of
+sha256(prompt, UTF-8), read as an integer, are even, else to the *held-out*
+half. Identical prompts therefore always land together. Training
+(scripts/train_complexity.py), its cross-validation and every threshold use
+the tune half only; this script reports on the held-out half.
+
+Metrics (RouteLLM's definitions). A router gives each query a score; it sends
+the top-scored fraction f of the queries to the strong model. For k = 0..n
+queries sent, q(k) = mean correctness of the mix and
+PGR(k) = (q(k) - q_weak) / (q_strong - q_weak) = G(k) / (S - W), where G(k)
+is the summed (strong - weak) correctness of the k top-scored queries and S,
+W the strong and weak totals. Ties in the score are broken fairly by taking
+the expectation over random orderings: inside a block of tied queries G grows
+linearly. APGR = ∫ PGR df over [0, 1], integrated exactly over all n + 1
+ranks with the trapezoidal rule (exact for this piecewise-linear curve).
+CPT(x) = the smallest k/n with PGR(k) >= x. Random routing: E[PGR(k)] = k/n,
+so APGR = 0.5 and CPT(x) = ceil(x·n)/n exactly (the analytic expectation is
+reported; no sampling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = ROOT / "data" / "routellm"
+WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+STRONG = "gpt-4-1106-preview"
+DATASETS = ("mmlu", "gsm8k")
+
+# Completion lengths for the cost estimate. GSM8K: the recorded responses'
+# lengths (characters / 4). MMLU: no responses are recorded; the prompt asks
+# for one option letter, so a short answer is assumed.
+MMLU_COMPLETION_TOKENS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    dataset: str
+    domain: str
+    prompt: str
+    weak: int            # 1 when the weak model answered correctly
+    strong: int          # 1 when the strong model answered correctly
+    split: str           # "tune" | "heldout"
+    fold: int            # 0..4, for cross-validation inside the tune split
+    weak_completion_tokens: int
+    strong_completion_tokens: int
+
+
+def _hash(prompt: str) -> int:
+    return int(hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:8], 16)
+
+
+def split_of(prompt: str) -> str:
+    return "tune" if _hash(prompt) % 2 == 0 else "heldout"
+
+
+def fold_of(prompt: str, folds: int = 5) -> int:
+    return (_hash(prompt) // 2) % folds
+
+
+def _item(dataset: str, domain: str, row: dict[str, str]) -> Item:
+    prompt = row["prompt"]
+    if dataset == "gsm8k":
+        weak_tokens = -(-int(row[f"{WEAK}_response_chars"]) // 4)
+        strong_tokens = -(-int(row[f"{STRONG}_response_chars"]) // 4)
+    else:
+        weak_tokens = strong_tokens = MMLU_COMPLETION_TOKENS
+    return Item(dataset, domain, prompt, int(row[WEAK] == "True"), int(row[STRONG] == "True"),
+                split_of(prompt), fold_of(prompt), weak_tokens, strong_tokens)
+
+
+def load(dataset: str, split: str | None = None, data_dir: Path = DATA_DIR) -> list[Item]:
+    """The questions of one dataset ("mmlu" or "gsm8k"), optionally of one split, in file order."""
+    items: list[Item] = []
+    if dataset == "mmlu":
+        for path in sorted((data_dir / "mmlu").glob("mmlu_*.csv")):
+            domain = path.stem[len("mmlu_"):]
+            with path.open(newline="", encoding="utf-8") as fh:
+                items.extend(_item("mmlu", domain, row) for row in csv.DictReader(fh))
+    elif dataset == "gsm8k":
+        with (data_dir / "gsm8k.csv").open(newline="", encoding="utf-8") as fh:
+            items.extend(_item("gsm8k", "gsm8k", row) for row in csv.DictReader(fh))
+    else:
+        raise ValueError(f"unknown dataset {dataset!r}")
+    return [it for it in items if split is None or it.split == split]
+
+
+def payload_of(prompt: str) -> dict:
+    """The chat request a client would send for one evaluation question."""
+    return {"model": "auto", "messages": [{"role": "user", "content": prompt}]}
+
+
+# ---------------------------------------------------------------------------
+# Metrics
+
+
+def pgr_curve(scores: Sequence[float], strong: Sequence[int], weak: Sequence[int]) -> list[float]:
+    """PGR after sending the k top-scored queries to the strong model, k = 0..n (ties: expectation)."""
+    n = len(scores)
+    total = sum(strong) - sum(weak)
+    if total <= 0:
+        raise ValueError("the strong model must beat the weak one for PGR to be defined")
+    order = sorted(range(n), key=lambda i: -scores[i])
+    curve = [0.0] * (n + 1)
+    k = 0
+    acc = 0.0
+    while k < n:
+        j = k
+        s0 = scores[order[k]]
+        while j < n and scores[order[j]] == s0:
+            j += 1
+        block = sum(strong[order[t]] - weak[order[t]] for t in range(k, j))
+        m = j - k
+        for t in range(1, m + 1):
+            curve[k + t] = (acc + block * t / m) / total
+        acc += block
+        k = j
+    return curve
+
+
+def apgr(curve: Sequence[float]) -> float:
+    """Area under PGR(f), f = k/n, by the trapezoidal rule over every rank (exact for the curve)."""
+    n = len(curve) - 1
+    return (sum(curve) - 0.5 * (curve[0] + curve[-1])) / n
+
+
+def cpt(curve: Sequence[float], x: float) -> float:
+    """Smallest share of strong calls f = k/n with PGR >= x."""
+    n = len(curve) - 1
+    for k, value in enumerate(curve):
+        if value >= x - 1e-12:
+            return k / n
+    return 1.0
+
+
+def metrics(scores: Sequence[float], strong: Sequence[int], weak: Sequence[int]) -> dict[str, float]:
+    curve = pgr_curve(scores, strong, weak)
+    return {"apgr": apgr(curve), "cpt50": cpt(curve, 0.5), "cpt80": cpt(curve, 0.8)}
+
+
+def random_metrics(n: int) -> dict[str, float]:
+    """The analytic expectation for random routing: E[PGR(k)] = k/n."""
+    return {"apgr": 0.5, "cpt50": math.ceil(0.5 * n) / n, "cpt80": math.ceil(0.8 * n) / n}
+
+
+def routed_pgr(strong_calls: Sequence[bool], strong: Sequence[int], weak: Sequence[int]) -> float:
+    """PGR of one concrete routing decision per query."""
+    gained = sum(s - w for call, s, w in zip(strong_calls, strong, weak, strict=True) if call)
+    return gained / (sum(strong) - sum(weak))
+
+
+def bootstrap_apgr(scores: Sequence[float], strong: Sequence[int], weak: Sequence[int],
+                   resamples: int = 200, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile interval of APGR over resamples of the queries (fixed seed)."""
+    import random
+
+    rng = random.Random(seed)
+    n = len(scores)
+    values = []
+    while len(values) < resamples:
+        idx = [rng.randrange(n) for _ in range(n)]
+        s = [strong[i] for i in idx]
+        w = [weak[i] for i in idx]
+        if sum(s) <= sum(w):
+            continue
+        values.append(apgr(pgr_curve([scores[i] for i in idx], s, w)))
+    values.sort()
+    return values[int(0.025 * resamples)], values[int(0.975 * resamples) - 1]
+
+
+# ---------------------------------------------------------------------------
+# The report
+
+
+def _machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        load = "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+    except OSError:
+        load = "load average unknown"
+    return (f"{cpu}, {os.cpu_count()} CPUs ({load}); {platform.system()} {platform.release()}; "
+            f"{platform.python_implementation()} {platform.python_version()}")
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def evaluate(resamples: int) -> None:
+    from dataplane.routing.complexity import estimate, estimate_prompt_tokens, load_model
+    from megarouter.catalog import cost_usd, load_catalog
+
+    model = load_model()
+    strong_threshold = model.thresholds[2]
+    catalog = load_catalog()
+    expensive, cheap = catalog.get("openai/gpt-4o"), catalog.get("openai/gpt-4o-mini")
+
+    print("## Routing quality on the held-out split (RouteLLM data, strong = GPT-4-1106, weak = Mixtral-8x7B)\n")
+    print("| dataset | n | router | APGR | APGR 95% CI | CPT(50%) | CPT(80%) | strong share @ default "
+          "| PGR @ default |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    costs = []
+    for dataset in DATASETS:
+        items = load(dataset, "heldout")
+        strong = [it.strong for it in items]
+        weak = [it.weak for it in items]
+        payloads = [payload_of(it.prompt) for it in items]
+        results = [estimate(p) for p in payloads]
+        scores = [r.score for r in results]
+        lengths = [float(len(it.prompt)) for it in items]
+        oracle = [float(s - w) for s, w in zip(strong, weak, strict=True)]
+        calls = [s >= strong_threshold for s in scores]
+        share = sum(calls) / len(calls)
+        rows = [
+            ("random (expectation)", random_metrics(len(items)), None, None, None),
+            ("prompt length", metrics(lengths, strong, weak),
+             bootstrap_apgr(lengths, strong, weak, resamples) if resamples else None, None, None),
+            ("complexity estimate", metrics(scores, strong, weak),
+             bootstrap_apgr(scores, strong, weak, resamples) if resamples else None,
+             share, routed_pgr(calls, strong, weak)),
+            ("oracle", metrics(oracle, strong, weak), None, None, None),
+        ]
+        for name, m, ci, sh, pgr in rows:
+            ci_text = "-" if ci is None else f"{ci[0]:.3f}-{ci[1]:.3f}"
+            print(f"| {dataset} | {len(items)} | {name} | {m['apgr']:.3f} | {ci_text} | {m['cpt50']:.3f} | "
+                  f"{m['cpt80']:.3f} | {_fmt(sh)} | {_fmt(pgr)} |")
+        prompt_tokens = [estimate_prompt_tokens(p) for p in payloads]
+        always = sum(cost_usd(expensive, pt, it.strong_completion_tokens) for pt, it in zip(prompt_tokens, items,
+                                                                                              strict=True))
+        routed = sum(cost_usd(expensive, pt, it.strong_completion_tokens) if call
+                     else cost_usd(cheap, pt, it.weak_completion_tokens)
+                     for pt, it, call in zip(prompt_tokens, items, calls, strict=True))
+        q_strong, q_weak = sum(strong) / len(items), sum(weak) / len(items)
+        q_routed = sum(s if c else w for s, w, c in zip(strong, weak, calls, strict=True)) / len(items)
+        costs.append((dataset, len(items), share, always, routed, q_strong, q_weak, q_routed))
+
+    cv = model.meta.get("cv_tune", {})
+    print("\nDefault threshold: needed_quality >= 4, i.e. score >= "
+          f"{strong_threshold:.4f} (chosen on out-of-fold predictions of the tune split: PGR >= 80 % on each "
+          "dataset there). 95% CI: percentile bootstrap over questions, "
+          f"{resamples} resamples, seed 0. Tune-split 5-fold CV APGR of the estimator: "
+          + ", ".join(f"{ds} {v['apgr']:.3f}" for ds, v in cv.items()) + ".")
+
+    print("\n## Cost at the default threshold (ESTIMATE)\n")
+    print(f"Prices: {expensive.key} ${expensive.input_per_mtok}/{expensive.output_per_mtok} and {cheap.key} "
+          f"${cheap.input_per_mtok}/{cheap.output_per_mtok} per M input/output tokens (catalog) stand in for the "
+          "strong/weak pair; prompt tokens = estimate_prompt_tokens (chars/4); completion tokens = recorded "
+          f"response chars/4 (GSM8K) or {MMLU_COMPLETION_TOKENS} (MMLU, answer letter; assumed). Accuracy is that "
+          "of GPT-4-1106/Mixtral in the data, not of the priced models.\n")
+    print("| dataset | n | strong share | cost always-strong | cost routed | saving "
+          "| accuracy strong / weak / routed |")
+    print("|---|---|---|---|---|---|---|")
+    for dataset, n, share, always, routed, qs, qw, qr in costs:
+        print(f"| {dataset} | {n} | {share:.3f} | ${always:.4f} | ${routed:.4f} | {1 - routed / always:.1%} | "
+              f"{qs:.3f} / {qw:.3f} / {qr:.3f} |")
+
+
+def _timing_payloads() -> dict[str, list[dict]]:
+    mmlu = load("mmlu", "heldout")
+    gsm8k = load("gsm8k", "heldout")
+    step_m = max(1, len(mmlu) // 200)
+    step_g = max(1, len(gsm8k) // 100)
+    # A ~4k-token request: a long document (held-out MMLU law questions glued together) to summarise.
+    law = [it.prompt for it in mmlu if it.domain == "professional_law"]
+    doc, i = [], 0
+    while sum(map(len, doc)) < 16_400:
+        doc.append(law[i % len(law)])
+        i += 1
+    long_text = "Summarise the following case file in ten bullet points:\n\n" + "\n\n".join(doc)
+    tools = [{"type": "function", "function": {"name": f"tool_{k}", "description": "Look something up.",
+                                                "parameters": {"type": "object",
+                                                               "properties": {"q": {"type": "string"}}}}}
+             for k in range(5)]
+    chat = [
+        {"messages": [{"role": "user", "content": "hi"}]},
+        {"messages": [{"role": "system", "content": "You are a helpful assistant."},
+                      {"role": "user", "content": "What's a good name for a golden retriever puppy?"}]},
+        {"messages": [{"role": "system", "content": "You are a support agent for an online shop."},
+                      {"role": "user", "content": "My order #1234 has not arrived."},
+                      {"role": "assistant", "content": "Sorry to hear that! Let me check."},
+                      {"role": "user", "content": [{"type": "text", "text": "Here is the receipt, please refund."},
+                                                   {"type": "image_url", "image_url": {"url": "data:,"}}]}],
+         "tools": tools, "max_tokens": 1000},
+        {"messages": [{"role": "user", "content": "Extract the invoice number, date and total as JSON:\n"
+                                                  "Invoice INV-2291, 3 March 2025, total due EUR 1,240.00"}],
+         "response_format": {"type": "json_object"}},
+        {"messages": [{"role": "user", "content": "Write a Python function that merges overlapping intervals "
+                                                  "and explain its complexity.\n```python\ndef merge(xs):\n"
+                                                  "    pass\n```"}]},
+    ]
+    return {
+        "MMLU (held-out sample)": [payload_of(it.prompt) for it in mmlu[::step_m]],
+        "GSM8K (held-out sample)": [payload_of(it.prompt) for it in gsm8k[::step_g]],
+        "chat/tools/JSON/code": chat,
+        "long (~4k tokens)": [{"messages": [{"role": "user", "content": long_text}]}],
+    }
+
+
+def timing(repeat: int) -> None:
+    from dataplane.routing import complexity
+
+    try:  # one core
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    except (AttributeError, OSError):
+        pass
+    t0 = time.perf_counter()
+    complexity.load_model(complexity.MODEL_PATH)     # an explicit path always reads the file afresh
+    load_ms = (time.perf_counter() - t0) * 1e3
+    complexity.load_model()
+    print("\n## Timing of estimate() (pure Python, one core)\n")
+    print(f"Machine: {_machine()}. Weights file load (once per process): {load_ms:.1f} ms.\n")
+    print("| requests | n | prompt tokens (est.) | p50 µs | p99 µs | max µs |")
+    print("|---|---|---|---|---|---|")
+    everything = []
+    for name, payloads in _timing_payloads().items():
+        for p in payloads:          # warm-up
+            complexity.estimate(p)
+        samples = []
+        reps = repeat * (20 if len(payloads) < 10 else 1)
+        for _ in range(reps):
+            for p in payloads:
+                t = time.perf_counter_ns()
+                complexity.estimate(p)
+                samples.append((time.perf_counter_ns() - t) / 1e3)
+        everything.extend(samples)
+        tokens = [complexity.estimate_prompt_tokens(p) for p in payloads]
+        samples.sort()
+        print(f"| {name} | {len(payloads)} | {min(tokens)}-{max(tokens)} | {statistics.median(samples):.0f} | "
+              f"{samples[int(0.99 * (len(samples) - 1))]:.0f} | {samples[-1]:.0f} |")
+    everything.sort()
+    print(f"| all | | | {statistics.median(everything):.0f} | {everything[int(0.99 * (len(everything) - 1))]:.0f} | "
+          f"{everything[-1]:.0f} |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="RouteLLM offline evaluation of the complexity estimate.")
+    parser.add_argument("--no-timing", action="store_true", help="skip the timing micro-benchmark")
+    parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the CI (0: none)")
+    parser.add_argument("--repeat", type=int, default=20, help="timing repetitions per request")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    started = time.perf_counter()
+    evaluate(args.bootstrap)
+    if not args.no_timing:
+        timing(args.repeat)
+    print(f"\n(ran in {time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
