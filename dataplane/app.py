@@ -79,7 +79,9 @@ def _api(handler: str):
     async def handle(request: web.Request) -> web.StreamResponse:
         table = _table(request)
         key = authenticate(request, table)
-        payload = parse_body(await request.read())
+        raw = await request.read()
+        request["body_size"] = len(raw)
+        payload = parse_body(raw)
         return await getattr(request.app[STATE], handler).handle(request, table, key, payload)
 
     return handle

@@ -153,7 +153,7 @@ class ChatHandler:
         target = resolve(table, key, payload["model"])
         stream = payload.get("stream") is True
         strategy = controls.strategy or key.default_strategy or target.strategy or table.default_strategy
-        needs = chat_needs(payload, controls.min_quality)
+        needs = chat_needs(payload, controls.min_quality, request.get("body_size", 0))
         if strategy == "cost":
             needs = replace(needs, needed_quality=estimate(payload).needed_quality)
         try:

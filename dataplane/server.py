@@ -14,7 +14,6 @@ from aiohttp import web
 from dataplane.app import DEFAULT_MAX_BODY_BYTES, ProxyState, build_app
 from dataplane.discovery_client import DiscoveryClient, load_cached_table
 from dataplane.failover.outlier import BASE_EJECTION_S
-from dataplane.routing.complexity import load_model
 from dataplane.telemetry_client import report_stats
 from megarouter import __version__
 from megarouter.runtime import announce_ready, env_default, run_service, setup_logging, stop_event
@@ -55,7 +54,6 @@ def run(args: argparse.Namespace) -> int:
 async def serve(args: argparse.Namespace) -> int:
     stop = stop_event()
     addresses = [a.strip() for a in args.control_plane.split(",") if a.strip()]
-    load_model()  # the complexity estimator's weights: loaded before traffic, not on the first request
     state = ProxyState(ejection_base_s=args.ejection_base_s, node_id=args.node_id, control_plane=addresses)
     cache_path = Path(args.cache_file) if args.cache_file else None
     if cache_path is not None:

@@ -113,6 +113,7 @@ class EndpointStats:
         self._counters: dict[str, EndpointCounters] = {}
         self._outcome_children: dict[tuple[str, str], object] = {}
         self._latency_children: dict[str, object] = {}
+        self._token_children: dict[str, tuple] = {}
         self._client_children: dict[tuple[str, int], object] = {}
         self._usage: dict[UsageKey, UsageCounters] = {}
 
@@ -167,9 +168,13 @@ class EndpointStats:
             latency = self._latency_children[endpoint] = UPSTREAM_LATENCY.labels(endpoint)
         latency.observe(latency_s)  # type: ignore[attr-defined]
         if prompt_tokens or completion_tokens:
-            TOKENS.labels(endpoint, "prompt").inc(prompt_tokens)
-            TOKENS.labels(endpoint, "completion").inc(completion_tokens)
-            COST.labels(endpoint).inc(cost_usd)
+            children = self._token_children.get(endpoint)
+            if children is None:
+                children = self._token_children[endpoint] = (
+                    TOKENS.labels(endpoint, "prompt"), TOKENS.labels(endpoint, "completion"), COST.labels(endpoint))
+            children[0].inc(prompt_tokens)
+            children[1].inc(completion_tokens)
+            children[2].inc(cost_usd)
 
     def _rates(self, endpoint: str, now: float) -> tuple[float, float | None, float]:
         """This endpoint's success probability, its peers' mean, and its sample weight."""

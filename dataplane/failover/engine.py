@@ -126,7 +126,8 @@ async def _first_chunk(
     loop = asyncio.get_running_loop()
     timeout = max(0.0, min(policy.ttft_timeout_s, deadline - loop.time()))
     try:
-        chunk = await asyncio.wait_for(response.content.readany(), timeout)
+        async with asyncio.timeout(timeout):  # cheaper than wait_for: no extra task
+            chunk = await response.content.readany()
     except TimeoutError:
         response.close()
         raise ProviderError(ErrorClass.TIMEOUT, f"no first chunk within {timeout:g}s",

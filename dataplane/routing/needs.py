@@ -44,7 +44,11 @@ def approx_prompt_tokens(messages: Any) -> int:
     return chars // _CHARS_PER_TOKEN + images * _TOKENS_PER_IMAGE + len(messages) * _TOKENS_PER_MESSAGE
 
 
-def chat_needs(payload: dict[str, Any], min_quality: int = 0) -> Needs:
+def chat_needs(payload: dict[str, Any], min_quality: int = 0, body_size: int = 0) -> Needs:
+    """What the request needs. `body_size` (the raw JSON's length), when
+    given, stands in for walking every message to estimate the prompt: the
+    JSON syntax it includes makes it a slight overestimate, which is the safe
+    side for context-window checks and budget reservations."""
     capabilities = set()
     if payload.get("tools") and payload.get("tool_choice") != "none":
         capabilities.add("tools")
@@ -54,18 +58,22 @@ def chat_needs(payload: dict[str, Any], min_quality: int = 0) -> Needs:
     if isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema"):
         capabilities.add("json_mode")
     messages = payload.get("messages") or ()
+    images = 0
     for message in messages:
         content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list) and any(
-            isinstance(part, dict) and part.get("type") == "image_url" for part in content
-        ):
-            capabilities.add("vision")
-            break
-    tools_tokens = len(str(payload.get("tools") or "")) // _CHARS_PER_TOKEN
+        if isinstance(content, list):
+            images += sum(1 for part in content if isinstance(part, dict) and part.get("type") == "image_url")
+    if images:
+        capabilities.add("vision")
+    if body_size:
+        # base64 images are counted at a flat rate, not by their bytes.
+        prompt_tokens = body_size // _CHARS_PER_TOKEN if not images else approx_prompt_tokens(messages)
+    else:
+        prompt_tokens = approx_prompt_tokens(messages) + len(str(payload.get("tools") or "")) // _CHARS_PER_TOKEN
     output = payload.get("max_completion_tokens") or payload.get("max_tokens") or 0
     return Needs(
         capabilities=frozenset(capabilities),
-        prompt_tokens=approx_prompt_tokens(messages) + tools_tokens,
+        prompt_tokens=prompt_tokens,
         output_tokens=output if isinstance(output, int) else 0,
         min_quality=min_quality,
     )

@@ -95,6 +95,9 @@ def plan(
     if not eligible:
         raise _no_candidate(target, candidates, needs, floor)
     eligible = _drop_unavailable(eligible, health, outliers, now)
+    if len(eligible) == 1 and not explain:
+        # Nothing to rank (a model id with one endpoint): skip the scoring.
+        return Plan((eligible[0].endpoint,), strategy, candidates, floor)
 
     output_tokens = needs.output_tokens or DEFAULT_EXPECTED_OUTPUT_TOKENS
     # Only what the strategy scores is computed (explanations ask for all).
