@@ -7,29 +7,38 @@ import uuid
 import aiohttp
 import openai
 
+from megarouter.v1 import admin_pb2
 from tests.conftest import API_KEY, System
 
 
 async def test_canary_never_leaves_memory(fresh_system: System) -> None:
     system = fresh_system
+    await system.start_proxy()  # the whole system: control plane, two proxies, simulator
+    table = await system.admin.GetRoutingTable(admin_pb2.GetRoutingTableRequest())
+    await system.wait_proxy_version(table.version, 1)
     canary = f"CANARY-{uuid.uuid4().hex}"
-    client = openai.AsyncOpenAI(base_url=system.base_url(), api_key=API_KEY, max_retries=0)
     messages = [{"role": "system", "content": f"secret {canary}"}, {"role": "user", "content": canary}]
-    await client.chat.completions.create(model="auto", messages=messages)
-    stream = await client.chat.completions.create(model="chat", messages=messages, stream=True)
-    async for _ in stream:
-        pass
-    # A failing request too: errors must not echo content into logs either.
-    await system.set_sim(error_rate=1.0, error_status=500)
-    try:
-        await client.chat.completions.create(model="chat", messages=messages)
-    except openai.APIStatusError:
-        pass
-    await system.set_sim(error_rate=0.0)
+    for index in range(2):
+        client = openai.AsyncOpenAI(base_url=system.base_url(index), api_key=API_KEY, max_retries=0)
+        await client.chat.completions.create(model="auto", messages=messages)
+        stream = await client.chat.completions.create(model="chat", messages=messages, stream=True)
+        async for _ in stream:
+            pass
+        await client.completions.create(model="chat", prompt=canary, max_tokens=5)
+        # A failing request too: errors must not echo content into logs either.
+        await system.set_sim(error_rate=1.0, error_status=500)
+        try:
+            await client.chat.completions.create(model="chat", messages=messages)
+        except openai.APIStatusError:
+            pass
+        await system.set_sim(error_rate=0.0)
+    usage = await system.admin.QueryUsage(admin_pb2.QueryUsageRequest(group_by=["model"]))
+    assert canary not in str(usage)
 
     async with aiohttp.ClientSession() as session:
-        for url in (system.base_url().removesuffix("/v1") + "/metrics",
-                    f"http://127.0.0.1:{system.controlplane.ready['metrics_port']}/metrics"):
+        urls = [system.base_url(i).removesuffix("/v1") + "/metrics" for i in range(2)]
+        urls.append(f"http://127.0.0.1:{system.controlplane.ready['metrics_port']}/metrics")
+        for url in urls:
             async with session.get(url) as response:
                 assert canary not in await response.text()
     for service in (*system.proxies, system.controlplane, *system.sims):
@@ -39,4 +48,4 @@ async def test_canary_never_leaves_memory(fresh_system: System) -> None:
         if path.is_file():
             searched += 1
             assert canary.encode() not in path.read_bytes(), f"canary found in {path}"
-    assert searched >= 5  # logs of every service, the store, the proxy's table cache
+    assert searched >= 6  # logs of every service (debug level), the store, both proxies' table caches
