@@ -118,7 +118,6 @@ async def test_fleet_spend_never_exceeds_the_limit_by_more_than_one_request(flee
     # One request's worst case: ~40 prompt tokens at $0.15/M + 16 output at $0.60/M.
     worst_case = (40 * 0.15 + 16 * 0.60) / 1e6
     spent = sum(served)
-    print(f"served {len(served)} of {len(results)}, spent ${spent:.6f} of ${LIMIT_USD}")
     assert spent <= LIMIT_USD + worst_case, (spent, len(served))
     assert spent >= LIMIT_USD * 0.5  # leases must not strand most of the budget
     assert refused and set(refused) == {(429, "budget_exceeded")}
