@@ -44,6 +44,9 @@ ALERTS = Counter("megarouter_budget_alerts_total", "Alert thresholds crossed", [
 def window_of(budget_window: str, now: float) -> tuple[str, int]:
     """The window id at `now` and when it resets (Unix ms; 0 = never)."""
     day = datetime.fromtimestamp(now, UTC)
+    if budget_window == "minute":
+        start = datetime(day.year, day.month, day.day, day.hour, day.minute, tzinfo=UTC)
+        return start.strftime("%Y-%m-%dT%H:%M"), int((start.timestamp() + 60) * 1000)
     if budget_window == "daily":
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
         return start.strftime("%Y-%m-%d"), int((start.timestamp() + 86400) * 1000)

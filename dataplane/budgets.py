@@ -1,4 +1,5 @@
-"""Budget enforcement on the proxy, against leases from the control plane.
+"""Budget and rate-limit enforcement on the proxy, against leases from the
+control plane. A rate limit is a budget whose window is one minute.
 
 Before a request is sent upstream, its worst-case amount (cost, tokens or
 one request) is reserved from this proxy's lease of every `pause` budget
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,11 +52,16 @@ class BudgetRule:
     model: str
     task: str
     action: str        # pause | alert
+    window: str = "daily"
 
     @classmethod
     def from_proto(cls, budget: routing_pb2.Budget) -> BudgetRule:
         return cls(budget.name, budget.node, budget.key, budget.unit, budget.limit, budget.model, budget.task,
-                   budget.action)
+                   budget.action, budget.window)
+
+    @property
+    def is_rate_limit(self) -> bool:
+        return self.window == "minute"
 
     def covers(self, key: KeyInfo, task: str) -> bool:
         scoped = (self.key == key.name) if self.key else (self.node in key.nodes)
@@ -67,6 +74,7 @@ class _Lease:
     available: float = 0.0
     resets_at_unix_ms: int = 0
     last_used: float = 0.0
+    fleet_remaining: float = 0.0    # ungranted remainder at the last grant
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -78,14 +86,20 @@ class Reservation:
 
 class BudgetExhausted(ApiError):
     def __init__(self, rule: BudgetRule, resets_at_unix_ms: int) -> None:
+        scope = f"key {rule.key!r}" if rule.key else f"node {rule.node!r}"
+        retry_after = {"Retry-After": str(max(1, math.ceil(resets_at_unix_ms / 1000 - time.time())))} \
+            if resets_at_unix_ms else None
+        if rule.is_rate_limit:
+            super().__init__(
+                429, f"Rate limit '{rule.name}' reached: {rule.limit:g} {rule.unit} per minute for {scope}.",
+                type=rule.unit, code="rate_limit_exceeded", headers=retry_after,
+            )
+            return
         when = ("never (a total budget)" if not resets_at_unix_ms else
                 datetime.fromtimestamp(resets_at_unix_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC"))
-        scope = f"key {rule.key!r}" if rule.key else f"node {rule.node!r}"
         super().__init__(
             429, f"Budget '{rule.name}' ({rule.limit:g} {rule.unit} for {scope}) is exhausted; it resets {when}.",
-            type="budget_exceeded", code="budget_exceeded",
-            headers={"Retry-After": str(max(1, int(resets_at_unix_ms / 1000 - time.time())))}
-            if resets_at_unix_ms else None,
+            type="budget_exceeded", code="budget_exceeded", headers=retry_after,
         )
 
 
@@ -126,6 +140,27 @@ class BudgetEnforcer:
             self._give_back(held)
             raise
         return Reservation(held, [r for r in rules if r.action != "pause"])
+
+    def rate_limit_headers(self, reservation: Reservation) -> dict[str, str]:
+        """OpenAI's `x-ratelimit-*` headers for the tightest per-minute limits
+        that covered the request. Remaining is this proxy's lease plus what
+        the ledger had left at its last grant: an estimate across the fleet."""
+        headers: dict[str, str] = {}
+        now_ms = time.time() * 1000
+        for rule, _window, _amount in reservation.held:
+            if not rule.is_rate_limit or rule.unit not in ("requests", "tokens"):
+                continue
+            lease = self._leases.get(rule.name)
+            if lease is None:
+                continue
+            remaining = max(0, int(lease.available + lease.fleet_remaining))
+            key = f"x-ratelimit-remaining-{rule.unit}"
+            if key in headers and int(headers[key]) <= remaining:
+                continue
+            headers[f"x-ratelimit-limit-{rule.unit}"] = f"{rule.limit:g}"
+            headers[key] = str(remaining)
+            headers[f"x-ratelimit-reset-{rule.unit}"] = f"{max(0.0, (lease.resets_at_unix_ms - now_ms) / 1000):.0f}s"
+        return headers
 
     def settle(self, reservation: Reservation, model: str | None, amounts: dict[str, float]) -> None:
         """`model` served the request (None: nothing was served, nothing spent)."""
@@ -170,6 +205,7 @@ class BudgetEnforcer:
                 lease.window = grant.window
             lease.available += grant.granted
             lease.resets_at_unix_ms = grant.resets_at_unix_ms
+            lease.fleet_remaining = grant.remaining
 
     def _stub(self) -> budgets_pb2_grpc.BudgetsStub:
         if self._channel is None:

@@ -192,6 +192,8 @@ class ChatHandler:
         adapter = success.endpoint.provider.adapter
         model = success.endpoint.model
         headers = success.headers(target, strategy)
+        if reservation is not None:
+            headers.update(self._budgets.rate_limit_headers(reservation))
         if controls.explain:
             headers["x-megarouter-explain"] = explanation(route_plan)
         try:

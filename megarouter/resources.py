@@ -275,7 +275,8 @@ class Budget(_Resource):
     name: Name
     node: str = ""
     key: str = ""
-    window: Literal["daily", "monthly", "total"]
+    # "minute" makes a rate limit (requests or tokens per minute).
+    window: Literal["minute", "daily", "monthly", "total"]
     unit: Literal["usd", "tokens", "requests"]
     limit: float = Field(gt=0)
     model: str = ""

@@ -169,3 +169,31 @@ def test_which_budgets_cover_a_request() -> None:
     assert {name for name, rule in rules.items() if rule.covers(key, "chat")} == {
         "org", "this-key", "chat-task", "gpt-only"}
     assert not rules["chat-task"].covers(key, "batch")
+
+
+async def test_requests_per_minute_across_proxies(fleet: System) -> None:
+    import time as clock
+
+    put = await fleet.admin.PutBudget(routing_pb2.Budget(
+        name="a-key-rpm", key="a-key", window="minute", unit="requests", limit=5, action="pause"))
+    for index in range(3):
+        await fleet.wait_proxy_version(put.revision, index)
+    minute = int(clock.time() // 60)
+    outcomes = []
+    async with aiohttp.ClientSession() as session:
+        for i in range(12):
+            async with session.post(fleet.base_url(i % 3) + "/chat/completions",
+                                    headers={"Authorization": f"Bearer {KEY_SECRET}"},
+                                    json={"model": "demo-small", "max_tokens": 4,
+                                          "messages": [{"role": "user", "content": "hi"}]}) as response:
+                body = await response.json()
+                outcomes.append((response.status, dict(response.headers), body))
+    windows = int(clock.time() // 60) - minute + 1  # the minute may turn during the test
+    served = [headers for status, headers, _ in outcomes if status == 200]
+    limited = [(headers, body) for status, headers, body in outcomes if status == 429]
+    assert 0 < len(served) <= 5 * windows and len(served) + len(limited) == 12
+    assert all(body["error"]["code"] == "rate_limit_exceeded" and int(headers["Retry-After"]) <= 60
+               for headers, body in limited)
+    assert served[0]["x-ratelimit-limit-requests"] == "5"
+    assert int(served[0]["x-ratelimit-remaining-requests"]) <= 4
+    assert served[0]["x-ratelimit-reset-requests"].endswith("s")
