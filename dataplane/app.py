@@ -35,8 +35,8 @@ class ProxyState:
         self.stats = EndpointStats(outliers=OutlierDetector(ejection_base_s))
         self.budgets = BudgetEnforcer(node_id, control_plane or ["127.0.0.1:50051"])
         self.chat = ChatHandler(self.sessions, self.stats, self.budgets)
-        self.embeddings = EmbeddingsHandler(self.sessions, self.stats)
-        self.completions = CompletionsHandler(self.sessions, self.stats)
+        self.embeddings = EmbeddingsHandler(self.sessions, self.stats, self.budgets)
+        self.completions = CompletionsHandler(self.sessions, self.stats, self.budgets)
 
     def install(self, table: RuntimeTable) -> None:
         self.table = table

@@ -32,6 +32,7 @@ import grpc
 from dataplane.discovery_client import CHANNEL_OPTIONS
 from dataplane.errors import ApiError
 from dataplane.table import KeyInfo
+from megarouter.catalog import cost_usd
 from megarouter.v1 import budgets_pb2, budgets_pb2_grpc, routing_pb2
 
 log = logging.getLogger("megarouter.proxy.budgets")
@@ -250,3 +251,64 @@ class BudgetEnforcer:
         await self.flush()
         if self._channel is not None:
             await self._channel.close()
+
+
+# Worst-case prompt: the estimate plus a margin, since it is only an estimate.
+PROMPT_MARGIN = 1.25
+PROMPT_SLACK_TOKENS = 32
+# Output assumed when neither the request nor the model says how long it may be.
+UNKNOWN_MAX_OUTPUT = 4096
+
+
+def worst_case(prompt_tokens: int, output_tokens: int | None, endpoints) -> dict[str, float]:
+    """The most a request can cost on any of `endpoints`, per budget unit.
+    `output_tokens` None = what the model may produce at most (0: no output, embeddings)."""
+    prompt = int(prompt_tokens * PROMPT_MARGIN) + PROMPT_SLACK_TOKENS
+    usd = tokens = 0.0
+    for endpoint in endpoints:
+        output = output_tokens if output_tokens is not None else (endpoint.max_output_tokens or UNKNOWN_MAX_OUTPUT)
+        usd = max(usd, cost_usd(endpoint.pricing, prompt, output))
+        tokens = max(tokens, prompt + output)
+    return {"usd": usd, "tokens": tokens, "requests": 1.0}
+
+
+class Charge:
+    """One request against the budgets covering it: reserved before the
+    upstream call, settled exactly once — at real usage when the relay
+    reports it, at nothing when nothing was served, and at the worst case
+    when the request went upstream but its usage never came back (the
+    client left): undercounting is the one thing a budget must not do."""
+
+    def __init__(self, enforcer: BudgetEnforcer, reservation: Reservation, reserved: dict[str, float]) -> None:
+        self._enforcer = enforcer
+        self._reservation = reservation
+        self._reserved = reserved
+        self._settled = False
+
+    @classmethod
+    async def reserve(cls, enforcer: BudgetEnforcer, key: KeyInfo, task: str, endpoints,
+                      prompt_tokens: int, output_tokens: int | None) -> Charge | None:
+        rules = enforcer.applicable(key, task, {e.model for e in endpoints})
+        if not rules:
+            return None
+        reserved = worst_case(prompt_tokens, output_tokens, endpoints)
+        return cls(enforcer, await enforcer.reserve(rules, reserved), reserved)
+
+    def headers(self) -> dict[str, str]:
+        return self._enforcer.rate_limit_headers(self._reservation)
+
+    def on_usage(self, endpoint, usage, cost: float) -> None:
+        if not self._settled:
+            self._settled = True
+            spent = {"usd": cost, "tokens": float(usage.prompt_tokens + usage.completion_tokens), "requests": 1.0}
+            self._enforcer.settle(self._reservation, endpoint.model, spent)
+
+    def nothing_served(self) -> None:
+        if not self._settled:
+            self._settled = True
+            self._enforcer.settle(self._reservation, None, {})
+
+    def unknown_usage(self, model: str) -> None:
+        if not self._settled:
+            self._settled = True
+            self._enforcer.settle(self._reservation, model, self._reserved)

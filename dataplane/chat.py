@@ -19,19 +19,17 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from dataplane.budgets import BudgetEnforcer
+from dataplane.budgets import BudgetEnforcer, Charge
 from dataplane.errors import ApiError, bad_request, model_not_found
 from dataplane.failover.engine import first_success
-from dataplane.providers.base import Usage
 from dataplane.relay import relay_json, relay_stream
 from dataplane.routing import router
 from dataplane.routing.complexity import estimate
 from dataplane.routing.controls import explanation, read_controls
-from dataplane.routing.needs import Needs, chat_needs
+from dataplane.routing.needs import chat_needs
 from dataplane.stats import EndpointStats, UsageAccount
 from dataplane.table import EndpointRuntime, KeyInfo, RuntimeTable, Target
 from dataplane.upstream import SessionPool
-from megarouter.catalog import cost_usd
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -119,24 +117,6 @@ def counted(handle: Handle) -> Handle:
     return counted_handle
 
 
-# Worst-case prompt: the estimate plus a margin, since it is only an estimate.
-PROMPT_MARGIN = 1.25
-PROMPT_SLACK_TOKENS = 32
-# Output assumed when neither the request nor the model says how long it may be.
-UNKNOWN_MAX_OUTPUT = 4096
-
-
-def worst_case(needs: Needs, endpoints: tuple[EndpointRuntime, ...]) -> dict[str, float]:
-    """The most this request can cost on any planned endpoint, per budget unit."""
-    prompt = int(needs.prompt_tokens * PROMPT_MARGIN) + PROMPT_SLACK_TOKENS
-    usd = tokens = 0.0
-    for endpoint in endpoints:
-        output = needs.output_tokens or endpoint.max_output_tokens or UNKNOWN_MAX_OUTPUT
-        usd = max(usd, cost_usd(endpoint.pricing, prompt, output))
-        tokens = max(tokens, prompt + output)
-    return {"usd": usd, "tokens": tokens, "requests": 1.0}
-
-
 class ChatHandler:
     def __init__(self, sessions: SessionPool, stats: EndpointStats, budgets: BudgetEnforcer) -> None:
         self._sessions = sessions
@@ -169,33 +149,24 @@ class ChatHandler:
             return (endpoint.chat_stream_url if stream else endpoint.chat_url), body
 
         task = request.headers.get(TASK_HEADER) or (target.name if target.kind == "route" else "")
-        rules = self._budgets.applicable(key, task, {e.model for e in route_plan.endpoints})
-        reserved = worst_case(needs, route_plan.endpoints) if rules else {}
-        reservation = await self._budgets.reserve(rules, reserved) if rules else None
-        settled = False
-
-        def on_usage(endpoint: EndpointRuntime, usage: Usage, cost: float) -> None:
-            nonlocal settled
-            settled = True
-            if reservation is not None:
-                spent = {"usd": cost, "tokens": float(usage.prompt_tokens + usage.completion_tokens), "requests": 1.0}
-                self._budgets.settle(reservation, endpoint.model, spent)
-
+        charge = await Charge.reserve(self._budgets, key, task, route_plan.endpoints,
+                                      needs.prompt_tokens, needs.output_tokens or None)
         try:
             success = await first_success(
                 self._sessions, self._stats, target, route_plan.endpoints, build, stream=stream
             )
         except BaseException:
-            if reservation is not None:
-                self._budgets.settle(reservation, None, {})  # nothing was served
+            if charge is not None:
+                charge.nothing_served()
             raise
         adapter = success.endpoint.provider.adapter
         model = success.endpoint.model
         headers = success.headers(target, strategy)
-        if reservation is not None:
-            headers.update(self._budgets.rate_limit_headers(reservation))
+        if charge is not None:
+            headers.update(charge.headers())
         if controls.explain:
             headers["x-megarouter-explain"] = explanation(route_plan)
+        on_usage = charge.on_usage if charge is not None else None
         try:
             if stream:
                 include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
@@ -204,7 +175,5 @@ class ChatHandler:
             return await relay_json(self._stats, success, lambda raw: adapter.chat_response(raw, model), headers,
                                     on_usage, account)
         finally:
-            if reservation is not None and not settled:
-                # Sent upstream but the usage is unknown (the client left):
-                # charge the worst case rather than risk undercounting.
-                self._budgets.settle(reservation, model, reserved)
+            if charge is not None:
+                charge.unknown_usage(model)  # a no-op when the relay settled it

@@ -17,7 +17,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from dataplane.chat import check_model, counted, resolve
+from dataplane.budgets import BudgetEnforcer, Charge
+from dataplane.chat import TASK_HEADER, check_model, counted, resolve
 from dataplane.errors import bad_request
 from dataplane.failover.engine import first_success
 from dataplane.providers.base import ProviderError, StreamTranslator, Usage
@@ -145,9 +146,10 @@ class ChatToCompletionStream:
 
 
 class CompletionsHandler:
-    def __init__(self, sessions: SessionPool, stats: EndpointStats) -> None:
+    def __init__(self, sessions: SessionPool, stats: EndpointStats, budgets: BudgetEnforcer) -> None:
         self._sessions = sessions
         self._stats = stats
+        self._budgets = budgets
 
     @counted
     async def handle(
@@ -170,21 +172,43 @@ class CompletionsHandler:
             body = provider.adapter.chat_request(chat_payload(payload), endpoint.upstream_model)
             return (endpoint.chat_stream_url if stream else endpoint.chat_url), body
 
-        success = await first_success(self._sessions, self._stats, target, target.endpoints, build, stream=stream)
+        task = request.headers.get(TASK_HEADER) or (target.name if target.kind == "route" else "")
+        max_tokens = payload.get("max_tokens")
+        charge = await Charge.reserve(
+            self._budgets, key, task, target.endpoints, request.get("body_size", 0) // 4,
+            max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else DEFAULT_MAX_TOKENS,
+        )
+        try:
+            success = await first_success(self._sessions, self._stats, target, target.endpoints, build,
+                                          stream=stream)
+        except BaseException:
+            if charge is not None:
+                charge.nothing_served()
+            raise
+        try:
+            return await self._relay(request, success, target, stream, include_usage, charge, account)
+        finally:
+            if charge is not None:
+                charge.unknown_usage(success.endpoint.model)
+
+    async def _relay(self, request, success, target, stream, include_usage, charge, account) -> web.StreamResponse:
         endpoint, headers = success.endpoint, success.headers(target)
+        if charge is not None:
+            headers.update(charge.headers())
+        on_usage = charge.on_usage if charge is not None else None
         adapter = endpoint.provider.adapter
         if endpoint.native_completions:
             if stream:
                 return await relay_stream(request, self._stats, success, OpenAIStream(include_usage), headers,
-                                          account=account)
+                                          on_usage, account=account)
             return await relay_json(self._stats, success, lambda raw: adapter.chat_response(raw, endpoint.model),
-                                    headers, account=account)
+                                    headers, on_usage, account=account)
         if stream:
             translator = ChatToCompletionStream(adapter.chat_stream(endpoint.model, include_usage))
-            return await relay_stream(request, self._stats, success, translator, headers, account=account)
+            return await relay_stream(request, self._stats, success, translator, headers, on_usage, account=account)
 
         def translate(raw: bytes) -> tuple[bytes, Usage]:
             body, usage = adapter.chat_response(raw, endpoint.model)
             return completion_from_chat(body), usage
 
-        return await relay_json(self._stats, success, translate, headers, account=account)
+        return await relay_json(self._stats, success, translate, headers, on_usage, account=account)

@@ -11,7 +11,8 @@ from typing import Any
 
 from aiohttp import web
 
-from dataplane.chat import check_model, counted, resolve
+from dataplane.budgets import BudgetEnforcer, Charge
+from dataplane.chat import TASK_HEADER, check_model, counted, resolve
 from dataplane.errors import bad_request
 from dataplane.failover.engine import first_success
 from dataplane.relay import relay_json
@@ -40,9 +41,10 @@ def check_embeddings_request(payload: dict[str, Any]) -> None:
 
 
 class EmbeddingsHandler:
-    def __init__(self, sessions: SessionPool, stats: EndpointStats) -> None:
+    def __init__(self, sessions: SessionPool, stats: EndpointStats, budgets: BudgetEnforcer) -> None:
         self._sessions = sessions
         self._stats = stats
+        self._budgets = budgets
 
     @counted
     async def handle(
@@ -63,9 +65,23 @@ class EmbeddingsHandler:
                 provider.base_url, provider.options, dict(payload), endpoint.upstream_model
             )
 
-        success = await first_success(self._sessions, self._stats, target, endpoints, build, stream=False)
+        task = request.headers.get(TASK_HEADER) or (target.name if target.kind == "route" else "")
+        charge = await Charge.reserve(self._budgets, key, task, endpoints, request.get("body_size", 0) // 4, 0)
+        try:
+            success = await first_success(self._sessions, self._stats, target, endpoints, build, stream=False)
+        except BaseException:
+            if charge is not None:
+                charge.nothing_served()
+            raise
         adapter, model = success.endpoint.provider.adapter, success.endpoint.model
-        return await relay_json(
-            self._stats, success, lambda raw: adapter.embeddings_response(raw, model, payload), success.headers(target),
-            account=account,
-        )
+        headers = success.headers(target)
+        if charge is not None:
+            headers.update(charge.headers())
+        try:
+            return await relay_json(
+                self._stats, success, lambda raw: adapter.embeddings_response(raw, model, payload), headers,
+                on_usage=charge.on_usage if charge is not None else None, account=account,
+            )
+        finally:
+            if charge is not None:
+                charge.unknown_usage(model)

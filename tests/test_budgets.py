@@ -197,3 +197,17 @@ async def test_requests_per_minute_across_proxies(fleet: System) -> None:
     assert served[0]["x-ratelimit-limit-requests"] == "5"
     assert int(served[0]["x-ratelimit-remaining-requests"]) <= 4
     assert served[0]["x-ratelimit-reset-requests"].endswith("s")
+
+
+async def test_legacy_completions_are_charged_too(fleet: System) -> None:
+    put = await fleet.admin.PutBudget(routing_pb2.Budget(
+        name="a-key-two", key="a-key", window="daily", unit="requests", limit=2, action="pause"))
+    await fleet.wait_proxy_version(put.revision)
+    statuses = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):
+            async with session.post(fleet.base_url() + "/completions",
+                                    headers={"Authorization": f"Bearer {KEY_SECRET}"},
+                                    json={"model": "demo-small", "prompt": "Once", "max_tokens": 3}) as response:
+                statuses.append((response.status, (await response.json()).get("error", {}).get("code")))
+    assert statuses == [(200, None), (200, None), (429, "budget_exceeded")]
