@@ -177,7 +177,7 @@ async def up(args: argparse.Namespace) -> int:
         base_url = f"http://127.0.0.1:{children[-1].ready['port']}/v1"
         await wait_ready(base_url.removesuffix("/v1") + "/readyz", stop)
         if not stop.is_set():
-            print(_banner(base_url, key, admin), flush=True)
+            print(_banner(base_url, key, admin, str(data_dir / "admin-token")), flush=True)
             announce_ready("up", base_url=base_url, admin=admin)
         exited = [asyncio.create_task(child.process.wait()) for child in children]
         stopping = asyncio.create_task(stop.wait())
@@ -210,13 +210,14 @@ async def _stop_all(children: list[Child]) -> None:
             await child.process.wait()
 
 
-def _banner(base_url: str, key: str, admin: str) -> str:
+def _banner(base_url: str, key: str, admin: str, token_file: str) -> str:
     return f"""
 MegaRouter is running.
 
   OpenAI base URL : {base_url}
   API key         : {key}
-  Admin API       : {admin}   (megarouterctl --server {admin} get routes)
+  Admin API       : {admin}   (megarouterctl --server {admin} get routes;
+                    its operator token is in {token_file})
   Routes          : auto, chat     Models: demo-small, demo-medium, demo-large
 
   from openai import OpenAI
