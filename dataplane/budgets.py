@@ -215,10 +215,15 @@ class BudgetEnforcer:
         return budgets_pb2_grpc.BudgetsStub(self._channel)
 
     def _rotate(self) -> None:
-        if self._channel is not None:
-            asyncio.get_running_loop().create_task(self._channel.close())
-        self._channel = None
+        """Try the next control-plane address from now on. The old channel is
+        closed only later: closing it now would cancel other requests' calls
+        still in flight on it (gRPC reconnects a channel by itself, so with one
+        address there is nothing to do)."""
+        if len(self._addresses) < 2 or self._channel is None:
+            return
+        old, self._channel = self._channel, None
         self._address_index += 1
+        asyncio.get_running_loop().call_later(30, lambda: asyncio.ensure_future(old.close()))
 
     async def run(self) -> None:
         """Report consumption and hand back idle leases, until cancelled."""
@@ -241,8 +246,9 @@ class BudgetEnforcer:
         ])
         try:
             await self._stub().Settle(request, timeout=5)
-        except grpc.aio.AioRpcError as exc:
-            log.warning("budget settlement failed (%s); will retry", exc.code().name)
+        except Exception as exc:  # any failure: keep the consumption and retry, never drop it
+            reason = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
+            log.warning("budget settlement failed (%s); will retry", reason)
             self._rotate()
             for (budget, window), (consumed, released) in pending.items():
                 self._add_pending(budget, window, consumed, released)

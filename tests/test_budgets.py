@@ -211,3 +211,34 @@ async def test_legacy_completions_are_charged_too(fleet: System) -> None:
                                     json={"model": "demo-small", "prompt": "Once", "max_tokens": 3}) as response:
                 statuses.append((response.status, (await response.json()).get("error", {}).get("code")))
     assert statuses == [(200, None), (200, None), (429, "budget_exceeded")]
+
+
+async def test_control_plane_restart_mid_load_loses_no_spend(fleet: System) -> None:
+    """Load runs while the control plane is stopped and restarted: every
+    served request's cost reaches the persisted ledger (proxies keep and
+    retry their settlements), and nothing is counted twice."""
+    costs: list[float] = []
+    stop = asyncio.Event()
+
+    async def load(index: int) -> None:
+        async with aiohttp.ClientSession() as session:
+            while not stop.is_set():
+                status, cost, _ = await _one(session, fleet.base_url(index) + "/chat/completions")
+                if status == 200:
+                    costs.append(cost)
+
+    workers = [asyncio.create_task(load(i % 3)) for i in range(6)]
+
+    async def served_at_least(count: int) -> bool:
+        return len(costs) >= count
+    await eventually(lambda: served_at_least(20), what="load to start")
+    await fleet.controlplane.stop()
+    down = len(costs)
+    fleet.controlplane = await restart(fleet.controlplane, fleet.tmp / "logs")
+    await eventually(lambda: served_at_least(down + 20), what="load to continue after the restart")
+    stop.set()
+    await asyncio.gather(*workers)
+
+    async def settled() -> bool:
+        return abs((await _status(fleet, "acme-daily")).spent - sum(costs)) < 1e-9
+    await eventually(settled, timeout=20, what="the ledger to hold every served request's cost")

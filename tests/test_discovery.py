@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import openai
+import pytest
 
 from megarouter.v1 import admin_pb2, admin_pb2_grpc, routing_pb2
 from tests.conftest import API_KEY, System
@@ -145,3 +146,20 @@ async def test_two_proxies_receive_every_change(fresh_system: System) -> None:
     await asyncio.gather(system.wait_proxy_version(put.revision, 0), system.wait_proxy_version(put.revision, 1))
     listing = await system.admin.ListProxies(admin_pb2.ListProxiesRequest())
     assert len(listing.proxies) == 2
+
+
+async def test_key_revocation_reaches_every_proxy(fresh_system: System) -> None:
+    system = fresh_system
+    await system.start_proxy()
+    secret = "sk-mr-revoke-me-0123456789"
+    created = await system.admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(name="short-lived", secret=secret))
+    for index in range(2):
+        await system.wait_proxy_version(created.revision, index)
+        client = openai.AsyncOpenAI(base_url=system.base_url(index), api_key=secret, max_retries=0)
+        await client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "x"}])
+    deleted = await system.admin.DeleteApiKey(admin_pb2.DeleteRequest(name="short-lived"))
+    for index in range(2):
+        await system.wait_proxy_version(deleted.revision, index)
+        client = openai.AsyncOpenAI(base_url=system.base_url(index), api_key=secret, max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            await client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "x"}])
