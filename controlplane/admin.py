@@ -9,6 +9,7 @@ and the write see the same state.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import re
 import secrets
@@ -34,6 +35,7 @@ from controlplane.repository import (
     ROUTES,
     SETTINGS,
     Collection,
+    StoreContents,
     read_all,
 )
 from controlplane.store import CasConflict, Store
@@ -114,12 +116,36 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         # Serialises reference checks with writes. One control plane owns an
         # embedded store; a replicated one will need a store transaction.
         self._write_lock = asyncio.Lock()
+        self._cache: StoreContents | None = None
+
+    async def contents(self) -> StoreContents:
+        """All configuration, cached by store revision: reread only when
+        someone else wrote, so a large org tree does not cost every write a
+        full read."""
+        revision = await self.store.revision()
+        if self._cache is None or self._cache.revision != revision:
+            self._cache = await read_all(self.store)
+        return self._cache
+
+    def _remember(self, collection: Collection, name: str, resource: BaseModel | None, revision: int) -> None:
+        """Apply our own write to the cache, if it was the only write since."""
+        cache = self._cache
+        attribute = _CONTENTS_ATTRIBUTES.get(collection.name)
+        if cache is None or attribute is None or cache.revision != revision - 1:
+            self._cache = None
+            return
+        bucket = getattr(cache, attribute)
+        if resource is None:
+            bucket.pop(name, None)
+        else:
+            bucket[name] = resource
+        self._cache = dataclasses.replace(cache, revision=revision)
 
     # ------------------------------------------------------------ generic
 
     async def put_resource(self, collection: Collection, resource: BaseModel, context) -> admin_pb2.PutResponse:
         async with self._write_lock:
-            contents = await read_all(self.store)
+            contents = await self.contents()
             problems = missing_references(resource, contents)
             if problems:
                 await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, "; ".join(problems))
@@ -129,6 +155,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             if existing is not None and existing.value == encoded:
                 return admin_pb2.PutResponse(revision=contents.revision, created=False, changed=False)
             revision = await self._write(key, encoded, existing.mod_revision if existing else 0, context)
+            self._remember(collection, resource.name, resource, revision)
             return admin_pb2.PutResponse(revision=revision, created=existing is None, changed=True)
 
     async def get_resource(self, collection: Collection, name: str, context) -> Any:
@@ -139,7 +166,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     async def delete_resource(self, collection: Collection, name: str, context) -> admin_pb2.DeleteResponse:
         async with self._write_lock:
-            contents = await read_all(self.store)
+            contents = await self.contents()
             users = blocking_references(collection.name, name, contents)
             if users:
                 await _abort(
@@ -150,6 +177,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             revision = await self.store.delete(collection.key(name)) if name else None
             if revision is None:
                 await _abort(context, grpc.StatusCode.NOT_FOUND, f"{collection.kind} {name!r} not found")
+            self._remember(collection, name, None, revision)
             return admin_pb2.DeleteResponse(revision=revision)
 
     async def _write(self, key: str, value: bytes, expected_revision: int, context) -> int:
@@ -177,7 +205,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return _model_proto(model, "catalog")
 
     async def ListModels(self, request, context):
-        contents = await read_all(self.store)
+        contents = await self.contents()
         items = [_model_proto(model, "admin" if name in contents.models else "catalog")
                  for name, model in sorted(effective_models(contents).items())]
         return admin_pb2.ListModelsResponse(items=items, revision=contents.revision)
@@ -188,8 +216,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     # ------------------------------------------------------- org tree (scoped)
 
     async def _parents(self) -> dict[str, str]:
-        items, _ = await self.store.list(NODES.prefix)
-        return {node.name: node.parent for node in (NODES.decode(kv) for kv in items)}
+        return {node.name: node.parent for node in (await self.contents()).nodes.values()}
 
     async def PutNode(self, request, context):
         node = await _validate(OrgNode, "node", proto_to_dict(request), context)
@@ -238,7 +265,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             metadata=spec.metadata,
         )
         async with self._write_lock:
-            contents = await read_all(self.store)
+            contents = await self.contents()
             if spec.name in contents.api_keys:
                 await _abort(context, grpc.StatusCode.ALREADY_EXISTS, f"API key {spec.name!r} already exists")
             if any(k.key_hash == key_hash for k in contents.api_keys.values()):
@@ -247,6 +274,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             if problems:
                 await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, "; ".join(problems))
             revision = await self._write(API_KEYS.key(spec.name), API_KEYS.encode(stored), 0, context)
+            self._remember(API_KEYS, spec.name, stored, revision)
         return admin_pb2.CreateApiKeyResponse(key=api_key_public(stored), secret=secret, revision=revision)
 
     async def GetApiKey(self, request, context):
@@ -416,6 +444,13 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         except usage.QueryDenied as exc:
             who = f"token {principal.token!r}" if principal else "this caller"
             await _abort(context, grpc.StatusCode.PERMISSION_DENIED, f"{who} {exc}")
+
+
+# Which StoreContents field holds each collection (the cache updates it in place).
+_CONTENTS_ATTRIBUTES = {
+    "providers": "providers", "models": "models", "endpoints": "endpoints", "routes": "routes",
+    "apikeys": "api_keys", "nodes": "nodes", "budgets": "budgets",
+}
 
 
 def _token_proto(record: rbac.AdminTokenRecord) -> admin_pb2.AdminToken:

@@ -7,6 +7,7 @@ in: key hashes (not keys), credential references (not secrets).
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from controlplane.catalog_models import effective_models
@@ -21,6 +22,9 @@ from megarouter.resources import (
     strategy_enum,
 )
 from megarouter.v1 import routing_pb2
+
+# Longest pause between two compiles (pushes stay well within a second).
+MAX_COMPILE_PAUSE_S = 0.5
 
 
 def compile_table(contents: StoreContents) -> routing_pb2.RoutingTable:
@@ -85,15 +89,21 @@ def _sorted(resources: dict) -> list:
 async def follow_store(store: Store, snapshots: SnapshotCache) -> None:
     """Publish a fresh table whenever the store changes.
 
-    Bursts coalesce for free: each compile reads the latest state, and
-    events at or below the compiled revision are then skipped.
+    Bursts coalesce: each compile reads the latest state, events at or below
+    the compiled revision are then skipped, and after a compile the next one
+    waits as long as this one took — so with a large configuration (a
+    10,000-node org tree) compiling takes at most half the process's time
+    and admin writes keep flowing, while a small one is pushed at once.
     """
+    loop = asyncio.get_running_loop()
     contents = await read_all(store)
     await snapshots.publish(compile_table(contents))
     compiled = contents.revision
     async for event in store.watch(ROOT, compiled + 1):
         if event.revision <= compiled:
             continue
+        started = loop.time()
         contents = await read_all(store)
         await snapshots.publish(compile_table(contents))
         compiled = contents.revision
+        await asyncio.sleep(min(MAX_COMPILE_PAUSE_S, loop.time() - started))
