@@ -94,6 +94,11 @@ def usage_route(request: web.Request, payload: dict[str, Any]) -> str:
     return (request.headers.get(TASK_HEADER) or (model if isinstance(model, str) else ""))[:MAX_USAGE_LABEL]
 
 
+def budget_task(request: web.Request, target: Target) -> str:
+    """The task budgets filter on: the task header, else the route's name."""
+    return request.headers.get(TASK_HEADER) or (target.name if target.kind == "route" else "")
+
+
 Handle = Callable[..., Awaitable[web.StreamResponse]]
 
 
@@ -148,7 +153,7 @@ class ChatHandler:
             body = endpoint.provider.adapter.chat_request(payload, endpoint.upstream_model)
             return (endpoint.chat_stream_url if stream else endpoint.chat_url), body
 
-        task = request.headers.get(TASK_HEADER) or (target.name if target.kind == "route" else "")
+        task = budget_task(request, target)
         charge = await Charge.reserve(self._budgets, key, task, route_plan.endpoints,
                                       needs.prompt_tokens, needs.output_tokens or None)
         try:

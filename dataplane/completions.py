@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from dataplane.budgets import BudgetEnforcer, Charge
-from dataplane.chat import TASK_HEADER, check_model, counted, resolve
+from dataplane.chat import budget_task, check_model, counted, resolve
 from dataplane.errors import bad_request
 from dataplane.failover.engine import first_success
 from dataplane.providers.base import ProviderError, StreamTranslator, Usage
@@ -172,7 +172,7 @@ class CompletionsHandler:
             body = provider.adapter.chat_request(chat_payload(payload), endpoint.upstream_model)
             return (endpoint.chat_stream_url if stream else endpoint.chat_url), body
 
-        task = request.headers.get(TASK_HEADER) or (target.name if target.kind == "route" else "")
+        task = budget_task(request, target)
         max_tokens = payload.get("max_tokens")
         charge = await Charge.reserve(
             self._budgets, key, task, target.endpoints, request.get("body_size", 0) // 4,

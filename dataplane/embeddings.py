@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from dataplane.budgets import BudgetEnforcer, Charge
-from dataplane.chat import TASK_HEADER, check_model, counted, resolve
+from dataplane.chat import budget_task, check_model, counted, resolve
 from dataplane.errors import bad_request
 from dataplane.failover.engine import first_success
 from dataplane.relay import relay_json
@@ -65,7 +65,7 @@ class EmbeddingsHandler:
                 provider.base_url, provider.options, dict(payload), endpoint.upstream_model
             )
 
-        task = request.headers.get(TASK_HEADER) or (target.name if target.kind == "route" else "")
+        task = budget_task(request, target)
         charge = await Charge.reserve(self._budgets, key, task, endpoints, request.get("body_size", 0) // 4, 0)
         try:
             success = await first_success(self._sessions, self._stats, target, endpoints, build, stream=False)
