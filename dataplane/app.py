@@ -29,12 +29,12 @@ class ProxyState:
     """What the proxy holds: caches only. The table is swapped whole."""
 
     def __init__(self, ejection_base_s: float = BASE_EJECTION_S, node_id: str = "proxy",
-                 control_plane: list[str] | None = None) -> None:
+                 control_plane: list[str] | None = None, region: str = "") -> None:
         self.table: RuntimeTable | None = None
         self.sessions = SessionPool()
         self.stats = EndpointStats(outliers=OutlierDetector(ejection_base_s))
         self.budgets = BudgetEnforcer(node_id, control_plane or ["127.0.0.1:50051"])
-        self.chat = ChatHandler(self.sessions, self.stats, self.budgets)
+        self.chat = ChatHandler(self.sessions, self.stats, self.budgets, region)
         self.embeddings = EmbeddingsHandler(self.sessions, self.stats, self.budgets)
         self.completions = CompletionsHandler(self.sessions, self.stats, self.budgets)
 

@@ -123,10 +123,12 @@ def counted(handle: Handle) -> Handle:
 
 
 class ChatHandler:
-    def __init__(self, sessions: SessionPool, stats: EndpointStats, budgets: BudgetEnforcer) -> None:
+    def __init__(self, sessions: SessionPool, stats: EndpointStats, budgets: BudgetEnforcer,
+                 region: str = "") -> None:
         self._sessions = sessions
         self._stats = stats
         self._budgets = budgets
+        self._region = region  # this proxy's region, for routes that prefer local endpoints
 
     @counted
     async def handle(
@@ -144,7 +146,7 @@ class ChatHandler:
         try:
             route_plan = router.plan(target, needs, strategy, self._stats.health,
                                      target.weights or table.default_weights, outliers=self._stats.outliers,
-                                     explain=controls.explain)
+                                     explain=controls.explain, local_region=self._region)
         except router.NoCandidate as exc:
             raise ApiError(exc.status, exc.message, code=exc.code, param=exc.param,
                            type="invalid_request_error" if exc.status < 500 else "server_error") from None

@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
 async def serve(args: argparse.Namespace) -> int:
     stop = stop_event()
     addresses = [a.strip() for a in args.control_plane.split(",") if a.strip()]
-    state = ProxyState(ejection_base_s=args.ejection_base_s, node_id=args.node_id, control_plane=addresses)
+    state = ProxyState(ejection_base_s=args.ejection_base_s, node_id=args.node_id, control_plane=addresses,
+                       region=args.region)
     cache_path = Path(args.cache_file) if args.cache_file else None
     if cache_path is not None:
         cached = load_cached_table(cache_path)

@@ -99,6 +99,7 @@ class Target:
     quality_floor: int = 0
     weights: Weights | None = None
     allowed_regions: frozenset[str] | None = None
+    prefer_local_region: bool = False
 
     @property
     def endpoints(self) -> tuple[EndpointRuntime, ...]:
@@ -222,6 +223,7 @@ class RuntimeTable:
                 quality_floor=route.quality_floor,
                 weights=Weights.from_proto(route.weights),
                 allowed_regions=frozenset(route.allowed_regions) or None,
+                prefer_local_region=route.prefer_local_region,
             )
 
         chains = _node_chains(table)

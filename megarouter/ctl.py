@@ -272,7 +272,12 @@ async def cmd_health(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -
             "ejected_by": endpoint.ejected_by,
         })
     if args.output == "table":
-        print(f"fleet: {view.proxies} proxies reporting, last {view.window_s:g}s")
+        proxies = await stub.ListProxies(admin_pb2.ListProxiesRequest())
+        regions: dict[str, int] = {}
+        for proxy in proxies.proxies:
+            regions[proxy.region or "default"] = regions.get(proxy.region or "default", 0) + 1
+        by_region = ", ".join(f"{region} {count}" for region, count in sorted(regions.items())) or "none"
+        print(f"fleet: {view.proxies} proxies reporting, last {view.window_s:g}s; connected by region: {by_region}")
     print_items(items, ["endpoint", "requests", "success_rate", "latency_ms", "ttft_ms", "proxies", "ejected_by"],
                 args.output)
     return 0

@@ -232,6 +232,7 @@ class Route(_Resource):
     description: str = Field("", max_length=500)
     weights: BalancedWeights = BalancedWeights()
     allowed_regions: list[Annotated[str, Field(min_length=1, max_length=64)]] = []
+    prefer_local_region: bool = False
 
     @field_validator("tiers")
     @classmethod

@@ -231,3 +231,4 @@ async def test_faults_seen_by_one_proxy_steer_the_other(pair: System) -> None:
     assert listing.returncode == 0, listing.stderr
     row = next(line.split() for line in listing.stdout.splitlines() if line.startswith("e-a "))
     assert row[-1] == "1"  # ejected by one proxy
+    assert "connected by region: default 2" in listing.stdout

@@ -211,3 +211,16 @@ def test_a_slow_endpoint_is_retried_once_its_measurement_is_stale() -> None:
     firsts = {plan(route, needs, "latency", health, DEFAULT_WEIGHTS, random.Random(seed)).endpoints[0].name
               for seed in range(20)}
     assert "slow" in firsts  # it gets traffic again, and so a fresh measurement
+
+
+def test_routes_can_prefer_the_proxys_own_region() -> None:
+    health = HealthRegistry(clock=lambda: 0.0)
+    far, near = endpoint("far", region="us", price=1.0), endpoint("near", region="eu", price=5.0)
+    route = Target("r", "route", ((far, near),), prefer_local_region=True)
+    needs = Needs(frozenset(), 10, 10)
+    # Cost alone would pick `far`; the route prefers the proxy's region.
+    assert [e.name for e in plan(route, needs, "cost", health, DEFAULT_WEIGHTS, local_region="eu").endpoints] == [
+        "near", "far"]
+    assert plan(route, needs, "cost", health, DEFAULT_WEIGHTS, local_region="ap").endpoints[0].name == "far"
+    neutral = Target("r", "route", ((far, near),))
+    assert plan(neutral, needs, "cost", health, DEFAULT_WEIGHTS, local_region="eu").endpoints[0].name == "far"

@@ -83,6 +83,7 @@ def plan(
     rng: random.Random | None = None,
     outliers: OutlierDetector | None = None,
     explain: bool = False,
+    local_region: str = "",
 ) -> Plan:
     rng = rng or random
     now = health.now()
@@ -127,7 +128,11 @@ def plan(
     for tier_index in range(len(target.tiers)):
         tier = [c for c in eligible if c.tier == tier_index]
         if tier:
-            ordered.extend(c.endpoint for c in _order(strategy, tier, weights, needed, rng))
+            ranked = _order(strategy, tier, weights, needed, rng)
+            if target.prefer_local_region and local_region:
+                # A stable sort keeps the strategy's order within each group.
+                ranked.sort(key=lambda c: c.endpoint.region != local_region)
+            ordered.extend(c.endpoint for c in ranked)
     return Plan(tuple(ordered), strategy, candidates, needed)
 
 
