@@ -279,42 +279,49 @@ def worst_case(prompt_tokens: int, output_tokens: int | None, endpoints) -> dict
 
 
 class Charge:
-    """One request against the budgets covering it: reserved before the
-    upstream call, settled exactly once — at real usage when the relay
-    reports it, at nothing when nothing was served, and at the worst case
-    when the request went upstream but its usage never came back (the
-    client left): undercounting is the one thing a budget must not do."""
+    """One request against the budgets covering it, as an async context:
+    reserved before the upstream call, settled exactly once on leaving —
+    at real usage when the relay reports it (`on_usage`), at nothing when
+    nothing was served, and at the worst case when the request went
+    upstream (`served_by`) but its usage never came back (the client left):
+    undercounting is the one thing a budget must not do. With no budget
+    covering the request every step is a no-op."""
 
     def __init__(self, enforcer: BudgetEnforcer, reservation: Reservation, reserved: dict[str, float]) -> None:
         self._enforcer = enforcer
         self._reservation = reservation
         self._reserved = reserved
-        self._settled = False
+        self._model: str | None = None
+        self._settled = not (reservation.held or reservation.watched)
 
     @classmethod
     async def reserve(cls, enforcer: BudgetEnforcer, key: KeyInfo, task: str, endpoints,
-                      prompt_tokens: int, output_tokens: int | None) -> Charge | None:
+                      prompt_tokens: int, output_tokens: int | None) -> Charge:
         rules = enforcer.applicable(key, task, {e.model for e in endpoints})
         if not rules:
-            return None
+            return cls(enforcer, Reservation([], []), {})
         reserved = worst_case(prompt_tokens, output_tokens, endpoints)
         return cls(enforcer, await enforcer.reserve(rules, reserved), reserved)
 
+    async def __aenter__(self) -> Charge:
+        return self
+
+    async def __aexit__(self, *_exc) -> None:
+        # Served but unreported: the worst case; never served: nothing.
+        self._settle(self._model, self._reserved if self._model is not None else {})
+
+    def served_by(self, model: str) -> None:
+        """The request reached `model` upstream: it may now cost something."""
+        self._model = model
+
     def headers(self) -> dict[str, str]:
-        return self._enforcer.rate_limit_headers(self._reservation)
+        return self._enforcer.rate_limit_headers(self._reservation) if self._reservation.held else {}
 
     def on_usage(self, endpoint, usage, cost: float) -> None:
-        if not self._settled:
-            self._settled = True
-            spent = {"usd": cost, "tokens": float(usage.prompt_tokens + usage.completion_tokens), "requests": 1.0}
-            self._enforcer.settle(self._reservation, endpoint.model, spent)
+        spent = {"usd": cost, "tokens": float(usage.prompt_tokens + usage.completion_tokens), "requests": 1.0}
+        self._settle(endpoint.model, spent)
 
-    def nothing_served(self) -> None:
+    def _settle(self, model: str | None, spent: dict[str, float]) -> None:
         if not self._settled:
             self._settled = True
-            self._enforcer.settle(self._reservation, None, {})
-
-    def unknown_usage(self, model: str) -> None:
-        if not self._settled:
-            self._settled = True
-            self._enforcer.settle(self._reservation, model, self._reserved)
+            self._enforcer.settle(self._reservation, model, spent)

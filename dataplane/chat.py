@@ -158,29 +158,19 @@ class ChatHandler:
         task = budget_task(request, target)
         charge = await Charge.reserve(self._budgets, key, task, route_plan.endpoints,
                                       needs.prompt_tokens, needs.output_tokens or None)
-        try:
+        async with charge:
             success = await first_success(
                 self._sessions, self._stats, target, route_plan.endpoints, build, stream=stream
             )
-        except BaseException:
-            if charge is not None:
-                charge.nothing_served()
-            raise
-        adapter = success.endpoint.provider.adapter
-        model = success.endpoint.model
-        headers = success.headers(target, strategy)
-        if charge is not None:
-            headers.update(charge.headers())
-        if controls.explain:
-            headers["x-megarouter-explain"] = explanation(route_plan)
-        on_usage = charge.on_usage if charge is not None else None
-        try:
+            adapter = success.endpoint.provider.adapter
+            model = success.endpoint.model
+            charge.served_by(model)
+            headers = {**success.headers(target, strategy), **charge.headers()}
+            if controls.explain:
+                headers["x-megarouter-explain"] = explanation(route_plan)
             if stream:
                 include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
                 translator = adapter.chat_stream(model, include_usage)
-                return await relay_stream(request, self._stats, success, translator, headers, on_usage, account)
+                return await relay_stream(request, self._stats, success, translator, headers, charge.on_usage, account)
             return await relay_json(self._stats, success, lambda raw: adapter.chat_response(raw, model), headers,
-                                    on_usage, account)
-        finally:
-            if charge is not None:
-                charge.unknown_usage(model)  # a no-op when the relay settled it
+                                    charge.on_usage, account)

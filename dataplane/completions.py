@@ -178,24 +178,15 @@ class CompletionsHandler:
             self._budgets, key, task, target.endpoints, request.get("body_size", 0) // 4,
             max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else DEFAULT_MAX_TOKENS,
         )
-        try:
+        async with charge:
             success = await first_success(self._sessions, self._stats, target, target.endpoints, build,
                                           stream=stream)
-        except BaseException:
-            if charge is not None:
-                charge.nothing_served()
-            raise
-        try:
+            charge.served_by(success.endpoint.model)
             return await self._relay(request, success, target, stream, include_usage, charge, account)
-        finally:
-            if charge is not None:
-                charge.unknown_usage(success.endpoint.model)
 
     async def _relay(self, request, success, target, stream, include_usage, charge, account) -> web.StreamResponse:
-        endpoint, headers = success.endpoint, success.headers(target)
-        if charge is not None:
-            headers.update(charge.headers())
-        on_usage = charge.on_usage if charge is not None else None
+        endpoint, headers = success.endpoint, {**success.headers(target), **charge.headers()}
+        on_usage = charge.on_usage
         adapter = endpoint.provider.adapter
         if endpoint.native_completions:
             if stream:

@@ -67,21 +67,11 @@ class EmbeddingsHandler:
 
         task = budget_task(request, target)
         charge = await Charge.reserve(self._budgets, key, task, endpoints, request.get("body_size", 0) // 4, 0)
-        try:
+        async with charge:
             success = await first_success(self._sessions, self._stats, target, endpoints, build, stream=False)
-        except BaseException:
-            if charge is not None:
-                charge.nothing_served()
-            raise
-        adapter, model = success.endpoint.provider.adapter, success.endpoint.model
-        headers = success.headers(target)
-        if charge is not None:
-            headers.update(charge.headers())
-        try:
+            adapter, model = success.endpoint.provider.adapter, success.endpoint.model
+            charge.served_by(model)
             return await relay_json(
-                self._stats, success, lambda raw: adapter.embeddings_response(raw, model, payload), headers,
-                on_usage=charge.on_usage if charge is not None else None, account=account,
+                self._stats, success, lambda raw: adapter.embeddings_response(raw, model, payload),
+                {**success.headers(target), **charge.headers()}, on_usage=charge.on_usage, account=account,
             )
-        finally:
-            if charge is not None:
-                charge.unknown_usage(model)
