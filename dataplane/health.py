@@ -33,9 +33,13 @@ class EndpointHealth:
     updated_at: float = 0.0
     measured_at: float = 0.0           # when latency or TTFT last changed
 
+    def decay_factor(self, now: float) -> float:
+        """How much of the counts is left at `now` (halving every DECAY_HALF_LIFE_S)."""
+        return math.exp2(-(now - self.updated_at) / DECAY_HALF_LIFE_S) if self.updated_at else 1.0
+
     def _decay(self, now: float) -> None:
         if self.updated_at:
-            factor = math.exp2(-(now - self.updated_at) / DECAY_HALF_LIFE_S)
+            factor = self.decay_factor(now)
             self.successes *= factor
             self.failures *= factor
         self.updated_at = now
@@ -87,7 +91,7 @@ class HealthRegistry:
         fleet = self.fleet.get(endpoint)
         good, bad = PRIOR_SUCCESSES, PRIOR_FAILURES
         if state is not None:
-            factor = math.exp2(-(now - state.updated_at) / DECAY_HALF_LIFE_S) if state.updated_at else 1.0
+            factor = state.decay_factor(now)
             good += state.successes * factor
             bad += state.failures * factor
         if fleet is not None and fleet.requests:

@@ -109,7 +109,7 @@ class EndpointStats:
     def __init__(self, health: HealthRegistry | None = None, outliers: OutlierDetector | None = None) -> None:
         self.health = health or HealthRegistry()
         self.outliers = outliers or OutlierDetector()
-        self.budgets = RetryBudgets()
+        self.retry_budgets = RetryBudgets()  # failover load; spend budgets are dataplane/budgets.py
         self._counters: dict[str, EndpointCounters] = {}
         self._outcome_children: dict[tuple[str, str], object] = {}
         self._latency_children: dict[str, object] = {}

@@ -339,32 +339,27 @@ class CreateApiKey(_Resource):
 _ENUM_PREFIXES = {"kind": "PROVIDER_KIND_", "strategy": "STRATEGY_", "default_strategy": "STRATEGY_"}
 
 
-def _enum_to_short(data: Any) -> Any:
+def _rename_enums(data: Any, rename) -> Any:
+    """Walk a dict/list tree, applying `rename(prefix, value)` to enum fields."""
     if isinstance(data, dict):
         out = {}
         for key, value in data.items():
             prefix = _ENUM_PREFIXES.get(key)
-            if prefix and isinstance(value, str) and value.startswith(prefix):
-                value = value[len(prefix):].lower()
-            out[key] = _enum_to_short(value)
+            out[key] = rename(prefix, value) if prefix and isinstance(value, str) else _rename_enums(value, rename)
         return out
     if isinstance(data, list):
-        return [_enum_to_short(item) for item in data]
+        return [_rename_enums(item, rename) for item in data]
     return data
+
+
+def _enum_to_short(data: Any) -> Any:
+    """PROVIDER_KIND_OPENAI -> openai."""
+    return _rename_enums(data, lambda prefix, v: v[len(prefix):].lower() if v.startswith(prefix) else v)
 
 
 def _enum_to_proto(data: Any) -> Any:
-    if isinstance(data, dict):
-        out = {}
-        for key, value in data.items():
-            prefix = _ENUM_PREFIXES.get(key)
-            if prefix and isinstance(value, str) and not value.startswith(prefix):
-                value = prefix + value.upper()
-            out[key] = _enum_to_proto(value)
-        return out
-    if isinstance(data, list):
-        return [_enum_to_proto(item) for item in data]
-    return data
+    """openai -> PROVIDER_KIND_OPENAI."""
+    return _rename_enums(data, lambda prefix, v: v if v.startswith(prefix) else prefix + v.upper())
 
 
 # Output-only proto fields, never part of what an operator writes.

@@ -83,9 +83,9 @@ async def first_success(
         if endpoint.context_window <= min_context:
             continue
         if attempts == 0:
-            stats.budgets.first_attempt(target.name, policy.retry_budget_ratio)
+            stats.retry_budgets.first_attempt(target.name, policy.retry_budget_ratio)
         else:
-            if not stats.budgets.try_retry(target.name):
+            if not stats.retry_budgets.try_retry(target.name):
                 break  # the route's retries are spent: fail now rather than pile on
             await asyncio.sleep(_backoff(policy, attempts, deadline - loop.time()))
         attempts += 1
