@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,8 +128,25 @@ async def start_sim(tmp: Path, name: str = "sim", *flags: str) -> Service:
     ], tmp / "logs")
 
 
-async def build_system(tmp: Path, proxies: int = 1) -> System:
-    sim = await start_sim(tmp)
+ORG_TREE = """
+---
+nodes:
+  - {name: acme, kind: org}
+  - {name: team-a, kind: team, parent: acme}
+  - {name: team-b, kind: team, parent: acme}
+"""
+
+# Seeds test-specific resources once the base config exists; returns the
+# store revision the proxies must reach before the system is handed over.
+Seed = Callable[["System"], Awaitable[int]]
+
+
+async def build_system(tmp: Path, proxies: int = 1, sim_flags: tuple[str, ...] = (), manifest_extra: str = "",
+                       seed: Seed | None = None) -> System:
+    """A simulator, a control plane with the demo config (plus `manifest_extra`
+    and whatever `seed` adds) and the test key, and `proxies` proxies running
+    the resulting table."""
+    sim = await start_sim(tmp, "sim", *sim_flags)
     try:
         controlplane = await start_controlplane(tmp)
     except BaseException:
@@ -138,14 +155,15 @@ async def build_system(tmp: Path, proxies: int = 1) -> System:
     system = System(tmp=tmp, controlplane=controlplane, sims=[sim])
     try:
         system.channel = admin_channel(system.admin_address)
-        await system.apply(demo_manifest(sim.port))
+        await system.apply(demo_manifest(sim.port) + manifest_extra)
         created = await system.admin.CreateApiKey(
             admin_pb2.CreateApiKeyRequest(name="test", principal="team-test", secret=API_KEY)
         )
+        revision = max(created.revision, await seed(system) if seed is not None else 0)
         for _ in range(proxies):
             await system.start_proxy()
         for index in range(proxies):
-            await system.wait_proxy_version(created.revision, index)
+            await system.wait_proxy_version(revision, index)
     except BaseException:
         await system.close()  # a half-built system must not outlive the test
         raise

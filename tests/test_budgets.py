@@ -13,10 +13,9 @@ import pytest
 from controlplane.budgets import BudgetLedger, window_of
 from controlplane.repository import BUDGETS
 from controlplane.store import open_store
-from megarouter.admin_client import admin_channel
 from megarouter.resources import Budget
 from megarouter.v1 import admin_pb2, budgets_pb2, routing_pb2
-from tests.conftest import System, demo_manifest, start_controlplane, start_sim
+from tests.conftest import ORG_TREE, System, build_system
 from tests.harness import eventually, restart
 
 KEY_SECRET = "sk-mr-budget-key-0123456789"
@@ -66,30 +65,22 @@ async def test_unsettled_leases_of_a_vanished_proxy_are_reclaimed(tmp_path) -> N
         await store.close()
 
 
+async def _seed_budgets(system: System) -> int:
+    await system.admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(name="a-key", node="team-a", secret=KEY_SECRET))
+    await system.admin.PutBudget(routing_pb2.Budget(
+        name="acme-daily", node="acme", window="daily", unit="usd", limit=LIMIT_USD, action="pause"))
+    await system.admin.PutBudget(routing_pb2.Budget(
+        name="team-b-only", node="team-b", window="daily", unit="requests", limit=1, action="pause"))
+    put = await system.admin.PutBudget(routing_pb2.Budget(
+        name="acme-watch", node="acme", window="monthly", unit="requests", limit=100, action="alert"))
+    return put.revision
+
+
 @pytest.fixture
 async def fleet(tmp_path) -> AsyncIterator[System]:
-    sim = await start_sim(tmp_path, "sim", "--latency-ms", "30")
-    system = System(tmp=tmp_path, controlplane=await start_controlplane(tmp_path), sims=[sim])
+    system = await build_system(tmp_path, proxies=3, sim_flags=("--latency-ms", "30"), manifest_extra=ORG_TREE,
+                                seed=_seed_budgets)
     try:
-        system.channel = admin_channel(system.admin_address)
-        await system.apply(demo_manifest(sim.port) + """
----
-nodes:
-  - {name: acme, kind: org}
-  - {name: team-a, kind: team, parent: acme}
-  - {name: team-b, kind: team, parent: acme}
-""")
-        await system.admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(name="a-key", node="team-a", secret=KEY_SECRET))
-        await system.admin.PutBudget(routing_pb2.Budget(
-            name="acme-daily", node="acme", window="daily", unit="usd", limit=LIMIT_USD, action="pause"))
-        await system.admin.PutBudget(routing_pb2.Budget(
-            name="team-b-only", node="team-b", window="daily", unit="requests", limit=1, action="pause"))
-        put = await system.admin.PutBudget(routing_pb2.Budget(
-            name="acme-watch", node="acme", window="monthly", unit="requests", limit=100, action="alert"))
-        for _ in range(3):
-            await system.start_proxy()
-        for index in range(3):
-            await system.wait_proxy_version(put.revision, index)
         yield system
     finally:
         await system.close()

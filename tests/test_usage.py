@@ -23,7 +23,7 @@ from dataplane.stats import EndpointStats
 from dataplane.telemetry_client import _send
 from megarouter.admin_client import admin_channel
 from megarouter.v1 import admin_pb2, admin_pb2_grpc, telemetry_pb2
-from tests.conftest import ADMIN_TOKEN, System, demo_manifest, start_controlplane, start_sim
+from tests.conftest import ADMIN_TOKEN, ORG_TREE, System, build_system
 from tests.harness import eventually, restart
 
 A_SECRET = "sk-mr-usage-team-a-0123456789"
@@ -143,29 +143,20 @@ class Seen:
         return out
 
 
+async def _seed_keys_and_viewer(system: System) -> int:
+    await system.admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(name="a-key", node="team-a", secret=A_SECRET))
+    created = await system.admin.CreateApiKey(
+        admin_pb2.CreateApiKeyRequest(name="b-key", node="team-b", secret=B_SECRET))
+    await system.admin.CreateAdminToken(admin_pb2.CreateAdminTokenRequest(name="viewer-a", secret=VIEWER_SECRET))
+    await system.admin.PutRoleBinding(admin_pb2.RoleBinding(name="viewer-a", token="viewer-a", role="viewer",
+                                                            scope="team-a"))
+    return created.revision
+
+
 @pytest.fixture
 async def fleet(tmp_path) -> AsyncIterator[System]:
-    sim = await start_sim(tmp_path, "sim")
-    system = System(tmp=tmp_path, controlplane=await start_controlplane(tmp_path), sims=[sim])
+    system = await build_system(tmp_path, proxies=2, manifest_extra=ORG_TREE, seed=_seed_keys_and_viewer)
     try:
-        system.channel = admin_channel(system.admin_address)
-        await system.apply(demo_manifest(sim.port) + """
----
-nodes:
-  - {name: acme, kind: org}
-  - {name: team-a, kind: team, parent: acme}
-  - {name: team-b, kind: team, parent: acme}
-""")
-        await system.admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(name="a-key", node="team-a", secret=A_SECRET))
-        created = await system.admin.CreateApiKey(
-            admin_pb2.CreateApiKeyRequest(name="b-key", node="team-b", secret=B_SECRET))
-        await system.admin.CreateAdminToken(admin_pb2.CreateAdminTokenRequest(name="viewer-a", secret=VIEWER_SECRET))
-        await system.admin.PutRoleBinding(admin_pb2.RoleBinding(name="viewer-a", token="viewer-a", role="viewer",
-                                                                scope="team-a"))
-        for _ in range(2):
-            await system.start_proxy()
-        for index in range(2):
-            await system.wait_proxy_version(created.revision, index)
         yield system
     finally:
         await system.close()
