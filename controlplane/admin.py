@@ -24,6 +24,7 @@ from controlplane.budgets import BudgetLedger
 from controlplane.catalog_models import catalog_models, effective_models
 from controlplane.discovery import ProxyRegistry, SnapshotCache
 from controlplane.references import blocking_references, missing_references
+from controlplane.replicas import ReplicaSet
 from controlplane.repository import (
     API_KEYS,
     BUDGETS,
@@ -108,8 +109,9 @@ def _crud(collection: Collection, list_response: type):
 
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(self, store: Store, snapshots: SnapshotCache, registry: ProxyRegistry,
-                 ledger: BudgetLedger | None = None) -> None:
+                 ledger: BudgetLedger | None = None, replicas: ReplicaSet | None = None) -> None:
         self.store = store
+        self._replicas = replicas
         self._ledger = ledger or BudgetLedger(store)
         self._snapshots = snapshots
         self._registry = registry
@@ -425,6 +427,22 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     async def GetFleetHealth(self, request, context):
         return self._snapshots.fleet_health or discovery_pb2.FleetHealth()
+
+    async def ListControlPlanes(self, request, context):
+        replicas = self._replicas
+        if replicas is None:  # an in-process test server without membership
+            return admin_pb2.ListControlPlanesResponse()
+        return admin_pb2.ListControlPlanesResponse(
+            replicas=[
+                admin_pb2.ControlPlaneReplica(
+                    replica_id=info.replica_id, address=info.address,
+                    started_at_unix_ms=info.started_at_unix_ms, leader=info.replica_id == replicas.leader_id,
+                )
+                for info in sorted(replicas.replicas.values(), key=lambda info: info.started_at_unix_ms)
+            ],
+            leader_id=replicas.leader_id,
+            answered_by=replicas.replica_id,
+        )
 
     async def GetRoutingTable(self, request, context):
         current = self._snapshots.current

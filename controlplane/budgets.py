@@ -28,7 +28,7 @@ import orjson
 from prometheus_client import Counter, Gauge
 
 from controlplane.repository import BUDGETS
-from controlplane.store import CasConflict, Store
+from controlplane.store import CasConflict, Store, StoreError
 from megarouter.resources import Budget
 from megarouter.v1 import admin_pb2, budgets_pb2, budgets_pb2_grpc
 
@@ -36,6 +36,8 @@ log = logging.getLogger("megarouter.controlplane.budgets")
 
 LEDGER_PREFIX = "/megarouter/ledger/"
 LEASE_TTL_S = 30.0
+# How often the leader rolls windows over and reclaims leases of vanished proxies.
+SWEEP_INTERVAL_S = 5.0
 
 USED_RATIO = Gauge("megarouter_budget_used_ratio", "Spent / limit in the current window", ["budget"])
 ALERTS = Counter("megarouter_budget_alerts_total", "Alert thresholds crossed", ["budget", "threshold"])
@@ -158,6 +160,46 @@ class BudgetLedger:
             record.lease_seen[proxy] = now
 
         await self._update(budget, apply)
+
+    async def sweep(self) -> int:
+        """Roll closed windows over, reclaim leases whose proxy stopped settling, and drop the
+        records of deleted budgets — what would otherwise wait for the next request to touch a
+        budget, leaving `megarouterctl budgets` and the used-ratio gauge stale. Returns how
+        many records it rewrote. Run by the leader; safe anywhere (every write is a CAS)."""
+        budgets = {budget.name: budget for budget in map(BUDGETS.decode, (await self._store.list(BUDGETS.prefix))[0])}
+        records, _ = await self._store.list(LEDGER_PREFIX)
+        rewritten = 0
+        now = self._clock()
+        for kv in records:
+            name = kv.key[len(LEDGER_PREFIX):]
+            budget = budgets.get(name)
+            if budget is None:
+                try:
+                    await self._store.delete(kv.key, expected_revision=kv.mod_revision)
+                    rewritten += 1
+                except CasConflict:
+                    pass  # written meanwhile: looked at again next sweep
+                continue
+            record = LedgerRecord.decode(kv.value)
+            stale = record.window != window_of(budget.window, now)[0] or any(
+                now - seen > LEASE_TTL_S for seen in record.lease_seen.values()
+            )
+            if stale:
+                await self._update(budget, lambda record, now: None)
+                rewritten += 1
+            else:
+                USED_RATIO.labels(budget.name).set(record.spent / budget.limit)
+        return rewritten
+
+    async def sweep_forever(self, interval_s: float = SWEEP_INTERVAL_S) -> None:
+        while True:
+            try:
+                rewritten = await self.sweep()
+                if rewritten:
+                    log.info("ledger sweep rewrote %d budget record(s)", rewritten)
+            except StoreError as exc:
+                log.warning("ledger sweep failed, retrying: %s", exc)
+            await asyncio.sleep(interval_s)
 
     async def status(self) -> list[admin_pb2.BudgetStatus]:
         items, _ = await self._store.list(BUDGETS.prefix)

@@ -6,6 +6,10 @@ endpoint — success rate, mean latency and TTFT, how many proxies report it
 and how many have it ejected right now. The control plane pushes that view
 to every proxy, so an endpoint failing for one proxy is avoided by the
 others before their own traffic suffers.
+
+With several control-plane replicas each one hears only its own proxies, so
+each publishes its sums (`FleetTotals`) in the store under its lease and
+merges the others' into what it pushes (`controlplane/telemetry.py`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass, field
+
+import orjson
 
 from megarouter.v1 import discovery_pb2, telemetry_pb2
 
@@ -65,25 +71,24 @@ class FleetView:
         await self._changed.wait()
         self._changed.clear()
 
-    def snapshot(self) -> discovery_pb2.FleetHealth:
+    def totals(self) -> FleetTotals:
+        """This replica's sums over the window: what its own proxies reported."""
         now = self._clock()
-        totals: dict[str, list[float]] = {}   # endpoint -> [requests, successes, latency, ttft, ttft_n, proxies]
-        ejected_by: dict[str, int] = {}
-        live = 0
+        totals = FleetTotals()
         for node_id in list(self._proxies):
             proxy = self._proxies[node_id]
             if now - proxy.last_report > STALE_AFTER_S:
                 del self._proxies[node_id]
                 continue
-            live += 1
+            totals.proxies += 1
             for endpoint in proxy.ejected:
-                ejected_by[endpoint] = ejected_by.get(endpoint, 0) + 1
+                totals.endpoint(endpoint)[6] += 1
             for endpoint, window in proxy.samples.items():
                 while window and now - window[0].at > WINDOW_S:
                     window.popleft()
                 if not window:
                     continue
-                total = totals.setdefault(endpoint, [0, 0, 0.0, 0.0, 0, 0])
+                total = totals.endpoint(endpoint)
                 for sample in window:
                     total[0] += sample.requests
                     total[1] += sample.successes
@@ -91,19 +96,60 @@ class FleetView:
                     total[3] += sample.ttft_ms_sum
                     total[4] += sample.ttft_count
                 total[5] += 1
-        view = discovery_pb2.FleetHealth(
-            generation=self._generation, generated_at_unix_ms=int(time.time() * 1000), proxies=live,
-            window_s=WINDOW_S,
+        return totals
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def snapshot(self, *others: FleetTotals) -> discovery_pb2.FleetHealth:
+        """The fleet view: this replica's totals plus those other replicas published."""
+        return merged_view(self._generation, [self.totals(), *others])
+
+
+@dataclass
+class FleetTotals:
+    """Sums per endpoint: [requests, successes, latency_ms_sum, ttft_ms_sum, ttft_count,
+    reporting proxies, proxies ejecting it]. Sums, not means, so replicas' shares add up."""
+
+    proxies: int = 0
+    endpoints: dict[str, list[float]] = field(default_factory=dict)
+    at_unix_s: float = field(default_factory=time.time)
+
+    def endpoint(self, name: str) -> list[float]:
+        return self.endpoints.setdefault(name, [0, 0, 0.0, 0.0, 0, 0, 0])
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"proxies": self.proxies, "endpoints": self.endpoints, "at_unix_s": self.at_unix_s})
+
+    @classmethod
+    def decode(cls, data: bytes) -> FleetTotals:
+        raw = orjson.loads(data)
+        return cls(int(raw["proxies"]), {name: list(values) for name, values in raw["endpoints"].items()},
+                   float(raw["at_unix_s"]))
+
+
+def merged_view(generation: int, parts: list[FleetTotals]) -> discovery_pb2.FleetHealth:
+    merged = FleetTotals()
+    for part in parts:
+        merged.proxies += part.proxies
+        for name, values in part.endpoints.items():
+            total = merged.endpoint(name)
+            for i, value in enumerate(values):
+                total[i] += value
+    view = discovery_pb2.FleetHealth(
+        generation=generation, generated_at_unix_ms=int(time.time() * 1000), proxies=merged.proxies,
+        window_s=WINDOW_S,
+    )
+    for endpoint in sorted(merged.endpoints):
+        requests, successes, latency, ttft, ttft_n, proxies, ejected_by = merged.endpoints[endpoint]
+        view.endpoints.add(
+            endpoint=endpoint,
+            requests=int(requests),
+            success_rate=successes / requests if requests else 0.0,
+            latency_ms=latency / requests if requests else 0.0,
+            ttft_ms=ttft / ttft_n if ttft_n else 0.0,
+            reporting_proxies=int(proxies),
+            ejected_by=int(ejected_by),
         )
-        for endpoint in sorted(set(totals) | set(ejected_by)):
-            requests, successes, latency, ttft, ttft_n, proxies = totals.get(endpoint, [0, 0, 0.0, 0.0, 0, 0])
-            view.endpoints.add(
-                endpoint=endpoint,
-                requests=int(requests),
-                success_rate=successes / requests if requests else 0.0,
-                latency_ms=latency / requests if requests else 0.0,
-                ttft_ms=ttft / ttft_n if ttft_n else 0.0,
-                reporting_proxies=int(proxies),
-                ejected_by=ejected_by.get(endpoint, 0),
-            )
-        return view
+    return view

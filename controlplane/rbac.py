@@ -49,6 +49,7 @@ METHOD_PERMISSIONS: dict[str, str | None] = {
        for kind in ("Provider", "Model", "Endpoint", "Route")},
     "GetDefaults": "config.read", "PutDefaults": "config.write",
     "ListProxies": "config.read", "GetFleetHealth": "config.read", "GetRoutingTable": "config.read",
+    "ListControlPlanes": "config.read",
     "GetNode": "nodes.read", "ListNodes": "nodes.read", "PutNode": "nodes.write", "DeleteNode": "nodes.write",
     "GetApiKey": "keys.read", "ListApiKeys": "keys.read", "CreateApiKey": "keys.write", "DeleteApiKey": "keys.write",
     **{name: "access.admin" for name in ("CreateAdminToken", "ListAdminTokens", "DeleteAdminToken",

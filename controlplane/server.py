@@ -19,6 +19,7 @@ from controlplane.admin import AdminService, TestHooksService
 from controlplane.budgets import BudgetLedger, BudgetsService
 from controlplane.discovery import DiscoveryService, ProxyRegistry, SnapshotCache
 from controlplane.fleet import FleetView
+from controlplane.replicas import ReplicaSet
 from controlplane.snapshot import follow_store
 from controlplane.store import open_store
 from controlplane.telemetry import TelemetryService, publish_fleet_health
@@ -56,6 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="store URL or data directory [MEGAROUTER_STORE]")
     parser.add_argument("--metrics-listen", default=env_default("CP_METRICS_LISTEN", "127.0.0.1:9464"),
                         help="HTTP address for /metrics and /healthz [MEGAROUTER_CP_METRICS_LISTEN]")
+    parser.add_argument("--advertise", default=env_default("CP_ADVERTISE", ""),
+                        help="host:port other replicas and operators reach this replica at "
+                             "(default: the listen address) [MEGAROUTER_CP_ADVERTISE]")
+    parser.add_argument("--replica-id", default=env_default("CP_REPLICA_ID", ""),
+                        help="this replica's name in the cluster (default: random) [MEGAROUTER_CP_REPLICA_ID]")
     parser.add_argument("--enable-test-hooks", action="store_true",
                         default=env_default("ENABLE_TEST_HOOKS", "") == "1",
                         help="register the TestHooks service (tests only)")
@@ -89,7 +95,9 @@ async def serve(args: argparse.Namespace) -> int:
     await _bootstrap_admin_token(store, directory, args)
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[rbac.AdminAuthInterceptor(directory)])
     ledger = BudgetLedger(store)
-    admin_pb2_grpc.add_AdminServicer_to_server(AdminService(store, snapshots, registry, ledger), server)
+    # Replicas elect a leader through a store lease; it alone sweeps the budget ledger.
+    replicas = ReplicaSet(store, jobs=[ledger.sweep_forever], replica_id=args.replica_id or None)
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminService(store, snapshots, registry, ledger, replicas), server)
     budgets_pb2_grpc.add_BudgetsServicer_to_server(BudgetsService(ledger), server)
     discovery_pb2_grpc.add_DiscoveryServicer_to_server(DiscoveryService(snapshots, registry), server)
     fleet = FleetView()
@@ -114,10 +122,11 @@ async def serve(args: argparse.Namespace) -> int:
     if port == 0:
         raise SystemExit(f"cannot listen on {args.listen}")
     await server.start()
+    await replicas.start(args.advertise or f"{args.listen.rsplit(':', 1)[0]}:{port}")
 
     publisher = asyncio.create_task(follow_store(store, snapshots), name="follow-store")
     health_pusher = asyncio.create_task(
-        publish_fleet_health(fleet, snapshots, args.health_push_interval), name="fleet-health"
+        publish_fleet_health(fleet, snapshots, args.health_push_interval, replicas), name="fleet-health"
     )
     usage_flusher = asyncio.create_task(usage.run(args.usage_flush_interval), name="usage-flush")
     await snapshots.next_after(0)  # serve nothing until the first table exists
@@ -126,8 +135,9 @@ async def serve(args: argparse.Namespace) -> int:
 
     metrics_runner, metrics_port = await _start_metrics(args.metrics_listen)
     host = args.listen.rsplit(":", 1)[0]
-    log.info("control plane listening grpc=%s:%d metrics=%d store=%s", host, port, metrics_port, args.store)
-    announce_ready("controlplane", port=port, metrics_port=metrics_port)
+    log.info("control plane listening grpc=%s:%d metrics=%d store=%s replica=%s", host, port, metrics_port,
+             args.store, replicas.replica_id)
+    announce_ready("controlplane", port=port, metrics_port=metrics_port, replica_id=replicas.replica_id)
 
     stopped = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({publisher, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -137,6 +147,7 @@ async def serve(args: argparse.Namespace) -> int:
         exit_code = 1
     log.info("control plane stopping")
     await health_servicer.enter_graceful_shutdown()
+    await replicas.stop()  # hand leadership over at once
     await server.stop(grace=2)
     publisher.cancel()
     health_pusher.cancel()

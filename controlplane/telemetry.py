@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import grpc
 from prometheus_client import Counter
 
-from controlplane.fleet import FleetView
+from controlplane.fleet import STALE_AFTER_S, FleetTotals, FleetView, merged_view
+from controlplane.replicas import ReplicaSet
+from controlplane.store import StoreError
 from controlplane.usage import UsageAggregator
 from megarouter.v1 import telemetry_pb2, telemetry_pb2_grpc
 
@@ -64,9 +66,49 @@ class TelemetryService(telemetry_pb2_grpc.TelemetryServicer):
         return telemetry_pb2.StatsAck(reports_received=received)
 
 
-async def publish_fleet_health(fleet: FleetView, snapshots, interval_s: float) -> None:
-    """Push the fleet view at most every `interval_s`, when reports changed it."""
+FLEET_SHARE = "fleet-health"
+
+
+async def publish_fleet_health(
+    fleet: FleetView, snapshots, interval_s: float, replicas: ReplicaSet | None = None
+) -> None:
+    """Push the fleet view at most every `interval_s`, when reports changed it.
+
+    With other control-plane replicas running, this replica's sums go into the store (under
+    its lease) and the others' sums are merged in, so every proxy sees the whole fleet
+    whichever replica it is connected to. A single replica writes nothing to the store.
+    """
+    published_generation = -1
+    pushes = 0
     while True:
-        await fleet.wait_changed()
-        await snapshots.publish_health(fleet.snapshot())
+        await _next_change(fleet, replicas)
+        local = fleet.totals()
+        others: list[FleetTotals] = []
+        if replicas is not None and replicas.peers():
+            if fleet.generation != published_generation:
+                try:
+                    await replicas.publish(FLEET_SHARE, local.encode())
+                    published_generation = fleet.generation
+                except StoreError as exc:
+                    log.warning("cannot share fleet health with the other replicas: %s", exc)
+            now = time.time()
+            for replica_id, data in replicas.shared.get(FLEET_SHARE, {}).items():
+                totals = FleetTotals.decode(data)
+                if replica_id != replicas.replica_id and now - totals.at_unix_s <= STALE_AFTER_S:
+                    others.append(totals)
+        pushes += 1
+        await snapshots.publish_health(merged_view(pushes, [local, *others]))
         await asyncio.sleep(interval_s)  # batch the reports of the next interval into one push
+
+
+async def _next_change(fleet: FleetView, replicas: ReplicaSet | None) -> None:
+    waits = [asyncio.create_task(fleet.wait_changed())]
+    if replicas is not None:
+        waits.append(asyncio.create_task(replicas.changed.wait()))
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+    if replicas is not None:
+        replicas.changed.clear()

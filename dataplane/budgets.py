@@ -191,14 +191,20 @@ class BudgetEnforcer:
             if lease.available >= amount:
                 return  # another request refilled it meanwhile
             want = max(amount - lease.available, rule.limit * LEASE_CHUNK)
-            try:
-                grant = await self._stub().Acquire(
-                    budgets_pb2.AcquireRequest(node_id=self._node_id, budget=rule.name, want=want), timeout=5)
-            except grpc.aio.AioRpcError as exc:
-                # Fail closed: without the ledger no new spend can be covered.
-                log.warning("budget %s: lease refill failed: %s", rule.name, exc.code().name)
-                self._rotate()
-                return
+            request = budgets_pb2.AcquireRequest(node_id=self._node_id, budget=rule.name, want=want)
+            for attempt in range(len(self._addresses)):
+                try:
+                    grant = await self._stub().Acquire(request, timeout=5)
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    log.warning("budget %s: lease refill failed: %s", rule.name, exc.code().name)
+                    self._rotate()
+                    # A control plane that is gone (UNAVAILABLE) is skipped at once. If it had
+                    # granted before dying, that grant stays leased to this proxy until the
+                    # window ends: capacity lost, never overspend. A timeout is not retried,
+                    # as the slow replica may still grant.
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == len(self._addresses) - 1:
+                        return  # fail closed: without the ledger no new spend can be covered
             if grant.window != lease.window:
                 # A new window: the old lease is void; whatever was left of it
                 # is not handed back (the ledger dropped it with the window).

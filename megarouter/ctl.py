@@ -283,6 +283,23 @@ async def cmd_health(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -
     return 0
 
 
+async def cmd_controlplanes(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -> int:
+    response = await stub.ListControlPlanes(admin_pb2.ListControlPlanesRequest())
+    items = []
+    for replica in response.replicas:
+        items.append({
+            "replica_id": replica.replica_id,
+            "address": replica.address,
+            "role": "leader" if replica.leader else "follower",
+            "started": datetime.fromtimestamp(replica.started_at_unix_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "answering": "yes" if replica.replica_id == response.answered_by else "",
+        })
+    if args.output == "table" and not response.leader_id:
+        print("no leader at the moment: an election is under way")
+    print_items(items, ["replica_id", "address", "role", "started", "answering"], args.output)
+    return 0
+
+
 async def cmd_table(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -> int:
     table = await stub.GetRoutingTable(admin_pb2.GetRoutingTableRequest())
     print(json_format.MessageToJson(table, preserving_proto_field_name=True))
@@ -371,6 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
     health = sub.add_parser("health", help="fleet-wide endpoint health, as pushed to proxies")
     health.add_argument("-o", "--output", choices=output_choices, default="table")
     health.set_defaults(handler=cmd_health)
+
+    controlplanes = sub.add_parser("controlplanes", help="control-plane replicas and which one leads")
+    controlplanes.add_argument("-o", "--output", choices=output_choices, default="table")
+    controlplanes.set_defaults(handler=cmd_controlplanes)
 
     table = sub.add_parser("table", help="print the routing table being pushed (JSON)")
     table.set_defaults(handler=cmd_table)

@@ -328,3 +328,16 @@ def _kill_leftovers() -> None:
 
 
 atexit.register(_kill_leftovers)
+
+
+def start_or_skip(size: int) -> EtcdCluster:
+    """A cluster for a test; without an etcd binary the test skips, unless
+    MEGAROUTER_REQUIRE_ETCD=1 (set in CI) makes that a failure."""
+    import pytest  # only tests call this
+
+    try:
+        return EtcdCluster.start(size)
+    except EtcdUnavailable as exc:
+        if os.environ.get("MEGAROUTER_REQUIRE_ETCD", "") not in ("", "0"):
+            pytest.fail(f"MEGAROUTER_REQUIRE_ETCD is set but {exc}")
+        pytest.skip(str(exc))

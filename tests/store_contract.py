@@ -22,7 +22,7 @@ from contextlib import aclosing
 
 import pytest
 
-from controlplane.store import CasConflict, Compacted, Event, KeyValue, Store, StoreError
+from controlplane.store import CasConflict, Compacted, Event, KeyValue, LeaseNotFound, Store, StoreError
 
 StoreFactory = Callable[..., Awaitable[Store]]
 
@@ -45,6 +45,8 @@ def summary(events: list[Event]) -> list[tuple[str, str, bytes, int]]:
 class StoreContract:
     # The revision of a freshly created store; None if the backend cannot promise one.
     empty_store_revision: int | None = 0
+    # The shortest lease the backend honours as asked (etcd counts whole seconds, minimum 2).
+    short_lease_ttl_s: float = 0.5
 
     async def compact_history(self, store: Store, revision: int) -> None:
         """Drop history before revision, so watches starting earlier fail."""
@@ -332,6 +334,66 @@ class StoreContract:
         assert str(base + 6) in str(info.value)
         async with aclosing(store.watch("c/", base + 7)) as events:
             assert [e.revision - base for e in await take(events, 4)] == [7, 8, 9, 10]
+
+    # -- leases ----------------------------------------------------------------------------
+
+    async def test_revoked_lease_deletes_its_keys(self, store_factory: StoreFactory) -> None:
+        store = await store_factory()
+        lease = await store.grant_lease(60)
+        other = await store.grant_lease(60)
+        assert lease > 0 and other != lease
+        await store.put("l/owned", b"1", lease=lease)
+        await store.put("l/owned-too", b"2", expected_revision=0, lease=lease)
+        await store.put("l/other", b"3", lease=other)
+        await store.put("l/plain", b"4")
+        await store.put("l/detached", b"5", lease=lease)
+        await store.put("l/detached", b"6")  # a put without a lease detaches the key
+        async with aclosing(store.watch("l/", 0)) as events:
+            await store.revoke_lease(lease)
+            deleted = await take(events, 2)
+        assert sorted((e.type, e.key) for e in deleted) == [("delete", "l/owned"), ("delete", "l/owned-too")]
+        assert deleted[0].revision <= deleted[1].revision  # etcd deletes a lease's keys in one revision
+        items, _ = await store.list("l/")
+        assert [kv.key for kv in items] == ["l/detached", "l/other", "l/plain"]
+        await store.revoke_lease(lease)  # already gone: nothing happens
+        with pytest.raises(LeaseNotFound):
+            await store.keep_alive(lease)
+        with pytest.raises(LeaseNotFound):
+            await store.put("l/late", b"x", lease=lease)
+        assert await store.get("l/late") is None
+        assert await store.keep_alive(other) >= 60
+
+    async def test_lease_expires_unless_kept_alive(self, store_factory: StoreFactory) -> None:
+        store = await store_factory()
+        ttl = self.short_lease_ttl_s
+        kept = await store.grant_lease(ttl)
+        left = await store.grant_lease(ttl)
+        await store.put("e/kept", b"k", lease=kept)
+        await store.put("e/left", b"l", lease=left)
+        loop = asyncio.get_running_loop()
+        async with aclosing(store.watch("e/", 0)) as events:
+            # Renew one lease for two of its lifetimes: only the other one's key goes.
+            until = loop.time() + 2 * ttl
+            expired = asyncio.create_task(next_event(events))
+            while loop.time() < until:
+                assert await store.keep_alive(kept) >= ttl
+                await asyncio.wait([expired], timeout=ttl / 4)
+            event = await expired
+            assert (event.type, event.key) == ("delete", "e/left")
+            assert await store.get("e/kept") is not None
+            with pytest.raises(LeaseNotFound):
+                await store.keep_alive(left)
+            # Then stop renewing: it expires too.
+            event = await next_event(events)
+            assert (event.type, event.key) == ("delete", "e/kept")
+
+    async def test_lease_arguments_are_checked(self, store_factory: StoreFactory) -> None:
+        store = await store_factory()
+        for ttl in (0, -1, float("nan")):
+            with pytest.raises(StoreError):
+                await store.grant_lease(ttl)
+        with pytest.raises(StoreError):
+            await store.put("a", b"1", lease=-1)
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -65,6 +65,35 @@ async def test_unsettled_leases_of_a_vanished_proxy_are_reclaimed(tmp_path) -> N
         await store.close()
 
 
+async def test_the_leader_sweep_reclaims_rolls_over_and_forgets_deleted_budgets(tmp_path) -> None:
+    """What the sweep does without any request touching the budgets: the status an operator
+    reads is current, and records of deleted budgets do not pile up."""
+    now = [_at("2026-11-30T23:59:00")]
+    store = await open_store(str(tmp_path))
+    try:
+        for name, window in (("daily", "daily"), ("forever", "total"), ("doomed", "total")):
+            await store.put(BUDGETS.key(name), BUDGETS.encode(
+                Budget(name=name, node="acme", window=window, unit="usd", limit=1.0)))
+        ledger = BudgetLedger(store, clock=lambda: now[0])
+        await ledger.acquire("p1", "daily", 0.3)
+        await ledger.settle("p1", budgets_pb2.Settlement(budget="daily", window="2026-11-30", consumed=0.2))
+        await ledger.acquire("vanished", "forever", 0.6)
+        await ledger.acquire("p1", "doomed", 0.1)
+        assert await ledger.sweep() == 0  # nothing is stale yet
+        await store.delete(BUDGETS.key("doomed"))
+        now[0] = _at("2026-12-01T00:00:30")  # a new day, and the lease TTL has passed
+        records_before = (await store.revision())
+        assert await ledger.sweep() == 3
+        assert await store.revision() == records_before + 3
+        status = {s.budget: s for s in await ledger.status()}
+        assert (status["daily"].window, status["daily"].spent, status["daily"].leased) == ("2026-12-01", 0, 0)
+        assert (status["forever"].spent, status["forever"].leased) == (0, 0)
+        assert await store.get("/megarouter/ledger/doomed") is None
+        assert await ledger.sweep() == 0  # and a second sweep has nothing to do
+    finally:
+        await store.close()
+
+
 async def _seed_budgets(system: System) -> int:
     await system.admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(name="a-key", node="team-a", secret=KEY_SECRET))
     await system.admin.PutBudget(routing_pb2.Budget(

@@ -54,9 +54,9 @@ from megarouter.manifest import parse_manifest
 from tests.harness import Service, eventually, start_service
 
 try:
-    from tests.etcd_cluster import EtcdCluster, EtcdUnavailable
+    from tests.etcd_cluster import start_or_skip
 except ImportError:  # pragma: no cover - tests/ on sys.path directly
-    from etcd_cluster import EtcdCluster, EtcdUnavailable  # type: ignore[no-redef]
+    from etcd_cluster import start_or_skip  # type: ignore[no-redef]
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -549,14 +549,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_etcd_cluster() -> EtcdCluster:
-    try:
-        return EtcdCluster.start(3)
-    except EtcdUnavailable as exc:
-        if os.environ.get("MEGAROUTER_REQUIRE_ETCD", "") not in ("", "0"):
-            pytest.fail(f"MEGAROUTER_REQUIRE_ETCD is set but {exc}")
-        pytest.skip(str(exc))
-
 
 def localize(argv: list[str], addresses: dict[str, str], tmp: Path) -> list[str]:
     """A compose command with its addresses made local: compose host:port -> loopback host:port,
@@ -599,7 +591,7 @@ async def chat(session: aiohttp.ClientSession, base: str, key: str, model: str) 
 async def test_compose_topology_runs_with_its_own_commands(compose, tmp_path):
     services = compose["services"]
     admin_token = "mr-admin-deploy-test-" + "x" * 24
-    cluster = start_etcd_cluster()
+    cluster = start_or_skip(3)
     started: list[Service] = []
     try:
         addresses = {f"etcd{i + 1}:2379": endpoint for i, endpoint in enumerate(cluster.endpoints)}

@@ -9,7 +9,6 @@ MEGAROUTER_REQUIRE_ETCD=1 (set in CI) makes that a failure.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -25,25 +24,17 @@ from controlplane.store import etcd as etcd_backend
 from controlplane.store.etcd import EtcdStore, parse_etcd_url
 
 try:
-    from etcd_cluster import EtcdCluster, EtcdUnavailable, free_port
+    from etcd_cluster import EtcdCluster, free_port, start_or_skip
     from store_contract import StoreContract, StoreFactory, next_event, take
 except ImportError:  # tests/ imported as a package
-    from tests.etcd_cluster import EtcdCluster, EtcdUnavailable, free_port
+    from tests.etcd_cluster import EtcdCluster, free_port, start_or_skip
     from tests.store_contract import StoreContract, StoreFactory, next_event, take
 
-
-def start_cluster(size: int) -> EtcdCluster:
-    try:
-        return EtcdCluster.start(size)
-    except EtcdUnavailable as exc:
-        if os.environ.get("MEGAROUTER_REQUIRE_ETCD", "") not in ("", "0"):
-            pytest.fail(f"MEGAROUTER_REQUIRE_ETCD is set but {exc}")
-        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")
 def etcd() -> Iterator[EtcdCluster]:
-    cluster = start_cluster(1)
+    cluster = start_or_skip(1)
     yield cluster
     cluster.stop()
 
@@ -56,6 +47,8 @@ def namespace() -> str:
 class TestEtcdStore(StoreContract):
     # An empty etcd is at revision 1, and other namespaces' writes move the revision too.
     empty_store_revision = None
+    # etcd's minimum lease TTL with default election settings (1.5 s, in whole seconds).
+    short_lease_ttl_s = 2.0
 
     @pytest.fixture
     async def store_factory(self, etcd: EtcdCluster) -> AsyncIterator[StoreFactory]:
@@ -248,7 +241,7 @@ async def put_after_kill(store: EtcdStore, key: str, value: bytes) -> int:
 
 
 async def test_writes_continue_when_a_member_is_killed() -> None:
-    cluster = start_cluster(3)
+    cluster = start_or_skip(3)
     store: EtcdStore | None = None
     try:
         # The store talks to the leader first, so killing it costs a failover and an election.

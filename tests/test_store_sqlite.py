@@ -104,6 +104,58 @@ async def test_database_settings(tmp_path: Path) -> None:
         await store.close()
 
 
+async def test_schema_1_database_gains_leases(tmp_path: Path) -> None:
+    """A store written before leases existed opens, keeps its data and can use leases."""
+    path = tmp_path / "store.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(
+        """
+        CREATE TABLE kv (key TEXT PRIMARY KEY, value BLOB NOT NULL,
+                         create_revision INTEGER NOT NULL, mod_revision INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE TABLE events (revision INTEGER PRIMARY KEY, type TEXT NOT NULL, key TEXT NOT NULL,
+                             value BLOB NOT NULL);
+        CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        INSERT INTO meta VALUES ('revision', 1), ('compact_revision', 0);
+        INSERT INTO kv VALUES ('old', x'6f6c64', 1, 1);
+        INSERT INTO events VALUES (1, 'put', 'old', x'6f6c64');
+        PRAGMA user_version = 1;
+        """
+    )
+    conn.close()
+    store = await SqliteStore.open(path)
+    try:
+        old = await store.get("old")
+        assert old is not None and old.value == b"old" and old.mod_revision == 1
+        lease = await store.grant_lease(60)
+        assert await store.put("new", b"n", lease=lease) == 2
+        await store.revoke_lease(lease)
+        assert await store.get("new") is None
+        assert await store.get("old") is not None
+    finally:
+        await store.close()
+
+
+async def test_leases_outlive_a_restart(tmp_path: Path) -> None:
+    """A lease is wall-clock time in the database: after a restart it still holds its keys,
+    and still expires (the reopened store reaps it without a new grant)."""
+    store = await SqliteStore.open(tmp_path / "store.db")
+    long = await store.grant_lease(600)
+    short = await store.grant_lease(0.3)
+    await store.put("held", b"1", lease=long)
+    await store.put("expiring", b"2", lease=short)
+    await store.close()
+    store = await SqliteStore.open(tmp_path / "store.db")
+    try:
+        async with aclosing(store.watch("expiring", 0)) as events:
+            if await store.get("expiring") is not None:
+                (event,) = await take(events, 1)
+                assert (event.type, event.key) == ("delete", "expiring")
+        assert await store.get("held") is not None
+        assert await store.keep_alive(long) == 600
+    finally:
+        await store.close()
+
+
 async def test_unreadable_database_is_a_store_error(tmp_path: Path) -> None:
     bad = tmp_path / "store.db"
     bad.write_bytes(b"this is not a database" * 100)

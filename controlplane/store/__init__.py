@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import CasConflict, Compacted, Event, KeyValue, Store, StoreError
+from .base import CasConflict, Compacted, Event, KeyValue, LeaseNotFound, Store, StoreError
 from .sqlite import SqliteStore
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "Compacted",
     "Event",
     "KeyValue",
+    "LeaseNotFound",
     "SqliteStore",
     "Store",
     "StoreError",

@@ -46,6 +46,14 @@ class CasConflict(StoreError):
         )
 
 
+class LeaseNotFound(StoreError):
+    """The lease expired, was revoked, or never existed."""
+
+    def __init__(self, lease_id: int) -> None:
+        self.lease_id = lease_id
+        super().__init__(f"lease {lease_id:x} does not exist (it expired or was revoked)")
+
+
 class Compacted(StoreError):
     """A watch asked for history older than what the store still retains."""
 
@@ -81,11 +89,16 @@ class Store(abc.ABC):
         read at (read atomically, so a watch from revision + 1 continues without a gap)."""
 
     @abc.abstractmethod
-    async def put(self, key: str, value: bytes, *, expected_revision: int | None = None) -> int:
+    async def put(
+        self, key: str, value: bytes, *, expected_revision: int | None = None, lease: int = 0
+    ) -> int:
         """Write the key and return the new store revision.
 
         expected_revision: None writes unconditionally; 0 creates only (the key must be
         absent); n > 0 requires the key's mod_revision to be n. Otherwise CasConflict.
+        lease: attach the key to this lease (see grant_lease), so it is deleted when the lease
+        ends; 0 attaches it to none (and detaches it from a lease it had). LeaseNotFound if the
+        lease has ended.
         """
 
     @abc.abstractmethod
@@ -111,6 +124,25 @@ class Store(abc.ABC):
         start_revision is older than the retained history, the first iteration raises
         Compacted.
         """
+
+    # -- leases (as in etcd): keys that live only while their owner keeps renewing them -----
+
+    @abc.abstractmethod
+    async def grant_lease(self, ttl_s: float) -> int:
+        """A new lease (its id, > 0) that ends ttl_s seconds from now unless kept alive.
+
+        The backend may round ttl_s up (etcd counts whole seconds and has a minimum)."""
+
+    @abc.abstractmethod
+    async def keep_alive(self, lease_id: int) -> float:
+        """Restart the lease's time to live and return it (seconds); LeaseNotFound if the
+        lease has already ended."""
+
+    @abc.abstractmethod
+    async def revoke_lease(self, lease_id: int) -> None:
+        """End the lease now, deleting every key attached to it (each delete is an event;
+        etcd gives them all one revision). Revoking a lease that has already ended does
+        nothing."""
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -26,6 +26,7 @@ only and its watcher neither resumes after a lost connection nor applies back-pr
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import weakref
 from collections import deque
@@ -35,7 +36,7 @@ from typing import Any, TypeVar
 import grpc
 from aetcd import rpc
 
-from .base import CasConflict, Compacted, Event, KeyValue, Store, StoreError
+from .base import CasConflict, Compacted, Event, KeyValue, LeaseNotFound, Store, StoreError
 
 _T = TypeVar("_T")
 
@@ -143,6 +144,7 @@ class _Endpoint:
         self.channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
         self.kv = rpc.KVStub(self.channel)
         self.watch = rpc.WatchStub(self.channel)
+        self.lease = rpc.LeaseStub(self.channel)
 
 
 class EtcdStore(Store):
@@ -373,10 +375,21 @@ class EtcdStore(Store):
                     raise
         raise StoreError(f"list of {prefix!r} kept racing with compactions; try again")
 
-    async def put(self, key: str, value: bytes, *, expected_revision: int | None = None) -> int:
+    async def put(
+        self, key: str, value: bytes, *, expected_revision: int | None = None, lease: int = 0
+    ) -> int:
         _check_revision_arg(expected_revision)
+        _check_lease_arg(lease)
+        try:
+            return await self._put(key, value, expected_revision, lease)
+        except StoreError as exc:
+            if lease and _is_rpc_code(exc.__cause__, grpc.StatusCode.NOT_FOUND):
+                raise LeaseNotFound(lease) from exc
+            raise
+
+    async def _put(self, key: str, value: bytes, expected_revision: int | None, lease: int) -> int:
         raw = self._key(key)
-        put = rpc.RequestOp(request_put=rpc.PutRequest(key=raw, value=bytes(value)))
+        put = rpc.RequestOp(request_put=rpc.PutRequest(key=raw, value=bytes(value), lease=lease))
         if expected_revision is None:
             response = await self._txn(rpc.TxnRequest(success=[put]), f"put of {key!r}")
             return response.header.revision
@@ -417,6 +430,57 @@ class EtcdStore(Store):
     async def revision(self) -> int:
         response = await self._range_request(self._revision_request(), "revision read")
         return response.header.revision
+
+    # -- leases: etcd's own, so keys vanish when their owner stops renewing ------------------
+
+    async def grant_lease(self, ttl_s: float) -> int:
+        if not (isinstance(ttl_s, int | float) and math.isfinite(ttl_s) and ttl_s > 0):
+            raise StoreError(f"a lease's ttl must be a positive number of seconds, got {ttl_s!r}")
+
+        async def call(endpoint: _Endpoint, timeout: float) -> Any:
+            request = rpc.LeaseGrantRequest(TTL=math.ceil(ttl_s))
+            return await endpoint.lease.LeaseGrant(request, timeout=timeout, metadata=_REQUIRE_LEADER)
+
+        # Retrying a grant whose outcome is unknown is safe: a lease nobody uses just expires.
+        response = await self._request(call, idempotent=True, what="lease grant")
+        if response.error:
+            raise StoreError(f"etcd refused the lease: {response.error}")
+        return response.ID
+
+    async def keep_alive(self, lease_id: int) -> float:
+        _check_lease_arg(lease_id)
+
+        async def call(endpoint: _Endpoint, timeout: float) -> Any:
+            # LeaseKeepAlive is a stream; one request and its answer renew the lease once.
+            stream = endpoint.lease.LeaseKeepAlive(timeout=timeout, metadata=_REQUIRE_LEADER)
+            try:
+                await stream.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
+                response = await stream.read()
+            finally:
+                stream.cancel()
+            if response is grpc.aio.EOF:
+                raise StoreError("etcd ended the lease keep-alive stream without an answer")
+            return response
+
+        response = await self._request(call, idempotent=True, what=f"keep-alive of lease {lease_id:x}")
+        if response.TTL <= 0:  # etcd's answer for a lease it no longer has
+            raise LeaseNotFound(lease_id)
+        return float(response.TTL)
+
+    async def revoke_lease(self, lease_id: int) -> None:
+        _check_lease_arg(lease_id)
+
+        async def call(endpoint: _Endpoint, timeout: float) -> Any:
+            request = rpc.LeaseRevokeRequest(ID=lease_id)
+            return await endpoint.lease.LeaseRevoke(request, timeout=timeout, metadata=_REQUIRE_LEADER)
+
+        try:
+            response = await self._request(call, idempotent=True, what=f"revoke of lease {lease_id:x}")
+        except StoreError as exc:
+            if _is_rpc_code(exc.__cause__, grpc.StatusCode.NOT_FOUND):
+                return  # already gone
+            raise
+        self._observe(response.header.revision)
 
     def _revision_request(self) -> Any:
         # Any linearizable read carries the cluster revision; this one counts a single key.
@@ -474,6 +538,15 @@ def _mod_revision(response: Any) -> int:
 def _check_revision_arg(expected_revision: int | None) -> None:
     if expected_revision is not None and expected_revision < 0:
         raise StoreError(f"expected_revision must be >= 0, got {expected_revision}")
+
+
+def _check_lease_arg(lease: int) -> None:
+    if not isinstance(lease, int) or lease < 0:
+        raise StoreError(f"a lease id must be an integer >= 0, got {lease!r}")
+
+
+def _is_rpc_code(exc: BaseException | None, code: grpc.StatusCode) -> bool:
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() == code
 
 
 class _EtcdWatch:

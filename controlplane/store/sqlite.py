@@ -3,13 +3,20 @@
 Only the control-plane process writes the database, so watches are fed in-process: every
 committed write is published to the watchers on the event loop, and the events table lets a
 watcher replay history (or catch up after falling behind) without gaps or duplicates.
+
+Leases are rows with an expiry time in wall-clock seconds (they outlive a restart, like
+etcd's); a reaper task deletes the keys of expired leases while any lease exists.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import math
 import os
 import sqlite3
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -17,18 +24,21 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Literal, TypeVar
 
-from .base import CasConflict, Compacted, Event, KeyValue, Store, StoreError
+from .base import CasConflict, Compacted, Event, KeyValue, LeaseNotFound, Store, StoreError
 
 _T = TypeVar("_T")
+log = logging.getLogger("megarouter.controlplane.store")
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS kv (
         key TEXT PRIMARY KEY,
         value BLOB NOT NULL,
         create_revision INTEGER NOT NULL,
-        mod_revision INTEGER NOT NULL
+        mod_revision INTEGER NOT NULL,
+        lease INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID""",
+    "CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY, ttl REAL NOT NULL, expires_at REAL NOT NULL)",
     """CREATE TABLE IF NOT EXISTS events (
         revision INTEGER PRIMARY KEY,
         type TEXT NOT NULL CHECK (type IN ('put', 'delete')),
@@ -38,8 +48,13 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     # compact_revision is the oldest revision a watch may start from (0: nothing dropped).
     "INSERT OR IGNORE INTO meta (name, value) VALUES ('revision', 0), ('compact_revision', 0)",
+    "CREATE INDEX IF NOT EXISTS kv_lease ON kv (lease) WHERE lease != 0",
     f"PRAGMA user_version = {_SCHEMA_VERSION}",
 )
+# Version 1 (before leases) had the same tables without kv.lease and the leases table.
+_MIGRATE_FROM_1 = ("ALTER TABLE kv ADD COLUMN lease INTEGER NOT NULL DEFAULT 0",)
+# How often the reaper looks for expired leases: a lease's keys outlive it by at most this.
+_REAP_INTERVAL_S = 0.25
 
 # A watcher buffers at most this many live events. Past that it drops the buffer and re-reads
 # the events table once its consumer catches up, so a slow consumer never holds up writers
@@ -105,6 +120,9 @@ class _Database:
                     f"up to {_SCHEMA_VERSION}"
                 )
             with _transaction(conn):
+                if version == 1:
+                    for statement in _MIGRATE_FROM_1:
+                        conn.execute(statement)
                 for statement in _SCHEMA:
                     conn.execute(statement)
         except BaseException:
@@ -142,17 +160,19 @@ class _Database:
             revision = self._meta("revision")
         return [KeyValue(*row) for row in rows], revision
 
-    def put(self, key: str, value: bytes, expected: int | None) -> int:
+    def put(self, key: str, value: bytes, expected: int | None, lease: int) -> int:
         with _transaction(self._conn):
             row = self._conn.execute("SELECT mod_revision FROM kv WHERE key = ?", (key,)).fetchone()
             _check_expected(key, expected, row[0] if row else 0)
+            if lease and not self._lease_alive(lease, time.time()):
+                raise LeaseNotFound(lease)
             revision = self._append_event("put", key, value)
             # An existing key keeps its create_revision.
             self._conn.execute(
-                "INSERT INTO kv (key, value, create_revision, mod_revision) VALUES (?, ?, ?, ?) "
+                "INSERT INTO kv (key, value, create_revision, mod_revision, lease) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
-                "mod_revision = excluded.mod_revision",
-                (key, value, revision, revision),
+                "mod_revision = excluded.mod_revision, lease = excluded.lease",
+                (key, value, revision, revision, lease),
             )
         # Published from this thread, after the commit and before the caller's future
         # resolves, so watchers see events in commit order and before put() returns.
@@ -169,6 +189,58 @@ class _Database:
             self._conn.execute("DELETE FROM kv WHERE key = ?", (key,))
         self.on_commit(Event("delete", key, b"", revision))
         return revision
+
+    # -- leases ----------------------------------------------------------------------------
+
+    def _lease_alive(self, lease: int, now: float) -> bool:
+        row = self._conn.execute("SELECT expires_at FROM leases WHERE id = ?", (lease,)).fetchone()
+        return row is not None and row[0] > now
+
+    def grant_lease(self, ttl: float) -> int:
+        with _transaction(self._conn):
+            cursor = self._conn.execute(
+                "INSERT INTO leases (ttl, expires_at) VALUES (?, ?)", (ttl, time.time() + ttl)
+            )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def keep_alive(self, lease: int) -> float:
+        now = time.time()
+        with _transaction(self._conn):
+            cursor = self._conn.execute(
+                "UPDATE leases SET expires_at = ? + ttl WHERE id = ? AND expires_at > ? RETURNING ttl",
+                (now, lease, now),
+            )
+            row = cursor.fetchone()
+        if row is None:
+            raise LeaseNotFound(lease)
+        return row[0]
+
+    def revoke_lease(self, lease: int) -> None:
+        for event in self._end_leases("id = ?", (lease,)):
+            self.on_commit(event)
+
+    def expire_leases(self) -> bool:
+        """End every lease past its expiry; whether any lease is left."""
+        for event in self._end_leases("expires_at <= ?", (time.time(),)):
+            self.on_commit(event)
+        return self._conn.execute("SELECT 1 FROM leases LIMIT 1").fetchone() is not None
+
+    def _end_leases(self, where: str, args: tuple[float | int, ...]) -> list[Event]:
+        events: list[Event] = []
+        with _transaction(self._conn):
+            ended = [row[0] for row in self._conn.execute(f"SELECT id FROM leases WHERE {where}", args)]
+            for lease in ended:
+                keys = self._conn.execute("SELECT key FROM kv WHERE lease = ? ORDER BY key", (lease,)).fetchall()
+                for (key,) in keys:
+                    revision = self._append_event("delete", key, b"")
+                    self._conn.execute("DELETE FROM kv WHERE key = ?", (key,))
+                    events.append(Event("delete", key, b"", revision))
+                self._conn.execute("DELETE FROM leases WHERE id = ?", (lease,))
+        return events  # published after the commit, like every other write
+
+    def has_leases(self) -> bool:
+        return self._conn.execute("SELECT 1 FROM leases LIMIT 1").fetchone() is not None
 
     def _append_event(self, type_: Literal["put", "delete"], key: str, value: bytes) -> int:
         revision = self._meta("revision") + 1
@@ -232,6 +304,7 @@ class SqliteStore(Store):
         self._published_revision = revision
         # Weak, so a watch the consumer abandoned without aclose() is simply collected.
         self._watchers: weakref.WeakSet[_Watch] = weakref.WeakSet()
+        self._reaper: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(
@@ -248,13 +321,17 @@ class SqliteStore(Store):
                 executor, _Database, os.fspath(path), history_limit
             )
             revision = await loop.run_in_executor(executor, database.revision)
+            leases_left = await loop.run_in_executor(executor, database.has_leases)
         except sqlite3.Error as exc:
             executor.shutdown(wait=False)
             raise StoreError(f"cannot open store database {os.fspath(path)}: {exc}") from exc
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        return cls(database, executor, revision)
+        store = cls(database, executor, revision)
+        if leases_left:  # leases from before a restart still expire
+            store._start_reaper()
+        return store
 
     async def _run(self, fn: Callable[..., _T], *args: object) -> _T:
         if self._closed:
@@ -281,9 +358,12 @@ class SqliteStore(Store):
     async def list(self, prefix: str) -> tuple[list[KeyValue], int]:
         return await self._run(self._db.list_prefix, prefix)
 
-    async def put(self, key: str, value: bytes, *, expected_revision: int | None = None) -> int:
+    async def put(
+        self, key: str, value: bytes, *, expected_revision: int | None = None, lease: int = 0
+    ) -> int:
         _check_revision_arg(expected_revision)
-        return await self._run(self._db.put, _checked_key(key), bytes(value), expected_revision)
+        _check_lease_arg(lease)
+        return await self._run(self._db.put, _checked_key(key), bytes(value), expected_revision, lease)
 
     async def delete(self, key: str, *, expected_revision: int | None = None) -> int | None:
         _check_revision_arg(expected_revision)
@@ -291,6 +371,37 @@ class SqliteStore(Store):
 
     async def revision(self) -> int:
         return await self._run(self._db.revision)
+
+    async def grant_lease(self, ttl_s: float) -> int:
+        if not (isinstance(ttl_s, int | float) and math.isfinite(ttl_s) and ttl_s > 0):
+            raise StoreError(f"a lease's ttl must be a positive number of seconds, got {ttl_s!r}")
+        lease = await self._run(self._db.grant_lease, float(ttl_s))
+        self._start_reaper()
+        return lease
+
+    async def keep_alive(self, lease_id: int) -> float:
+        _check_lease_arg(lease_id)
+        return await self._run(self._db.keep_alive, lease_id)
+
+    async def revoke_lease(self, lease_id: int) -> None:
+        _check_lease_arg(lease_id)
+        await self._run(self._db.revoke_lease, lease_id)
+
+    def _start_reaper(self) -> None:
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.create_task(self._reap(), name="store-lease-reaper")
+
+    async def _reap(self) -> None:
+        """Delete the keys of expired leases until no lease is left (grant_lease restarts it)."""
+        while not self._closed:
+            await asyncio.sleep(_REAP_INTERVAL_S)
+            try:
+                if not await self._run(self._db.expire_leases):
+                    return
+            except StoreError as exc:
+                if self._closed:
+                    return
+                log.warning("expiring leases failed, will retry: %s", exc)
 
     async def compact(self, revision: int) -> None:
         """Drop history before revision (SQLite-specific; normally history_limit does it)."""
@@ -308,6 +419,10 @@ class SqliteStore(Store):
         if self._closed:
             return
         self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StoreError):
+                await self._reaper
         for watcher in list(self._watchers):
             watcher.finish()
         self._watchers.clear()
@@ -327,6 +442,11 @@ def _checked_key(key: str) -> str:
 def _check_revision_arg(expected_revision: int | None) -> None:
     if expected_revision is not None and expected_revision < 0:
         raise StoreError(f"expected_revision must be >= 0, got {expected_revision}")
+
+
+def _check_lease_arg(lease: int) -> None:
+    if not isinstance(lease, int) or lease < 0:
+        raise StoreError(f"a lease id must be an integer >= 0, got {lease!r}")
 
 
 class _Watch:

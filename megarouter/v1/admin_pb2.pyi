@@ -306,6 +306,32 @@ class GetFleetHealthRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class ListControlPlanesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ControlPlaneReplica(_message.Message):
+    __slots__ = ("replica_id", "address", "started_at_unix_ms", "leader")
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    replica_id: str
+    address: str
+    started_at_unix_ms: int
+    leader: bool
+    def __init__(self, replica_id: _Optional[str] = ..., address: _Optional[str] = ..., started_at_unix_ms: _Optional[int] = ..., leader: _Optional[bool] = ...) -> None: ...
+
+class ListControlPlanesResponse(_message.Message):
+    __slots__ = ("replicas", "leader_id", "answered_by")
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ID_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_BY_FIELD_NUMBER: _ClassVar[int]
+    replicas: _containers.RepeatedCompositeFieldContainer[ControlPlaneReplica]
+    leader_id: str
+    answered_by: str
+    def __init__(self, replicas: _Optional[_Iterable[_Union[ControlPlaneReplica, _Mapping]]] = ..., leader_id: _Optional[str] = ..., answered_by: _Optional[str] = ...) -> None: ...
+
 class PushRawTableResponse(_message.Message):
     __slots__ = ("proxies",)
     PROXIES_FIELD_NUMBER: _ClassVar[int]

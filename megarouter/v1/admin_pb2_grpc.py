@@ -236,6 +236,11 @@ class AdminStub:
                 request_serializer=megarouter_dot_v1_dot_admin__pb2.GetFleetHealthRequest.SerializeToString,
                 response_deserializer=megarouter_dot_v1_dot_discovery__pb2.FleetHealth.FromString,
                 _registered_method=True)
+        self.ListControlPlanes = channel.unary_unary(
+                '/megarouter.v1.Admin/ListControlPlanes',
+                request_serializer=megarouter_dot_v1_dot_admin__pb2.ListControlPlanesRequest.SerializeToString,
+                response_deserializer=megarouter_dot_v1_dot_admin__pb2.ListControlPlanesResponse.FromString,
+                _registered_method=True)
         self.GetRoutingTable = channel.unary_unary(
                 '/megarouter.v1.Admin/GetRoutingTable',
                 request_serializer=megarouter_dot_v1_dot_admin__pb2.GetRoutingTableRequest.SerializeToString,
@@ -498,6 +503,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListControlPlanes(self, request, context):
+        """Control-plane replicas registered in the store, and which one leads.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetRoutingTable(self, request, context):
         """The table the control plane currently pushes.
         """
@@ -715,6 +727,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetFleetHealth,
                     request_deserializer=megarouter_dot_v1_dot_admin__pb2.GetFleetHealthRequest.FromString,
                     response_serializer=megarouter_dot_v1_dot_discovery__pb2.FleetHealth.SerializeToString,
+            ),
+            'ListControlPlanes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListControlPlanes,
+                    request_deserializer=megarouter_dot_v1_dot_admin__pb2.ListControlPlanesRequest.FromString,
+                    response_serializer=megarouter_dot_v1_dot_admin__pb2.ListControlPlanesResponse.SerializeToString,
             ),
             'GetRoutingTable': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRoutingTable,
@@ -1807,6 +1824,33 @@ class Admin:
             '/megarouter.v1.Admin/GetFleetHealth',
             megarouter_dot_v1_dot_admin__pb2.GetFleetHealthRequest.SerializeToString,
             megarouter_dot_v1_dot_discovery__pb2.FleetHealth.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListControlPlanes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/megarouter.v1.Admin/ListControlPlanes',
+            megarouter_dot_v1_dot_admin__pb2.ListControlPlanesRequest.SerializeToString,
+            megarouter_dot_v1_dot_admin__pb2.ListControlPlanesResponse.FromString,
             options,
             channel_credentials,
             insecure,
