@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from controlplane import rbac, usage
 from controlplane.budgets import BudgetLedger
 from controlplane.catalog_models import catalog_models, effective_models
-from controlplane.discovery import ProxyRegistry, SnapshotCache
+from controlplane.discovery import ProxyRegistry, SnapshotCache, fleet_proxies
 from controlplane.references import blocking_references, missing_references
 from controlplane.replicas import ReplicaSet
 from controlplane.repository import (
@@ -30,6 +30,7 @@ from controlplane.repository import (
     BUDGETS,
     DEFAULTS_KEY,
     ENDPOINTS,
+    LAST_DELETE_KEY,
     MODELS,
     NODES,
     PROVIDERS,
@@ -141,7 +142,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             bucket.pop(name, None)
         else:
             bucket[name] = resource
-        self._cache = dataclasses.replace(cache, revision=revision)
+        self._cache = dataclasses.replace(cache, revision=revision, config_revision=revision)
 
     # ------------------------------------------------------------ generic
 
@@ -176,11 +177,19 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"{collection.kind} {name!r} is still used by " + ", ".join(users),
                 )
-            revision = await self.store.delete(collection.key(name)) if name else None
+            key = collection.key(name)
+            revision = await self.store.delete(key) if name else None
             if revision is None:
                 await _abort(context, grpc.StatusCode.NOT_FOUND, f"{collection.kind} {name!r} not found")
             self._remember(collection, name, None, revision)
-            return admin_pb2.DeleteResponse(revision=revision)
+            # The marker makes the delete the newest configuration change, so the table
+            # version (the newest mod_revision) moves past it on every replica alike.
+            marked = await self.store.put(LAST_DELETE_KEY, key.encode())
+            if self._cache is not None and self._cache.revision == marked - 1:
+                self._cache = dataclasses.replace(self._cache, revision=marked, config_revision=marked)
+            else:
+                self._cache = None
+            return admin_pb2.DeleteResponse(revision=marked)
 
     async def _write(self, key: str, value: bytes, expected_revision: int, context) -> int:
         try:
@@ -421,7 +430,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def ListProxies(self, request, context):
         current = self._snapshots.current
         return admin_pb2.ListProxiesResponse(
-            proxies=self._registry.statuses(),
+            proxies=fleet_proxies(self._registry, self._replicas),
             current_version=current.version if current is not None else 0,
         )
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import grpc
 from prometheus_client import Counter, Gauge
 
+from controlplane.replicas import ReplicaSet
+from controlplane.store import StoreError
 from megarouter.v1 import admin_pb2, discovery_pb2, discovery_pb2_grpc, routing_pb2
 
 log = logging.getLogger("megarouter.controlplane.discovery")
@@ -114,6 +116,7 @@ class ProxyRegistry:
     def __init__(self) -> None:
         self._connections: dict[int, ProxyConnection] = {}
         self._ids = itertools.count(1)
+        self.changed = asyncio.Event()  # a proxy connected, left, ACKed or NACKed
 
     def connect(self, node: discovery_pb2.Node, peer: str, version: int) -> ProxyConnection:
         conn = ProxyConnection(
@@ -127,14 +130,61 @@ class ProxyRegistry:
         )
         self._connections[conn.stream_id] = conn
         CONNECTED.set(len(self._connections))
+        self.changed.set()
         return conn
 
     def disconnect(self, conn: ProxyConnection) -> None:
         self._connections.pop(conn.stream_id, None)
         CONNECTED.set(len(self._connections))
+        self.changed.set()
 
-    def statuses(self) -> list[admin_pb2.ProxyStatus]:
-        return [conn.status() for conn in sorted(self._connections.values(), key=lambda c: c.node_id)]
+    def statuses(self, control_plane: str = "") -> list[admin_pb2.ProxyStatus]:
+        statuses = [conn.status() for conn in sorted(self._connections.values(), key=lambda c: c.node_id)]
+        for status in statuses:
+            status.control_plane = control_plane
+        return statuses
+
+
+PROXIES_SHARE = "proxies"
+
+
+def fleet_proxies(registry: ProxyRegistry, replicas: ReplicaSet | None) -> list[admin_pb2.ProxyStatus]:
+    """Every proxy connected to any replica: this replica's own, and those the others share."""
+    if replicas is None:
+        return registry.statuses()
+    statuses = registry.statuses(replicas.replica_id)
+    for replica_id, data in replicas.shared.get(PROXIES_SHARE, {}).items():
+        if replica_id != replicas.replica_id:
+            statuses.extend(admin_pb2.ListProxiesResponse.FromString(data).proxies)
+    return sorted(statuses, key=lambda status: (status.node_id, status.control_plane))
+
+
+async def share_proxies(registry: ProxyRegistry, replicas: ReplicaSet, interval_s: float = 0.5) -> None:
+    """While other replicas run, keep this replica's proxy list in the store for them (under
+    its lease), rewritten when it changes, at most every `interval_s`."""
+    peers_changed = replicas.subscribe()
+    published = b""
+    while True:
+        waits = [asyncio.create_task(registry.changed.wait()), asyncio.create_task(peers_changed.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        registry.changed.clear()
+        peers_changed.clear()
+        if not replicas.peers():
+            published = b""  # a replica joining later gets it afresh
+            continue
+        data = admin_pb2.ListProxiesResponse(proxies=registry.statuses(replicas.replica_id)).SerializeToString()
+        if data != published:
+            try:
+                await replicas.publish(PROXIES_SHARE, data)
+                published = data
+            except StoreError as exc:
+                log.warning("cannot share the proxy list with the other replicas: %s", exc)
+                registry.changed.set()  # try again after the pause
+        await asyncio.sleep(interval_s)
 
 
 class DiscoveryService(discovery_pb2_grpc.DiscoveryServicer):
@@ -184,6 +234,7 @@ class DiscoveryService(discovery_pb2_grpc.DiscoveryServicer):
             if request.response_nonce != conn.pending_nonce:
                 continue  # answers an older push, superseded by a newer one
             conn.acked_version = request.version_info
+            self._registry.changed.set()
             if request.error_detail.message:
                 conn.last_nack = request.error_detail.message
                 NACKS.inc()

@@ -89,7 +89,7 @@ class ReplicaSet:
         self.replicas: dict[str, ReplicaInfo] = {}
         # shared/<kind>/<replica id> -> value, for every replica (this one included)
         self.shared: dict[str, dict[str, bytes]] = {}
-        self.changed = asyncio.Event()          # replicas or shared data changed
+        self._listeners: list[asyncio.Event] = []  # see subscribe()
         self._tasks: list[asyncio.Task[None]] = []
         self._job_tasks: list[asyncio.Task[None]] = []
         self._ready = asyncio.Event()
@@ -108,6 +108,17 @@ class ReplicaSet:
     @property
     def is_leader(self) -> bool:
         return bool(self._job_tasks)
+
+    def subscribe(self) -> asyncio.Event:
+        """An event of the caller's own, set whenever replicas, the leader or another
+        replica's shared data change (the caller clears it)."""
+        event = asyncio.Event()
+        self._listeners.append(event)
+        return event
+
+    def _notify(self) -> None:
+        for event in self._listeners:
+            event.set()
 
     def peers(self) -> list[str]:
         return [replica for replica in self.replicas if replica != self.replica_id]
@@ -234,7 +245,7 @@ class ReplicaSet:
     def _set_leader(self, leader_id: str) -> None:
         if leader_id != self._leader_id:
             self._leader_id = leader_id
-            self.changed.set()
+            self._notify()
 
     def _lead(self) -> None:
         if self._job_tasks:
@@ -310,7 +321,7 @@ class ReplicaSet:
                 self.shared.setdefault(kind, {})[replica_id] = value
             if replica_id == self.replica_id:
                 return  # the echo of our own share changes nothing we push
-        self.changed.set()
+        self._notify()
 
 
 async def _forever(job: Job) -> None:

@@ -53,6 +53,9 @@ BUDGETS = Collection("budgets", "budget", Budget)
 # A singleton: the one resource is stored under the name "defaults".
 SETTINGS = Collection("settings", "settings", Defaults)
 DEFAULTS_KEY = SETTINGS.key("defaults")
+# Rewritten after every delete, so that the newest mod_revision under ROOT is the revision
+# of the last configuration change of any kind (see StoreContents.config_revision).
+LAST_DELETE_KEY = SETTINGS.key("last-delete")
 
 COLLECTIONS = (PROVIDERS, MODELS, ENDPOINTS, ROUTES, API_KEYS, NODES, BUDGETS)
 
@@ -62,6 +65,10 @@ class StoreContents:
     """Every resource at one store revision."""
 
     revision: int
+    # The newest configuration change (put, or delete through its marker): what every
+    # control-plane replica reading the same configuration agrees on, unlike `revision`,
+    # which moves with every write to the store (ledger, usage, replicas' shares).
+    config_revision: int
     providers: dict[str, Provider]
     models: dict[str, Model]
     endpoints: dict[str, Endpoint]
@@ -78,18 +85,22 @@ async def read_all(store: Store) -> StoreContents:
     buckets: dict[str, dict] = {c.name: {} for c in COLLECTIONS}
     by_prefix = {c.prefix: c for c in COLLECTIONS}
     defaults = Defaults()
+    config_revision = 0
     for kv in items:
+        config_revision = max(config_revision, kv.mod_revision)
+        if kv.key == LAST_DELETE_KEY:
+            continue
         if kv.key == DEFAULTS_KEY:
             defaults = SETTINGS.decode(kv)
             continue
-        collection_prefix = kv.key[: kv.key.index("/", len(ROOT)) + 1]
-        collection = by_prefix.get(collection_prefix)
+        collection = by_prefix.get(kv.key[: kv.key.find("/", len(ROOT)) + 1])
         if collection is None:
             continue  # a key written by a newer version; ignore rather than fail
         resource = collection.decode(kv)
         buckets[collection.name][resource.name] = resource
     return StoreContents(
         revision=revision,
+        config_revision=config_revision,
         providers=buckets["providers"],
         models=buckets["models"],
         endpoints=buckets["endpoints"],

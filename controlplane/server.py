@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from controlplane import rbac
 from controlplane.admin import AdminService, TestHooksService
 from controlplane.budgets import BudgetLedger, BudgetsService
-from controlplane.discovery import DiscoveryService, ProxyRegistry, SnapshotCache
+from controlplane.discovery import DiscoveryService, ProxyRegistry, SnapshotCache, share_proxies
 from controlplane.fleet import FleetView
 from controlplane.replicas import ReplicaSet
 from controlplane.snapshot import follow_store
@@ -129,6 +129,7 @@ async def serve(args: argparse.Namespace) -> int:
         publish_fleet_health(fleet, snapshots, args.health_push_interval, replicas), name="fleet-health"
     )
     usage_flusher = asyncio.create_task(usage.run(args.usage_flush_interval), name="usage-flush")
+    proxy_sharer = asyncio.create_task(share_proxies(registry, replicas), name="share-proxies")
     await snapshots.next_after(0)  # serve nothing until the first table exists
     for name in ["", *service_names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -152,6 +153,7 @@ async def serve(args: argparse.Namespace) -> int:
     publisher.cancel()
     health_pusher.cancel()
     usage_flusher.cancel()
+    proxy_sharer.cancel()
     stopped.cancel()
     try:
         await usage.flush()  # what proxies reported since the last flush

@@ -1,7 +1,9 @@
 """Snapshot compiler: store contents -> one immutable RoutingTable.
 
-The table is versioned by the store revision it was read at, so a version
-names exactly one state of the configuration. Only what proxies need goes
+The table is versioned by the revision of the newest configuration change
+(`StoreContents.config_revision`), so a version names exactly one state of the
+configuration, and every control-plane replica gives that state the same
+version whatever else was written to the store meanwhile. Only what proxies need goes
 in: key hashes (not keys), credential references (not secrets).
 """
 
@@ -29,7 +31,7 @@ MAX_COMPILE_PAUSE_S = 0.5
 
 def compile_table(contents: StoreContents) -> routing_pb2.RoutingTable:
     table = routing_pb2.RoutingTable(
-        version=contents.revision,
+        version=contents.config_revision,
         generated_at_unix_ms=int(time.time() * 1000),
         defaults=resource_to_proto(contents.defaults, routing_pb2.Defaults),
     )

@@ -80,8 +80,9 @@ async def publish_fleet_health(
     """
     published_generation = -1
     pushes = 0
+    peers_changed = replicas.subscribe() if replicas is not None else None
     while True:
-        await _next_change(fleet, replicas)
+        await _next_change(fleet, peers_changed)
         local = fleet.totals()
         others: list[FleetTotals] = []
         if replicas is not None and replicas.peers():
@@ -101,14 +102,14 @@ async def publish_fleet_health(
         await asyncio.sleep(interval_s)  # batch the reports of the next interval into one push
 
 
-async def _next_change(fleet: FleetView, replicas: ReplicaSet | None) -> None:
+async def _next_change(fleet: FleetView, peers_changed: asyncio.Event | None) -> None:
     waits = [asyncio.create_task(fleet.wait_changed())]
-    if replicas is not None:
-        waits.append(asyncio.create_task(replicas.changed.wait()))
+    if peers_changed is not None:
+        waits.append(asyncio.create_task(peers_changed.wait()))
     try:
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for wait in waits:
             wait.cancel()
-    if replicas is not None:
-        replicas.changed.clear()
+    if peers_changed is not None:
+        peers_changed.clear()

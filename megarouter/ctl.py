@@ -253,8 +253,8 @@ async def cmd_proxies(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) 
         print(f"control plane table version: {response.current_version}")
         for item in items:
             item["in_sync"] = "yes" if int(item["acked_version"]) == response.current_version else "no"
-    print_items(items, ["node_id", "region", "acked_version", "pushed_version", "in_sync", "last_nack", "peer"],
-                args.output)
+    print_items(items, ["node_id", "region", "acked_version", "pushed_version", "in_sync", "control_plane",
+                        "last_nack", "peer"], args.output)
     return 0
 
 

@@ -151,6 +151,17 @@ budget: {{name: ha-requests, node: acme, window: daily, unit: requests, limit: {
                 await eventually(lambda n=name: whole_fleet_seen(n), timeout=30,
                                  what=f"{name}'s fleet view to include the other replica's proxy")
 
+            # So does the proxy list, and both replicas version the same configuration alike,
+            # so "in sync" means the same thing whichever replica a proxy is connected to.
+            async def both_listed_in_sync(name: str) -> bool:
+                async with admin_channel(address[name]) as channel:
+                    listing = await admin_pb2_grpc.AdminStub(channel).ListProxies(admin_pb2.ListProxiesRequest())
+                return sorted((p.node_id, p.control_plane, p.acked_version) for p in listing.proxies) == [
+                    ("proxy-0", "cp-1", listing.current_version), ("proxy-1", "cp-2", listing.current_version)]
+            for name in controlplanes:
+                await eventually(lambda n=name: both_listed_in_sync(n), timeout=30,
+                                 what=f"{name} to list both proxies, in sync")
+
             # 1. SIGKILL the leader.
             await controlplanes[leader].stop(signal.SIGKILL)
 

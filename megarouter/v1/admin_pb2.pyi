@@ -271,7 +271,7 @@ class ListProxiesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ProxyStatus(_message.Message):
-    __slots__ = ("node_id", "region", "peer", "acked_version", "pushed_version", "last_nack", "connected_at_unix_ms", "software_version")
+    __slots__ = ("node_id", "region", "peer", "acked_version", "pushed_version", "last_nack", "connected_at_unix_ms", "software_version", "control_plane")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     PEER_FIELD_NUMBER: _ClassVar[int]
@@ -280,6 +280,7 @@ class ProxyStatus(_message.Message):
     LAST_NACK_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_PLANE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     region: str
     peer: str
@@ -288,7 +289,8 @@ class ProxyStatus(_message.Message):
     last_nack: str
     connected_at_unix_ms: int
     software_version: str
-    def __init__(self, node_id: _Optional[str] = ..., region: _Optional[str] = ..., peer: _Optional[str] = ..., acked_version: _Optional[int] = ..., pushed_version: _Optional[int] = ..., last_nack: _Optional[str] = ..., connected_at_unix_ms: _Optional[int] = ..., software_version: _Optional[str] = ...) -> None: ...
+    control_plane: str
+    def __init__(self, node_id: _Optional[str] = ..., region: _Optional[str] = ..., peer: _Optional[str] = ..., acked_version: _Optional[int] = ..., pushed_version: _Optional[int] = ..., last_nack: _Optional[str] = ..., connected_at_unix_ms: _Optional[int] = ..., software_version: _Optional[str] = ..., control_plane: _Optional[str] = ...) -> None: ...
 
 class ListProxiesResponse(_message.Message):
     __slots__ = ("proxies", "current_version")

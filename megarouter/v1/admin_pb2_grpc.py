@@ -490,7 +490,7 @@ class AdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListProxies(self, request, context):
-        """Proxies connected to this control plane and the table each runs.
+        """Proxies connected to any control-plane replica and the table each runs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
