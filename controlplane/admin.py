@@ -14,7 +14,8 @@ import hashlib
 import re
 import secrets
 import time
-from typing import Any, NoReturn
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from pydantic import BaseModel, ValidationError
@@ -28,9 +29,9 @@ from controlplane.replicas import ReplicaSet
 from controlplane.repository import (
     API_KEYS,
     BUDGETS,
+    CONFIG_GUARD_KEY,
     DEFAULTS_KEY,
     ENDPOINTS,
-    LAST_DELETE_KEY,
     MODELS,
     NODES,
     PROVIDERS,
@@ -57,6 +58,13 @@ from megarouter.resources import (
 from megarouter.v1 import admin_pb2, admin_pb2_grpc, discovery_pb2, routing_pb2
 
 API_KEY_PREFIX = "sk-mr-"
+# Rounds of "another replica changed the configuration meanwhile" before a write gives up.
+_GUARDED_ATTEMPTS = 8
+T = TypeVar("T")
+
+
+class _ConfigChanged(Exception):
+    """A guarded commit lost to a concurrent configuration change: read and check again."""
 
 
 def validation_message(kind: str, error: ValidationError) -> str:
@@ -116,38 +124,61 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self._ledger = ledger or BudgetLedger(store)
         self._snapshots = snapshots
         self._registry = registry
-        # Serialises reference checks with writes. One control plane owns an
-        # embedded store; a replicated one will need a store transaction.
+        # Serialises this replica's writes; the configuration guard (see _commit) serialises
+        # them with other replicas'.
         self._write_lock = asyncio.Lock()
         self._cache: StoreContents | None = None
 
     async def contents(self) -> StoreContents:
-        """All configuration, cached by store revision: reread only when
-        someone else wrote, so a large org tree does not cost every write a
-        full read."""
-        revision = await self.store.revision()
-        if self._cache is None or self._cache.revision != revision:
+        """All configuration, cached: reread only when the configuration guard moved (another
+        replica, or a write this one could not apply to its cache), so a large org tree does
+        not cost every write a full read, and ledger or usage writes cost nothing."""
+        guard = await self.store.get(CONFIG_GUARD_KEY)
+        if self._cache is None or self._cache.config_guard != (guard.mod_revision if guard else 0):
             self._cache = await read_all(self.store)
         return self._cache
 
-    def _remember(self, collection: Collection, name: str, resource: BaseModel | None, revision: int) -> None:
-        """Apply our own write to the cache, if it was the only write since."""
-        cache = self._cache
+    async def _guarded(self, write: Callable[[], Awaitable[T]], context) -> T:
+        """Run `write` (read contents, check, `_commit`) under the local lock, and again from
+        the start when another replica changed the configuration between its read and its
+        commit — so reference checks hold across replicas, not only within this one."""
+        async with self._write_lock:
+            for _ in range(_GUARDED_ATTEMPTS):
+                try:
+                    return await write()
+                except _ConfigChanged:
+                    self._cache = None
+            await _abort(context, grpc.StatusCode.ABORTED, "the configuration kept changing concurrently; retry")
+
+    async def _commit(self, contents: StoreContents, key: str, value: bytes | None, expected_revision: int) -> int:
+        """Write (or delete, value None) one key if neither it nor any other configuration
+        changed since `contents` was read, moving the guard; returns the revision. Only
+        inside `_guarded`."""
+        try:
+            revision = await self.store.commit(
+                [(CONFIG_GUARD_KEY, contents.config_guard), (key, expected_revision)],
+                [(key, value), (CONFIG_GUARD_KEY, key.encode())],
+            )
+        except CasConflict as exc:
+            raise _ConfigChanged from exc
+        # Nothing else changed in between, so the cache plus this write is exact.
+        self._cache = dataclasses.replace(contents, revision=revision, config_revision=revision, config_guard=revision)
+        return revision
+
+    def _remember(self, collection: Collection, name: str, resource: BaseModel | None) -> None:
+        """Apply our own committed write to the cached contents."""
         attribute = _CONTENTS_ATTRIBUTES.get(collection.name)
-        if cache is None or attribute is None or cache.revision != revision - 1:
-            self._cache = None
-            return
-        bucket = getattr(cache, attribute)
-        if resource is None:
-            bucket.pop(name, None)
-        else:
-            bucket[name] = resource
-        self._cache = dataclasses.replace(cache, revision=revision, config_revision=revision)
+        if self._cache is not None and attribute is not None:
+            bucket = getattr(self._cache, attribute)
+            if resource is None:
+                bucket.pop(name, None)
+            else:
+                bucket[name] = resource
 
     # ------------------------------------------------------------ generic
 
     async def put_resource(self, collection: Collection, resource: BaseModel, context) -> admin_pb2.PutResponse:
-        async with self._write_lock:
+        async def write() -> admin_pb2.PutResponse:
             contents = await self.contents()
             problems = missing_references(resource, contents)
             if problems:
@@ -156,10 +187,11 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             existing = await self.store.get(key)
             encoded = collection.encode(resource)
             if existing is not None and existing.value == encoded:
-                return admin_pb2.PutResponse(revision=contents.revision, created=False, changed=False)
-            revision = await self._write(key, encoded, existing.mod_revision if existing else 0, context)
-            self._remember(collection, resource.name, resource, revision)
+                return admin_pb2.PutResponse(revision=contents.config_revision, created=False, changed=False)
+            revision = await self._commit(contents, key, encoded, existing.mod_revision if existing else 0)
+            self._remember(collection, resource.name, resource)
             return admin_pb2.PutResponse(revision=revision, created=existing is None, changed=True)
+        return await self._guarded(write, context)
 
     async def get_resource(self, collection: Collection, name: str, context) -> Any:
         kv = await self.store.get(collection.key(name)) if name else None
@@ -167,36 +199,26 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             await _abort(context, grpc.StatusCode.NOT_FOUND, f"{collection.kind} {name!r} not found")
         return collection.decode(kv)
 
-    async def delete_resource(self, collection: Collection, name: str, context) -> admin_pb2.DeleteResponse:
-        async with self._write_lock:
+    async def delete_resource(self, collection: Collection, name: str, context,
+                              blocked_by: Callable[[], Awaitable[str]] | None = None) -> admin_pb2.DeleteResponse:
+        """Delete unless something still uses it: `blocking_references`, or what `blocked_by`
+        (checked inside the same guarded write) says."""
+        async def write() -> admin_pb2.DeleteResponse:
             contents = await self.contents()
             users = blocking_references(collection.name, name, contents)
-            if users:
-                await _abort(
-                    context,
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"{collection.kind} {name!r} is still used by " + ", ".join(users),
-                )
+            if users or blocked_by is not None:
+                users_text = ", ".join(users) if users else await blocked_by()  # type: ignore[misc]
+                if users_text:
+                    await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
+                                 f"{collection.kind} {name!r} is still used by {users_text}")
             key = collection.key(name)
-            revision = await self.store.delete(key) if name else None
-            if revision is None:
+            existing = await self.store.get(key) if name else None
+            if existing is None:
                 await _abort(context, grpc.StatusCode.NOT_FOUND, f"{collection.kind} {name!r} not found")
-            self._remember(collection, name, None, revision)
-            # The marker makes the delete the newest configuration change, so the table
-            # version (the newest mod_revision) moves past it on every replica alike.
-            marked = await self.store.put(LAST_DELETE_KEY, key.encode())
-            if self._cache is not None and self._cache.revision == marked - 1:
-                self._cache = dataclasses.replace(self._cache, revision=marked, config_revision=marked)
-            else:
-                self._cache = None
-            return admin_pb2.DeleteResponse(revision=marked)
-
-    async def _write(self, key: str, value: bytes, expected_revision: int, context) -> int:
-        try:
-            return await self.store.put(key, value, expected_revision=expected_revision)
-        except CasConflict:
-            # Only reachable if something outside this lock wrote the key.
-            await _abort(context, grpc.StatusCode.ABORTED, f"{key} changed concurrently; retry")
+            revision = await self._commit(contents, key, None, existing.mod_revision)
+            self._remember(collection, name, None)
+            return admin_pb2.DeleteResponse(revision=revision)
+        return await self._guarded(write, context)
 
     # ---------------------------------------------------------- resources
 
@@ -275,7 +297,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             expires_at_unix_ms=spec.expires_at_unix_ms,
             metadata=spec.metadata,
         )
-        async with self._write_lock:
+        async def write() -> int:
             contents = await self.contents()
             if spec.name in contents.api_keys:
                 await _abort(context, grpc.StatusCode.ALREADY_EXISTS, f"API key {spec.name!r} already exists")
@@ -284,8 +306,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             problems = missing_references(stored, contents)
             if problems:
                 await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, "; ".join(problems))
-            revision = await self._write(API_KEYS.key(spec.name), API_KEYS.encode(stored), 0, context)
-            self._remember(API_KEYS, spec.name, stored, revision)
+            revision = await self._commit(contents, API_KEYS.key(spec.name), API_KEYS.encode(stored), 0)
+            self._remember(API_KEYS, spec.name, stored)
+            return revision
+        revision = await self._guarded(write, context)
         return admin_pb2.CreateApiKeyResponse(key=api_key_public(stored), secret=secret, revision=revision)
 
     async def GetApiKey(self, request, context):
@@ -361,10 +385,12 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         secret = request.secret or rbac.new_token_secret()
         record = rbac.AdminTokenRecord(name=request.name, token_hash=rbac.hash_token(secret), prefix=secret[:13],
                                        created_at_unix_ms=int(time.time() * 1000))
-        async with self._write_lock:
+        async def write() -> int:
+            contents = await self.contents()
             if await self.store.get(rbac.TOKENS.key(record.name)) is not None:
                 await _abort(context, grpc.StatusCode.ALREADY_EXISTS, f"admin token {record.name!r} already exists")
-            revision = await self._write(rbac.TOKENS.key(record.name), rbac.TOKENS.encode(record), 0, context)
+            return await self._commit(contents, rbac.TOKENS.key(record.name), rbac.TOKENS.encode(record), 0)
+        revision = await self._guarded(write, context)
         return admin_pb2.CreateAdminTokenResponse(token=_token_proto(record), secret=secret, revision=revision)
 
     async def ListAdminTokens(self, request, context):
@@ -373,13 +399,11 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             items=[_token_proto(rbac.TOKENS.decode(kv)) for kv in items], revision=revision)
 
     async def DeleteAdminToken(self, request, context):
-        async with self._write_lock:
+        async def binding_users() -> str:
             bindings, _ = await self.store.list(rbac.BINDINGS.prefix)
             users = [b.name for b in (rbac.BINDINGS.decode(kv) for kv in bindings) if b.token == request.name]
-            if users:
-                await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
-                             f"admin token {request.name!r} is still used by role bindings {users}")
-        return await self.delete_resource(rbac.TOKENS, request.name, context)
+            return f"role bindings {users}" if users else ""
+        return await self.delete_resource(rbac.TOKENS, request.name, context, blocked_by=binding_users)
 
     async def PutRoleBinding(self, request, context):
         binding = await _validate(rbac.RoleBindingRecord, "role binding", proto_to_dict(request), context)
@@ -417,13 +441,17 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     async def PutDefaults(self, request, context):
         defaults = await _validate(Defaults, "defaults", proto_to_dict(request), context)
-        async with self._write_lock:
+        async def write() -> admin_pb2.PutResponse:
+            contents = await self.contents()
             existing = await self.store.get(DEFAULTS_KEY)
             encoded = SETTINGS.encode(defaults)
             if existing is not None and existing.value == encoded:
-                return admin_pb2.PutResponse(revision=await self.store.revision(), created=False, changed=False)
-            revision = await self._write(DEFAULTS_KEY, encoded, existing.mod_revision if existing else 0, context)
+                return admin_pb2.PutResponse(revision=contents.config_revision, created=False, changed=False)
+            revision = await self._commit(contents, DEFAULTS_KEY, encoded, existing.mod_revision if existing else 0)
+            if self._cache is not None:
+                self._cache = dataclasses.replace(self._cache, defaults=defaults)
             return admin_pb2.PutResponse(revision=revision, created=existing is None, changed=True)
+        return await self._guarded(write, context)
 
     # ------------------------------------------------------------ fleet
 

@@ -53,9 +53,11 @@ BUDGETS = Collection("budgets", "budget", Budget)
 # A singleton: the one resource is stored under the name "defaults".
 SETTINGS = Collection("settings", "settings", Defaults)
 DEFAULTS_KEY = SETTINGS.key("defaults")
-# Rewritten after every delete, so that the newest mod_revision under ROOT is the revision
-# of the last configuration change of any kind (see StoreContents.config_revision).
-LAST_DELETE_KEY = SETTINGS.key("last-delete")
+# The configuration guard: every admin write commits together with a rewrite of this key,
+# on the condition that it has not moved since the writer read the configuration. Checks
+# that span keys (references, unique secrets) thereby hold across control-plane replicas, and
+# its mod_revision is the revision of the newest configuration change, deletes included.
+CONFIG_GUARD_KEY = SETTINGS.key("guard")
 
 COLLECTIONS = (PROVIDERS, MODELS, ENDPOINTS, ROUTES, API_KEYS, NODES, BUDGETS)
 
@@ -65,10 +67,11 @@ class StoreContents:
     """Every resource at one store revision."""
 
     revision: int
-    # The newest configuration change (put, or delete through its marker): what every
-    # control-plane replica reading the same configuration agrees on, unlike `revision`,
-    # which moves with every write to the store (ledger, usage, replicas' shares).
+    # The newest configuration change (any write under ROOT; the guard's for deletes): what
+    # every control-plane replica reading the same configuration agrees on, unlike
+    # `revision`, which moves with every write to the store (ledger, usage, replicas' shares).
     config_revision: int
+    config_guard: int  # CONFIG_GUARD_KEY's mod_revision (0: never written)
     providers: dict[str, Provider]
     models: dict[str, Model]
     endpoints: dict[str, Endpoint]
@@ -85,10 +88,11 @@ async def read_all(store: Store) -> StoreContents:
     buckets: dict[str, dict] = {c.name: {} for c in COLLECTIONS}
     by_prefix = {c.prefix: c for c in COLLECTIONS}
     defaults = Defaults()
-    config_revision = 0
+    config_revision = config_guard = 0
     for kv in items:
         config_revision = max(config_revision, kv.mod_revision)
-        if kv.key == LAST_DELETE_KEY:
+        if kv.key == CONFIG_GUARD_KEY:
+            config_guard = kv.mod_revision
             continue
         if kv.key == DEFAULTS_KEY:
             defaults = SETTINGS.decode(kv)
@@ -101,6 +105,7 @@ async def read_all(store: Store) -> StoreContents:
     return StoreContents(
         revision=revision,
         config_revision=config_revision,
+        config_guard=config_guard,
         providers=buckets["providers"],
         models=buckets["models"],
         endpoints=buckets["endpoints"],

@@ -335,6 +335,63 @@ class StoreContract:
         async with aclosing(store.watch("c/", base + 7)) as events:
             assert [e.revision - base for e in await take(events, 4)] == [7, 8, 9, 10]
 
+    # -- multi-key commits -----------------------------------------------------------------
+
+    async def test_commit_applies_all_writes_or_none(self, store_factory: StoreFactory) -> None:
+        store = await store_factory()
+        base = await store.revision()
+        guard = await store.put("t/guard", b"g")
+        await store.put("t/old", b"o")
+        async with aclosing(store.watch("t/", 0)) as events:
+            revision = await store.commit(
+                [("t/guard", guard), ("t/new", 0)],
+                [("t/new", b"n"), ("t/old", None), ("t/absent", None), ("t/guard", b"g2")],
+            )
+            seen = await take(events, 3)
+        assert [(e.type, e.key, e.value) for e in seen] == [
+            ("put", "t/new", b"n"), ("delete", "t/old", b""), ("put", "t/guard", b"g2")]
+        assert all(base + 2 < e.revision <= revision for e in seen)
+        assert seen[-1].revision == revision == await store.revision()
+        guard_kv = await store.get("t/guard")
+        assert guard_kv is not None and guard_kv.mod_revision == revision
+        assert await store.get("t/old") is None
+
+        # A failing check writes nothing and names the key.
+        with pytest.raises(CasConflict) as info:
+            await store.commit([("t/new", 0)], [("t/other", b"x")])
+        assert (info.value.key, info.value.expected, info.value.actual) == ("t/new", 0, seen[0].revision)
+        with pytest.raises(CasConflict) as info:
+            await store.commit([("t/guard", guard_kv.mod_revision), ("t/guard", guard)], [("t/guard", None)])
+        assert (info.value.key, info.value.expected) == ("t/guard", guard)
+        assert await store.get("t/other") is None and await store.get("t/guard") == guard_kv
+        assert await store.revision() == revision
+        with pytest.raises(StoreError):
+            await store.commit([], [])
+
+    async def test_concurrent_commits_on_one_guard_serialise(self, store_factory: StoreFactory) -> None:
+        """The pattern the admin API uses across replicas: read a guard key, check, then
+        commit only if the guard is unchanged. Of racing writers exactly one wins per round."""
+        store = await store_factory()
+        await store.put("s/seq", b"0")
+
+        async def writer(name: str) -> int:
+            conflicts = 0
+            while True:
+                seq = await store.get("s/seq")
+                assert seq is not None
+                items, _ = await store.list("s/item/")
+                try:
+                    await store.commit([("s/seq", seq.mod_revision)],
+                                       [(f"s/item/{name}", str(len(items)).encode()), ("s/seq", b"x")])
+                    return conflicts
+                except CasConflict:
+                    conflicts += 1
+
+        await asyncio.gather(*(writer(f"w{i}") for i in range(5)))
+        items, _ = await store.list("s/item/")
+        # Each writer saw every earlier commit: the counts it wrote are 0..4, each once.
+        assert sorted(int(kv.value) for kv in items) == [0, 1, 2, 3, 4]
+
     # -- leases ----------------------------------------------------------------------------
 
     async def test_revoked_lease_deletes_its_keys(self, store_factory: StoreFactory) -> None:

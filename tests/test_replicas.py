@@ -70,6 +70,10 @@ class Partitionable(Store):
         self._check()
         return self.inner.watch(prefix, start_revision)
 
+    async def commit(self, checks, writes):
+        self._check()
+        return await self.inner.commit(checks, writes)
+
     async def grant_lease(self, ttl_s):
         self._check()
         return await self.inner.grant_lease(ttl_s)

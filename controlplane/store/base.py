@@ -8,7 +8,7 @@ mod_revision, and prefix watches that can resume from any revision still in the 
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -123,6 +123,20 @@ class Store(abc.ABC):
         ends). start_revision <= 0 means "from now": only events after this call. If
         start_revision is older than the retained history, the first iteration raises
         Compacted.
+        """
+
+    @abc.abstractmethod
+    async def commit(
+        self, checks: Sequence[tuple[str, int]], writes: Sequence[tuple[str, bytes | None]]
+    ) -> int:
+        """Apply several writes atomically if every check holds; return the commit's revision.
+
+        checks: (key, mod_revision) pairs, 0 meaning the key must be absent. If one fails,
+        nothing is written and CasConflict names the first failing key.
+        writes: (key, value) puts, or (key, None) deletes (of a key that may be absent), applied
+        in order. etcd gives the whole commit one revision; SQLite gives each write the next
+        revision, and returns the last. Either way every write is an event, watchers see them
+        in order, and no other write falls between them.
         """
 
     # -- leases (as in etcd): keys that live only while their owner keeps renewing them -----

@@ -431,6 +431,41 @@ class EtcdStore(Store):
         response = await self._range_request(self._revision_request(), "revision read")
         return response.header.revision
 
+    async def commit(
+        self, checks: Sequence[tuple[str, int]], writes: Sequence[tuple[str, bytes | None]]
+    ) -> int:
+        compares, reads = [], []
+        for key, expected in checks:
+            _check_revision_arg(expected)
+            raw = self._key(key)
+            if expected == 0:
+                compares.append(rpc.Compare(key=raw, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL,
+                                            create_revision=0))
+            else:
+                compares.append(rpc.Compare(key=raw, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL,
+                                            mod_revision=expected))
+            reads.append(rpc.RequestOp(request_range=rpc.RangeRequest(key=raw)))
+        ops = []
+        for key, value in writes:
+            raw = self._key(key)
+            if value is None:
+                ops.append(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=raw)))
+            else:
+                ops.append(rpc.RequestOp(request_put=rpc.PutRequest(key=raw, value=bytes(value))))
+        if not ops:
+            raise StoreError("a commit needs at least one write")
+        what = f"commit of {', '.join(repr(key) for key, _ in writes)}"
+        response = await self._txn(rpc.TxnRequest(compare=compares, success=ops, failure=reads), what)
+        if not response.succeeded:
+            # The failure branch read every checked key: name the first that does not match.
+            for (key, expected), op in zip(checks, response.responses, strict=True):
+                kvs = op.response_range.kvs
+                actual = kvs[0].mod_revision if kvs else 0
+                if actual != expected:
+                    raise CasConflict(key, expected, actual)
+            raise CasConflict(checks[0][0], checks[0][1], checks[0][1])  # changed back meanwhile
+        return response.header.revision
+
     # -- leases: etcd's own, so keys vanish when their owner stops renewing ------------------
 
     async def grant_lease(self, ttl_s: float) -> int:

@@ -19,7 +19,7 @@ import sqlite3
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Literal, TypeVar
@@ -188,6 +188,31 @@ class _Database:
             revision = self._append_event("delete", key, b"")
             self._conn.execute("DELETE FROM kv WHERE key = ?", (key,))
         self.on_commit(Event("delete", key, b"", revision))
+        return revision
+
+    def commit(self, checks: list[tuple[str, int]], writes: list[tuple[str, bytes | None]]) -> int:
+        events: list[Event] = []
+        with _transaction(self._conn):
+            revision = self._meta("revision")
+            for key, expected in checks:
+                row = self._conn.execute("SELECT mod_revision FROM kv WHERE key = ?", (key,)).fetchone()
+                _check_expected(key, expected, row[0] if row else 0)
+            for key, value in writes:
+                if value is None:
+                    if self._conn.execute("DELETE FROM kv WHERE key = ?", (key,)).rowcount:
+                        revision = self._append_event("delete", key, b"")
+                        events.append(Event("delete", key, b"", revision))
+                    continue
+                revision = self._append_event("put", key, value)
+                self._conn.execute(
+                    "INSERT INTO kv (key, value, create_revision, mod_revision, lease) VALUES (?, ?, ?, ?, 0) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+                    "mod_revision = excluded.mod_revision, lease = 0",
+                    (key, value, revision, revision),
+                )
+                events.append(Event("put", key, value, revision))
+        for event in events:
+            self.on_commit(event)
         return revision
 
     # -- leases ----------------------------------------------------------------------------
@@ -371,6 +396,17 @@ class SqliteStore(Store):
 
     async def revision(self) -> int:
         return await self._run(self._db.revision)
+
+    async def commit(
+        self, checks: Sequence[tuple[str, int]], writes: Sequence[tuple[str, bytes | None]]
+    ) -> int:
+        checked = [(_checked_key(key), expected) for key, expected in checks]
+        for _key, expected in checked:
+            _check_revision_arg(expected)
+        staged = [(_checked_key(key), None if value is None else bytes(value)) for key, value in writes]
+        if not staged:
+            raise StoreError("a commit needs at least one write")
+        return await self._run(self._db.commit, checked, staged)
 
     async def grant_lease(self, ttl_s: float) -> int:
         if not (isinstance(ttl_s, int | float) and math.isfinite(ttl_s) and ttl_s > 0):
