@@ -56,7 +56,8 @@ def compile_table(contents: StoreContents) -> routing_pb2.RoutingTable:
             )
         )
     for node in _sorted(contents.nodes):
-        table.nodes.append(routing_pb2.OrgNode(name=node.name, parent=node.parent, kind=node.kind))
+        table.nodes.append(routing_pb2.OrgNode(name=node.name, parent=node.parent, kind=node.kind,
+                                               default_strategy=strategy_enum(node.default_strategy)))
     for budget in _sorted(contents.budgets):
         table.budgets.append(resource_to_proto(budget, routing_pb2.Budget))
     return table

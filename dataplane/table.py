@@ -117,7 +117,7 @@ class KeyInfo:
     name: str
     principal: str
     allowed: frozenset[str] | None   # None: every route and model
-    default_strategy: str = ""       # "" = not set on the key
+    default_strategy: str = ""       # the key's, else its nearest node's; "" = neither sets one
     nodes: tuple[str, ...] = ()      # the key's node and its ancestors, nearest first
     expires_at_unix_ms: int = 0      # 0: never
 
@@ -227,6 +227,8 @@ class RuntimeTable:
             )
 
         chains = _node_chains(table)
+        node_strategies = {node.name: strategy_name(node.default_strategy) for node in table.nodes
+                           if node.default_strategy}
         keys: dict[str, KeyInfo] = {}
         for entry in table.api_keys:
             if not _KEY_HASH.fullmatch(entry.key_hash):
@@ -234,9 +236,11 @@ class RuntimeTable:
             if entry.node and entry.node not in chains:
                 raise TableError(f"API key {entry.name!r} names unknown node {entry.node!r}")
             allowed = frozenset(entry.allowed_models) if entry.allowed_models else None
-            keys[entry.key_hash] = KeyInfo(entry.name, entry.principal, allowed,
-                                           strategy_name(entry.default_strategy),
-                                           chains.get(entry.node, ()), entry.expires_at_unix_ms)
+            chain = chains.get(entry.node, ())
+            strategy = strategy_name(entry.default_strategy) or next(
+                (node_strategies[node] for node in chain if node in node_strategies), "")
+            keys[entry.key_hash] = KeyInfo(entry.name, entry.principal, allowed, strategy, chain,
+                                           entry.expires_at_unix_ms)
 
         return cls(
             version=table.version,

@@ -258,6 +258,8 @@ class OrgNode(_Resource):
     kind: Literal["org", "team", "project"]
     display_name: str = Field("", max_length=200)
     metadata: dict[str, str] = {}
+    # For keys at this node or below that set none themselves (a nearer node's wins).
+    default_strategy: StrategyName = "unspecified"
 
     @model_validator(mode="after")
     def _shape(self) -> OrgNode:

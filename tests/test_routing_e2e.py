@@ -86,6 +86,29 @@ async def test_strategy_set_on_route_and_globally(pool: System) -> None:
                                                                                           "content": "hi"}])
     assert raw.headers["x-megarouter-strategy"] == "availability"
 
+    # Teams (any org node) set a default for their keys, which beats the route's; the nearest
+    # node that sets one wins, and a key's own beats its nodes'.
+    await pool.apply("""
+nodes:
+  - {name: acme, kind: org, default_strategy: cost}
+  - {name: ml, kind: team, parent: acme, default_strategy: latency}
+  - {name: ml-search, kind: project, parent: ml}
+""")
+    secrets = {"k-project": "sk-mr-project-key-0123456789", "k-org": "sk-mr-org-key-0123456789abc",
+               "k-own": "sk-mr-own-key-0123456789abcd"}
+    revision = 0
+    for name, node, own in (("k-project", "ml-search", ""), ("k-org", "acme", ""), ("k-own", "ml-search", "balanced")):
+        created = await pool.admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(
+            name=name, secret=secrets[name], node=node,
+            default_strategy=routing_pb2.Strategy.Value(f"STRATEGY_{own.upper()}") if own else 0))
+        revision = created.revision
+    await pool.wait_proxy_version(revision)
+    for name, expected in (("k-project", "latency"), ("k-org", "cost"), ("k-own", "balanced")):
+        keyed = openai.AsyncOpenAI(base_url=pool.base_url(), api_key=secrets[name], max_retries=0)
+        raw = await keyed.chat.completions.with_raw_response.create(
+            model="pool", messages=[{"role": "user", "content": "hi"}])
+        assert raw.headers["x-megarouter-strategy"] == expected, name
+
 
 async def test_explain_lists_scored_candidates_without_content(pool: System) -> None:
     client = openai.AsyncOpenAI(base_url=pool.base_url(), api_key=API_KEY, max_retries=0)

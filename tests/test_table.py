@@ -81,6 +81,25 @@ def test_key_is_charged_up_its_node_chain() -> None:
     assert key.nodes == ("ml-search", "ml", "acme")
 
 
+def test_a_key_without_a_strategy_takes_its_nearest_nodes() -> None:
+    table = _table()
+    table.nodes.add(name="acme", kind="org", default_strategy=routing_pb2.STRATEGY_COST)
+    table.nodes.add(name="ml", parent="acme", kind="team", default_strategy=routing_pb2.STRATEGY_LATENCY)
+    table.nodes.add(name="ml-search", parent="ml", kind="project")
+    table.nodes.add(name="ops", parent="acme", kind="team")
+    table.nodes.add(name="solo", kind="org")
+    table.api_keys[0].node = "ml-search"
+    for secret, node, own in (("s-ops", "ops", 0), ("s-own", "ml-search", routing_pb2.STRATEGY_AVAILABILITY),
+                              ("s-solo", "solo", 0), ("s-none", "", 0)):
+        table.api_keys.add(key_hash=key_hash(secret), name=secret, principal="p", node=node, default_strategy=own)
+    keys = RuntimeTable.load(table, secrets=lambda ref: "x").keys
+    assert keys[key_hash("secret-1")].default_strategy == "latency"   # from its team, the nearest
+    assert keys[key_hash("s-ops")].default_strategy == "cost"         # from the org
+    assert keys[key_hash("s-own")].default_strategy == "availability"  # its own
+    assert keys[key_hash("s-solo")].default_strategy == ""            # nobody sets one: the route decides
+    assert keys[key_hash("s-none")].default_strategy == ""
+
+
 def test_deep_trees_load_and_cycles_are_rejected() -> None:
     table = _table()
     table.nodes.add(name="n0", kind="org")

@@ -210,7 +210,7 @@ class Route(_message.Message):
     def __init__(self, name: _Optional[str] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., tiers: _Optional[_Iterable[_Union[Tier, _Mapping]]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., quality_floor: _Optional[int] = ..., description: _Optional[str] = ..., weights: _Optional[_Union[BalancedWeights, _Mapping]] = ..., allowed_regions: _Optional[_Iterable[str]] = ..., prefer_local_region: _Optional[bool] = ...) -> None: ...
 
 class OrgNode(_message.Message):
-    __slots__ = ("name", "parent", "kind", "display_name", "metadata")
+    __slots__ = ("name", "parent", "kind", "display_name", "metadata", "default_strategy")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -223,12 +223,14 @@ class OrgNode(_message.Message):
     KIND_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_STRATEGY_FIELD_NUMBER: _ClassVar[int]
     name: str
     parent: str
     kind: str
     display_name: str
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., parent: _Optional[str] = ..., kind: _Optional[str] = ..., display_name: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    default_strategy: Strategy
+    def __init__(self, name: _Optional[str] = ..., parent: _Optional[str] = ..., kind: _Optional[str] = ..., display_name: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., default_strategy: _Optional[_Union[Strategy, str]] = ...) -> None: ...
 
 class ApiKeyEntry(_message.Message):
     __slots__ = ("key_hash", "name", "principal", "allowed_models", "default_strategy", "node", "expires_at_unix_ms")
