@@ -88,9 +88,9 @@ class HealthRegistry:
     def success_probability(self, endpoint: str, now: float) -> float:
         """This proxy's decayed counts, the fleet's recent rate, and the prior, pooled."""
         state = self._endpoints.get(endpoint)
-        fleet = self.fleet.get(endpoint)
+        fleet = self.fleet.get(endpoint) if self.fleet else None
         good, bad = PRIOR_SUCCESSES, PRIOR_FAILURES
-        if state is not None:
+        if state is not None and (state.successes or state.failures):
             factor = state.decay_factor(now)
             good += state.successes * factor
             bad += state.failures * factor
@@ -100,14 +100,14 @@ class HealthRegistry:
             bad += (1 - fleet.success_rate) * weight
         return good / (good + bad)
 
-    def latency(self, endpoint: str, stream: bool) -> float | None:
+    def latency(self, endpoint: str, stream: bool, now: float | None = None) -> float | None:
         """Predicted seconds (TTFT for streams): own measurement, else the fleet's."""
         state = self._endpoints.get(endpoint)
-        if state is not None and self._clock() - state.measured_at <= STALE_LATENCY_S:
+        if state is not None and (self._clock() if now is None else now) - state.measured_at <= STALE_LATENCY_S:
             own = state.ttft_s if stream and state.ttft_s is not None else state.latency_s
             if own is not None:
                 return own * (1 + INFLIGHT_PENALTY * state.inflight)
-        fleet = self.fleet.get(endpoint)
+        fleet = self.fleet.get(endpoint) if self.fleet else None
         if fleet is None:
             return None
         return fleet.ttft_s if stream and fleet.ttft_s is not None else fleet.latency_s

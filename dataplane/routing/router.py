@@ -90,9 +90,19 @@ def plan(
     floor = max(target.quality_floor, needs.min_quality)
     stream = "streaming" in needs.capabilities
     candidates = [Candidate(endpoint, index) for index, tier in enumerate(target.tiers) for endpoint in tier]
+    required = needs.capabilities.intersection(CHAT_CAPABILITIES)
+    context_needed = needs.prompt_tokens + needs.output_tokens
+    allowed_regions = target.allowed_regions
+    eligible = []
     for candidate in candidates:
-        candidate.excluded = _exclusion(candidate.endpoint, target, needs, floor)
-    eligible = [c for c in candidates if not c.excluded]
+        endpoint = candidate.endpoint
+        # The common case in one cheap test; _exclusion says why when it fails.
+        if (required <= endpoint.capabilities and context_needed <= endpoint.context_window
+                and (allowed_regions is None or endpoint.region in allowed_regions)
+                and endpoint.quality_tier >= floor):
+            eligible.append(candidate)
+        else:
+            candidate.excluded = _exclusion(endpoint, target, needs, floor)
     if not eligible:
         raise _no_candidate(target, candidates, needs, floor)
     eligible = _drop_unavailable(eligible, health, outliers, now)
@@ -106,12 +116,18 @@ def plan(
     want_latency = explain or strategy in ("latency", "balanced")
     known_latencies = []
     unknown: list[Candidate] = []
+    costs: dict[int, float] = {}  # per pricing object: a model's endpoints share one
+    success_probability, latency_of = health.success_probability, health.latency
     for candidate in eligible:
-        name = candidate.endpoint.name
+        endpoint = candidate.endpoint
+        name = endpoint.name
         if want_cost:
-            candidate.expected_cost = cost_usd(candidate.endpoint.pricing, needs.prompt_tokens, output_tokens)
-        candidate.p_success = health.success_probability(name, now)
-        latency = health.latency(name, stream) if want_latency else 0.0
+            cost = costs.get(id(endpoint.pricing))
+            if cost is None:
+                cost = costs[id(endpoint.pricing)] = cost_usd(endpoint.pricing, needs.prompt_tokens, output_tokens)
+            candidate.expected_cost = cost
+        candidate.p_success = success_probability(name, now)
+        latency = latency_of(name, stream, now) if want_latency else 0.0
         if latency is None:
             unknown.append(candidate)
         else:
@@ -142,17 +158,21 @@ def _drop_unavailable(
     """Leave out endpoints this proxy ejected or is cooling down, and those
     the fleet has ejected — unless that would leave nothing: the path's last
     usable endpoints are never removed for health."""
-    def reason(name: str) -> str:
-        own = outliers.unavailable_reason(name, now) if outliers is not None else ""
-        return own or ("ejected by the fleet" if health.fleet_ejected(name) else "")
-
-    reasons = [reason(c.endpoint.name) for c in eligible]
-    if all(reasons):
+    own_reason = outliers.unavailable_reason if outliers is not None else None
+    fleet_ejected = health.fleet_ejected if health.fleet else None
+    reasons = []
+    for candidate in eligible:
+        name = candidate.endpoint.name
+        reason = own_reason(name, now) if own_reason is not None else ""
+        if not reason and fleet_ejected is not None and fleet_ejected(name):
+            reason = "ejected by the fleet"
+        reasons.append(reason)
+    if not any(reasons) or all(reasons):
         return eligible
     kept = []
-    for candidate, reason in zip(eligible, reasons, strict=True):
-        if reason:
-            candidate.excluded = reason
+    for candidate, why in zip(eligible, reasons, strict=True):
+        if why:
+            candidate.excluded = why
         else:
             kept.append(candidate)
     return kept
@@ -242,14 +262,22 @@ def _by_availability(tier: list[Candidate]) -> list[Candidate]:
     chain: list[Candidate] = []
     providers: set[str] = set()
     regions: set[str] = set()
+    max_bonus = DIVERSITY_PROVIDER + DIVERSITY_REGION
     while remaining and len(chain) < _DIVERSE_HEAD:
-        def value(c: Candidate) -> float:
-            bonus = (DIVERSITY_PROVIDER if c.endpoint.provider.name not in providers else 0.0) + (
-                DIVERSITY_REGION if c.endpoint.region not in regions else 0.0)
-            return c.p_success + (bonus if chain else 0.0)
-        pick = max(remaining, key=value)
-        pick.score = -value(pick)
-        remaining.remove(pick)
+        # Scan in descending success; nothing further down can beat the best
+        # value once its success plus the largest bonus falls below it.
+        best_index, best_value = 0, -1.0
+        for index, c in enumerate(remaining):
+            if c.p_success + max_bonus <= best_value:
+                break
+            value = c.p_success
+            if chain:
+                value += (DIVERSITY_PROVIDER if c.endpoint.provider.name not in providers else 0.0) + (
+                    DIVERSITY_REGION if c.endpoint.region not in regions else 0.0)
+            if value > best_value:
+                best_index, best_value = index, value
+        pick = remaining.pop(best_index)
+        pick.score = -best_value
         chain.append(pick)
         providers.add(pick.endpoint.provider.name)
         regions.add(pick.endpoint.region)
