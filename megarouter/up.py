@@ -77,9 +77,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="store, proxy cache and dev key live here [MEGAROUTER_DATA_DIR]")
     parser.add_argument("--store", default=None,
                         help="store URL, e.g. etcd://127.0.0.1:2379 (default: SQLite in the data dir)")
-    parser.add_argument("--admin-listen", default="127.0.0.1:50051")
+    parser.add_argument("--admin-listen", default="127.0.0.1:50051",
+                        help="the first control plane's gRPC address; more replicas take the next ports")
     parser.add_argument("--proxy-listen", default="127.0.0.1:8080")
     parser.add_argument("--metrics-listen", default="127.0.0.1:9464")
+    parser.add_argument("--controlplanes", type=int, default=1, metavar="N",
+                        help="control-plane replicas (more than one needs --store etcd://...): they elect "
+                             "a leader and the proxy is given every one of them")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -152,7 +156,20 @@ async def wait_ready(url: str, stop: asyncio.Event) -> None:
             await asyncio.sleep(0.05)
 
 
+def _nth_address(address: str, index: int) -> str:
+    """The address of replica `index`: the next ports after the first (port 0 stays 0)."""
+    host, _, port = address.rpartition(":")
+    return address if index == 0 or port == "0" else f"{host}:{int(port) + index}"
+
+
 async def up(args: argparse.Namespace) -> int:
+    if args.controlplanes < 1:
+        print("megarouter up: --controlplanes must be at least 1", file=sys.stderr)
+        return 2
+    if args.controlplanes > 1 and not (args.store or "").startswith("etcd://"):
+        print("megarouter up: several control planes share their store, which the embedded SQLite store "
+              "cannot do: add --store etcd://host:2379", file=sys.stderr)
+        return 2
     stop = stop_event()
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -161,24 +178,30 @@ async def up(args: argparse.Namespace) -> int:
         for name, _region, models, flags in SIMULATORS:
             children.append(await _start(name, ["sim", "--name", name, "--models", ",".join(models), *flags]))
         sim_ports = {child.name: child.ready["port"] for child in children}
-        children.append(await _start("controlplane", [
-            "controlplane", "--listen", args.admin_listen, "--store", args.store or str(data_dir / "store"),
-            "--metrics-listen", args.metrics_listen, "--admin-token-file", str(data_dir / "admin-token"),
-        ]))
-        admin = f"127.0.0.1:{children[-1].ready['port']}"
+        admins = []
+        for index in range(args.controlplanes):  # one by one: the first bootstraps the admin token
+            name = "controlplane" if args.controlplanes == 1 else f"controlplane-{index + 1}"
+            children.append(await _start(name, [
+                "controlplane", "--listen", _nth_address(args.admin_listen, index),
+                "--store", args.store or str(data_dir / "store"),
+                "--metrics-listen", _nth_address(args.metrics_listen, index),
+                "--admin-token-file", str(data_dir / "admin-token"), "--replica-id", name,
+            ]))
+            admins.append(f"127.0.0.1:{children[-1].ready['port']}")
+        admin = admins[0]
         # The control plane wrote (or had) the bootstrap admin token; ctl finds it there too.
         os.environ.setdefault("MEGAROUTER_ADMIN_TOKEN_FILE", str(data_dir / "admin-token"))
         key = dev_key(data_dir)
         await seed(admin, sim_ports, key)
         children.append(await _start("proxy", [
-            "proxy", "--listen", args.proxy_listen, "--control-plane", admin, "--node-id", "local-proxy",
+            "proxy", "--listen", args.proxy_listen, "--control-plane", ",".join(admins), "--node-id", "local-proxy",
             "--cache-file", str(data_dir / "proxy-table.pb"),
         ]))
         base_url = f"http://127.0.0.1:{children[-1].ready['port']}/v1"
         await wait_ready(base_url.removesuffix("/v1") + "/readyz", stop)
         if not stop.is_set():
-            print(_banner(base_url, key, admin, str(data_dir / "admin-token")), flush=True)
-            announce_ready("up", base_url=base_url, admin=admin)
+            print(_banner(base_url, key, admin, str(data_dir / "admin-token"), admins), flush=True)
+            announce_ready("up", base_url=base_url, admin=admin, controlplanes=admins)
         exited = [asyncio.create_task(child.process.wait()) for child in children]
         stopping = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({stopping, *exited}, return_when=asyncio.FIRST_COMPLETED)
@@ -210,14 +233,16 @@ async def _stop_all(children: list[Child]) -> None:
             await child.process.wait()
 
 
-def _banner(base_url: str, key: str, admin: str, token_file: str) -> str:
+def _banner(base_url: str, key: str, admin: str, token_file: str, admins: list[str]) -> str:
+    replicas = (f"\n  Control planes  : {', '.join(admins)} (one leads: megarouterctl controlplanes)"
+                if len(admins) > 1 else "")
     return f"""
 MegaRouter is running.
 
   OpenAI base URL : {base_url}
   API key         : {key}
   Admin API       : {admin}   (megarouterctl --server {admin} get routes;
-                    its operator token is in {token_file})
+                    its operator token is in {token_file}){replicas}
   Routes          : auto, chat     Models: demo-small, demo-medium, demo-large
 
   from openai import OpenAI
