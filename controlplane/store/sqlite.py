@@ -49,6 +49,7 @@ _SCHEMA = (
     # compact_revision is the oldest revision a watch may start from (0: nothing dropped).
     "INSERT OR IGNORE INTO meta (name, value) VALUES ('revision', 0), ('compact_revision', 0)",
     "CREATE INDEX IF NOT EXISTS kv_lease ON kv (lease) WHERE lease != 0",
+    "CREATE INDEX IF NOT EXISTS leases_expiry ON leases (expires_at)",
     f"PRAGMA user_version = {_SCHEMA_VERSION}",
 )
 # Version 1 (before leases) had the same tables without kv.lease and the leases table.
@@ -247,8 +248,11 @@ class _Database:
 
     def expire_leases(self) -> bool:
         """End every lease past its expiry; whether any lease is left."""
-        for event in self._end_leases("expires_at <= ?", (time.time(),)):
-            self.on_commit(event)
+        now = time.time()
+        # Usually nothing has expired: a read, not a write transaction, every reaper tick.
+        if self._conn.execute("SELECT 1 FROM leases WHERE expires_at <= ? LIMIT 1", (now,)).fetchone():
+            for event in self._end_leases("expires_at <= ?", (now,)):
+                self.on_commit(event)
         return self._conn.execute("SELECT 1 FROM leases LIMIT 1").fetchone() is not None
 
     def _end_leases(self, where: str, args: tuple[float | int, ...]) -> list[Event]:
