@@ -126,21 +126,23 @@ class BudgetEnforcer:
         held: list[tuple[BudgetRule, str, float]] = []
         try:
             for rule in rules:
-                if rule.action != "pause":
-                    continue
-                amount = amounts[rule.unit]
-                lease = self._leases.setdefault(rule.name, _Lease())
-                if lease.available < amount:
-                    await self._refill(rule, lease, amount)
-                if lease.available < amount:
-                    raise BudgetExhausted(rule, lease.resets_at_unix_ms)
-                lease.available -= amount
-                lease.last_used = time.monotonic()
-                held.append((rule, lease.window, amount))
+                if rule.action == "pause":
+                    held.append(await self._hold(rule, amounts[rule.unit]))
         except BaseException:
             self._give_back(held)
             raise
         return Reservation(held, [r for r in rules if r.action != "pause"])
+
+    async def _hold(self, rule: BudgetRule, amount: float) -> tuple[BudgetRule, str, float]:
+        """Take `amount` from the rule's lease (refilled from the ledger if short), or raise."""
+        lease = self._leases.setdefault(rule.name, _Lease())
+        if lease.available < amount:
+            await self._refill(rule, lease, amount)
+        if lease.available < amount:
+            raise BudgetExhausted(rule, lease.resets_at_unix_ms)
+        lease.available -= amount
+        lease.last_used = time.monotonic()
+        return rule, lease.window, amount
 
     def rate_limit_headers(self, reservation: Reservation) -> dict[str, str]:
         """OpenAI's `x-ratelimit-*` headers for the tightest per-minute limits
@@ -293,21 +295,56 @@ class Charge:
     undercounting is the one thing a budget must not do. With no budget
     covering the request every step is a no-op."""
 
-    def __init__(self, enforcer: BudgetEnforcer, reservation: Reservation, reserved: dict[str, float]) -> None:
+    def __init__(self, enforcer: BudgetEnforcer, reservation: Reservation, reserved: dict[str, float],
+                 endpoints: tuple = ()) -> None:
         self._enforcer = enforcer
         self._reservation = reservation
         self._reserved = reserved
         self._model: str | None = None
         self._settled = not (reservation.held or reservation.watched)
+        # The plan's endpoints less those whose model's quota is spent: the ones to try.
+        self.endpoints = endpoints
 
     @classmethod
     async def reserve(cls, enforcer: BudgetEnforcer, key: KeyInfo, task: str, endpoints,
                       prompt_tokens: int, output_tokens: int | None) -> Charge:
+        """Reserve the request's worst case against every budget covering it.
+
+        A model's own quota (a pause budget naming the model) that is spent takes that
+        model's endpoints out of the plan, so the route's other models serve the request;
+        only when no endpoint is left is the request refused (429 naming the budget)."""
+        endpoints = tuple(endpoints)
         rules = enforcer.applicable(key, task, {e.model for e in endpoints})
         if not rules:
-            return cls(enforcer, Reservation([], []), {})
-        reserved = worst_case(prompt_tokens, output_tokens, endpoints)
-        return cls(enforcer, await enforcer.reserve(rules, reserved), reserved)
+            return cls(enforcer, Reservation([], []), {}, endpoints)
+        held: list[tuple[BudgetRule, str, float]] = []
+        try:
+            for rule in rules:
+                if rule.action != "pause" or not rule.model:
+                    continue
+                serving = [e for e in endpoints if e.model == rule.model]
+                if not serving:
+                    continue  # an earlier quota already took this model out
+                try:
+                    held.append(await enforcer._hold(
+                        rule, worst_case(prompt_tokens, output_tokens, serving)[rule.unit]))
+                except BudgetExhausted:
+                    endpoints = tuple(e for e in endpoints if e.model != rule.model)
+                    if not endpoints:
+                        raise
+            reserved = worst_case(prompt_tokens, output_tokens, endpoints)
+            others = [r for r in rules if not (r.action == "pause" and r.model)]
+            reservation = await enforcer.reserve(others, reserved)
+        except BaseException:
+            enforcer._give_back(held)
+            raise
+        # Quotas of models no longer in the plan hold nothing (they were spent or skipped).
+        models = {e.model for e in endpoints}
+        kept = [entry for entry in held if entry[0].model in models]
+        enforcer._give_back([entry for entry in held if entry[0].model not in models])
+        reservation = Reservation(kept + reservation.held,
+                                  [r for r in reservation.watched if not r.model or r.model in models])
+        return cls(enforcer, reservation, reserved, endpoints)
 
     async def __aenter__(self) -> Charge:
         return self

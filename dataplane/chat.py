@@ -160,13 +160,16 @@ class ChatHandler:
                                       needs.prompt_tokens, needs.output_tokens or None)
         async with charge:
             success = await first_success(
-                self._sessions, self._stats, target, route_plan.endpoints, build, stream=stream
+                self._sessions, self._stats, target, charge.endpoints, build, stream=stream
             )
             adapter = success.endpoint.provider.adapter
             model = success.endpoint.model
             charge.served_by(model)
             headers = {**success.headers(target, strategy), **charge.headers()}
             if controls.explain:
+                for candidate in route_plan.candidates:
+                    if not candidate.excluded and candidate.endpoint not in charge.endpoints:
+                        candidate.excluded = "model quota spent"
                 headers["x-megarouter-explain"] = explanation(route_plan)
             if stream:
                 include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))

@@ -179,7 +179,7 @@ class CompletionsHandler:
             max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else DEFAULT_MAX_TOKENS,
         )
         async with charge:
-            success = await first_success(self._sessions, self._stats, target, target.endpoints, build,
+            success = await first_success(self._sessions, self._stats, target, charge.endpoints, build,
                                           stream=stream)
             charge.served_by(success.endpoint.model)
             return await self._relay(request, success, target, stream, include_usage, charge, account)

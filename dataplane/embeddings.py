@@ -68,7 +68,8 @@ class EmbeddingsHandler:
         task = budget_task(request, target)
         charge = await Charge.reserve(self._budgets, key, task, endpoints, request.get("body_size", 0) // 4, 0)
         async with charge:
-            success = await first_success(self._sessions, self._stats, target, endpoints, build, stream=False)
+            success = await first_success(self._sessions, self._stats, target, charge.endpoints, build,
+                                          stream=False)
             adapter, model = success.endpoint.provider.adapter, success.endpoint.model
             charge.served_by(model)
             return await relay_json(

@@ -4,10 +4,12 @@ across three proxies under concurrency, with a documented overshoot bound."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import aiohttp
+import openai
 import pytest
 
 from controlplane.budgets import BudgetLedger, window_of
@@ -262,3 +264,43 @@ async def test_control_plane_restart_mid_load_loses_no_spend(fleet: System) -> N
     async def settled() -> bool:
         return abs((await _status(fleet, "acme-daily")).spent - sum(costs)) < 1e-9
     await eventually(settled, timeout=20, what="the ledger to hold every served request's cost")
+
+
+async def test_a_spent_model_quota_moves_traffic_to_the_routes_other_models(tmp_path) -> None:
+    """A pause budget on one model takes that model out of plans once spent: route `auto`
+    (demo-medium, then demo-small) goes on serving from demo-small; only a request that can
+    use nothing but demo-medium is refused, naming the budget."""
+    async def seed(system: System) -> int:
+        await system.admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(name="q-key", node="team-a", secret=KEY_SECRET))
+        put = await system.admin.PutBudget(routing_pb2.Budget(
+            name="medium-quota", node="acme", model="demo-medium", window="daily", unit="requests", limit=2,
+            action="pause"))
+        return put.revision
+
+    system = await build_system(tmp_path, manifest_extra=ORG_TREE, seed=seed)
+    try:
+        client = openai.AsyncOpenAI(base_url=system.base_url(), api_key=KEY_SECRET, max_retries=0)
+
+        async def served_by(model: str) -> str:
+            raw = await client.chat.completions.with_raw_response.create(
+                model=model, max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+            return raw.headers["x-megarouter-model"]
+
+        assert [await served_by("auto") for _ in range(2)] == ["demo-medium", "demo-medium"]
+        assert [await served_by("auto") for _ in range(3)] == ["demo-small"] * 3  # quota spent: next tier
+        explained = await client.chat.completions.with_raw_response.create(
+            model="auto", max_tokens=8, messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"x-megarouter-explain": "1"})
+        candidates = json.loads(explained.headers["x-megarouter-explain"])["candidates"]
+        assert {c["model"]: c.get("excluded", "") for c in candidates}["demo-medium"] == "model quota spent"
+        with pytest.raises(openai.RateLimitError) as refused:
+            await served_by("demo-medium")
+        assert refused.value.code == "budget_exceeded" and "medium-quota" in refused.value.message
+        assert await served_by("chat") == "demo-small"  # routes without the model are untouched
+
+        async def ledger_shows_two() -> bool:
+            statuses = await system.admin.ListBudgetStatus(admin_pb2.ListRequest())
+            return next(s for s in statuses.items if s.budget == "medium-quota").spent == 2
+        await eventually(ledger_shows_two, what="the ledger to count the two demo-medium requests")
+    finally:
+        await system.close()
