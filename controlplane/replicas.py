@@ -79,6 +79,9 @@ class ReplicaSet:
     ) -> None:
         self.store = store
         self.me = ReplicaInfo(replica_id or new_replica_id(), "", int(time.time() * 1000))
+        # Leadership is this process's, not its name's: a restarted replica (same id) must not
+        # take the key its predecessor's lease still holds for its own.
+        self._session = uuid.uuid4().hex
         self._jobs = list(jobs or [])
         self._ttl = lease_ttl_s
         self._lease = 0
@@ -216,7 +219,7 @@ class ReplicaSet:
 
     async def _campaign(self) -> None:
         """Take the leader key if it is free; start or stop the jobs to match."""
-        value = orjson.dumps({"replica_id": self.replica_id, "address": self.me.address})
+        value = orjson.dumps({"replica_id": self.replica_id, "address": self.me.address, "session": self._session})
         try:
             await self.store.put(LEADER_KEY, value, expected_revision=0, lease=self._lease)
         except CasConflict:
@@ -236,8 +239,9 @@ class ReplicaSet:
         if current is None:
             self._leader_changed.set()  # deleted in between: campaign again
             return
-        self._set_leader(orjson.loads(current.value)["replica_id"])
-        if self._leader_id == self.replica_id:
+        holder = orjson.loads(current.value)
+        self._set_leader(holder["replica_id"])
+        if holder.get("session") == self._session:
             self._lead()
         else:
             await self._step_down(f"replica {self._leader_id} leads")

@@ -12,9 +12,10 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
 
-from controlplane.replicas import ReplicaSet
+from controlplane.replicas import LEADER_KEY, ReplicaSet
 from controlplane.store import SqliteStore, Store, StoreError
 from controlplane.store.etcd import EtcdStore
 
@@ -215,3 +216,26 @@ async def test_a_partitioned_leader_stops_its_jobs_before_anyone_else_starts(sto
             store.partitioned = False
         await a.stop()
         await b.stop()
+
+
+async def test_a_restarted_replica_waits_for_its_predecessors_lease(stores) -> None:
+    """Same replica id, new process: the leader key its crashed predecessor's lease still holds
+    is not its own; it leads only once that lease has expired."""
+    log = JobLog()
+    first = ReplicaSet(stores[0], jobs=[log.job("first")], replica_id="a", lease_ttl_s=TTL)
+    await first.start("127.0.0.1:1")
+    await until(lambda: first.is_leader, timeout=10, what="the first process to lead")
+    crash(first)
+    second = ReplicaSet(stores[1], jobs=[log.job("second")], replica_id="a", lease_ttl_s=TTL)
+    try:
+        await second.start("127.0.0.1:1")
+        held = await stores[1].get(LEADER_KEY)
+        if held is not None:  # the predecessor's lease has not expired yet
+            assert orjson.loads(held.value)["session"] != second._session
+            assert not second.is_leader and "second" not in log.running
+        await until(lambda: second.is_leader, timeout=15, what="the restarted process to lead")
+        held = await stores[1].get(LEADER_KEY)
+        assert held is not None and orjson.loads(held.value)["session"] == second._session
+    finally:
+        await second.stop()
+        await first.stop()
