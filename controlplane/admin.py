@@ -205,12 +205,12 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         (checked inside the same guarded write) says."""
         async def write() -> admin_pb2.DeleteResponse:
             contents = await self.contents()
-            users = blocking_references(collection.name, name, contents)
-            if users or blocked_by is not None:
-                users_text = ", ".join(users) if users else await blocked_by()  # type: ignore[misc]
-                if users_text:
-                    await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
-                                 f"{collection.kind} {name!r} is still used by {users_text}")
+            users = ", ".join(blocking_references(collection.name, name, contents))
+            if not users and blocked_by is not None:
+                users = await blocked_by()
+            if users:
+                await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
+                             f"{collection.kind} {name!r} is still used by {users}")
             key = collection.key(name)
             existing = await self.store.get(key) if name else None
             if existing is None:
