@@ -169,6 +169,14 @@ budget: {{name: ha-requests, node: acme, window: daily, unit: requests, limit: {
                 return (await view(survivor)).leader_id == survivor
             await eventually(survivor_leads, timeout=30, what="the surviving replica to become leader")
             await load.served(20)
+            # The dead replica's share of fleet health went with its lease; the proxy that was
+            # connected to it now reports to the survivor, whose view holds both again.
+            await eventually(lambda: whole_fleet_seen(survivor), timeout=30,
+                             what="the survivor's fleet view to count both proxies")
+            async with admin_channel(address[survivor]) as channel:
+                listing = await admin_pb2_grpc.AdminStub(channel).ListProxies(admin_pb2.ListProxiesRequest())
+            assert sorted((p.node_id, p.control_plane) for p in listing.proxies) == [
+                ("proxy-0", survivor), ("proxy-1", survivor)]
 
             async def survivor_metric_says_leader() -> bool:
                 port = controlplanes[survivor].ready["metrics_port"]
