@@ -8,6 +8,7 @@ mod_revision, and prefix watches that can resume from any revision still in the 
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -65,6 +66,21 @@ class Compacted(StoreError):
             f"revision {requested_revision} has been compacted; "
             f"the oldest revision still available is {compact_revision}"
         )
+
+
+def check_revision_arg(expected_revision: int | None) -> None:
+    if expected_revision is not None and expected_revision < 0:
+        raise StoreError(f"expected_revision must be >= 0, got {expected_revision}")
+
+
+def check_lease_arg(lease: int) -> None:
+    if not isinstance(lease, int) or lease < 0:
+        raise StoreError(f"a lease id must be an integer >= 0, got {lease!r}")
+
+
+def check_ttl_arg(ttl_s: float) -> None:
+    if not (isinstance(ttl_s, int | float) and math.isfinite(ttl_s) and ttl_s > 0):
+        raise StoreError(f"a lease's ttl must be a positive number of seconds, got {ttl_s!r}")
 
 
 def _rev_text(revision: int) -> str:

@@ -36,7 +36,18 @@ from typing import Any, TypeVar
 import grpc
 from aetcd import rpc
 
-from .base import CasConflict, Compacted, Event, KeyValue, LeaseNotFound, Store, StoreError
+from .base import (
+    CasConflict,
+    Compacted,
+    Event,
+    KeyValue,
+    LeaseNotFound,
+    Store,
+    StoreError,
+    check_lease_arg,
+    check_revision_arg,
+    check_ttl_arg,
+)
 
 _T = TypeVar("_T")
 
@@ -378,8 +389,8 @@ class EtcdStore(Store):
     async def put(
         self, key: str, value: bytes, *, expected_revision: int | None = None, lease: int = 0
     ) -> int:
-        _check_revision_arg(expected_revision)
-        _check_lease_arg(lease)
+        check_revision_arg(expected_revision)
+        check_lease_arg(lease)
         try:
             return await self._put(key, value, expected_revision, lease)
         except StoreError as exc:
@@ -406,7 +417,7 @@ class EtcdStore(Store):
         return response.header.revision
 
     async def delete(self, key: str, *, expected_revision: int | None = None) -> int | None:
-        _check_revision_arg(expected_revision)
+        check_revision_arg(expected_revision)
         raw = self._key(key)
         if expected_revision == 0:  # must be absent: nothing to delete
             response = await self._range_request(rpc.RangeRequest(key=raw), f"delete of {key!r}")
@@ -436,7 +447,7 @@ class EtcdStore(Store):
     ) -> int:
         compares, reads = [], []
         for key, expected in checks:
-            _check_revision_arg(expected)
+            check_revision_arg(expected)
             raw = self._key(key)
             if expected == 0:
                 compares.append(rpc.Compare(key=raw, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL,
@@ -469,8 +480,7 @@ class EtcdStore(Store):
     # -- leases: etcd's own, so keys vanish when their owner stops renewing ------------------
 
     async def grant_lease(self, ttl_s: float) -> int:
-        if not (isinstance(ttl_s, int | float) and math.isfinite(ttl_s) and ttl_s > 0):
-            raise StoreError(f"a lease's ttl must be a positive number of seconds, got {ttl_s!r}")
+        check_ttl_arg(ttl_s)
 
         async def call(endpoint: _Endpoint, timeout: float) -> Any:
             request = rpc.LeaseGrantRequest(TTL=math.ceil(ttl_s))
@@ -483,7 +493,7 @@ class EtcdStore(Store):
         return response.ID
 
     async def keep_alive(self, lease_id: int) -> float:
-        _check_lease_arg(lease_id)
+        check_lease_arg(lease_id)
 
         async def call(endpoint: _Endpoint, timeout: float) -> Any:
             # LeaseKeepAlive is a stream; one request and its answer renew the lease once.
@@ -503,7 +513,7 @@ class EtcdStore(Store):
         return float(response.TTL)
 
     async def revoke_lease(self, lease_id: int) -> None:
-        _check_lease_arg(lease_id)
+        check_lease_arg(lease_id)
 
         async def call(endpoint: _Endpoint, timeout: float) -> Any:
             request = rpc.LeaseRevokeRequest(ID=lease_id)
@@ -570,14 +580,6 @@ def _mod_revision(response: Any) -> int:
     return kvs[0].mod_revision if kvs else 0
 
 
-def _check_revision_arg(expected_revision: int | None) -> None:
-    if expected_revision is not None and expected_revision < 0:
-        raise StoreError(f"expected_revision must be >= 0, got {expected_revision}")
-
-
-def _check_lease_arg(lease: int) -> None:
-    if not isinstance(lease, int) or lease < 0:
-        raise StoreError(f"a lease id must be an integer >= 0, got {lease!r}")
 
 
 def _is_rpc_code(exc: BaseException | None, code: grpc.StatusCode) -> bool:

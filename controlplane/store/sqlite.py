@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import sqlite3
 import time
@@ -24,7 +23,18 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Literal, TypeVar
 
-from .base import CasConflict, Compacted, Event, KeyValue, LeaseNotFound, Store, StoreError
+from .base import (
+    CasConflict,
+    Compacted,
+    Event,
+    KeyValue,
+    LeaseNotFound,
+    Store,
+    StoreError,
+    check_lease_arg,
+    check_revision_arg,
+    check_ttl_arg,
+)
 
 _T = TypeVar("_T")
 log = logging.getLogger("megarouter.controlplane.store")
@@ -390,12 +400,12 @@ class SqliteStore(Store):
     async def put(
         self, key: str, value: bytes, *, expected_revision: int | None = None, lease: int = 0
     ) -> int:
-        _check_revision_arg(expected_revision)
-        _check_lease_arg(lease)
+        check_revision_arg(expected_revision)
+        check_lease_arg(lease)
         return await self._run(self._db.put, _checked_key(key), bytes(value), expected_revision, lease)
 
     async def delete(self, key: str, *, expected_revision: int | None = None) -> int | None:
-        _check_revision_arg(expected_revision)
+        check_revision_arg(expected_revision)
         return await self._run(self._db.delete, _checked_key(key), expected_revision)
 
     async def revision(self) -> int:
@@ -406,25 +416,24 @@ class SqliteStore(Store):
     ) -> int:
         checked = [(_checked_key(key), expected) for key, expected in checks]
         for _key, expected in checked:
-            _check_revision_arg(expected)
+            check_revision_arg(expected)
         staged = [(_checked_key(key), None if value is None else bytes(value)) for key, value in writes]
         if not staged:
             raise StoreError("a commit needs at least one write")
         return await self._run(self._db.commit, checked, staged)
 
     async def grant_lease(self, ttl_s: float) -> int:
-        if not (isinstance(ttl_s, int | float) and math.isfinite(ttl_s) and ttl_s > 0):
-            raise StoreError(f"a lease's ttl must be a positive number of seconds, got {ttl_s!r}")
+        check_ttl_arg(ttl_s)
         lease = await self._run(self._db.grant_lease, float(ttl_s))
         self._start_reaper()
         return lease
 
     async def keep_alive(self, lease_id: int) -> float:
-        _check_lease_arg(lease_id)
+        check_lease_arg(lease_id)
         return await self._run(self._db.keep_alive, lease_id)
 
     async def revoke_lease(self, lease_id: int) -> None:
-        _check_lease_arg(lease_id)
+        check_lease_arg(lease_id)
         await self._run(self._db.revoke_lease, lease_id)
 
     def _start_reaper(self) -> None:
@@ -479,14 +488,6 @@ def _checked_key(key: str) -> str:
     return key
 
 
-def _check_revision_arg(expected_revision: int | None) -> None:
-    if expected_revision is not None and expected_revision < 0:
-        raise StoreError(f"expected_revision must be >= 0, got {expected_revision}")
-
-
-def _check_lease_arg(lease: int) -> None:
-    if not isinstance(lease, int) or lease < 0:
-        raise StoreError(f"a lease id must be an integer >= 0, got {lease!r}")
 
 
 class _Watch:
