@@ -163,7 +163,7 @@ async def share_proxies(registry: ProxyRegistry, replicas: ReplicaSet, interval_
     """While other replicas run, keep this replica's proxy list in the store for them (under
     its lease), rewritten when it changes, at most every `interval_s`."""
     peers_changed = replicas.subscribe()
-    published = b""
+    published = (b"", 0)  # (list, membership) last shared
     while True:
         waits = [asyncio.create_task(registry.changed.wait()), asyncio.create_task(peers_changed.wait())]
         try:
@@ -174,13 +174,13 @@ async def share_proxies(registry: ProxyRegistry, replicas: ReplicaSet, interval_
         registry.changed.clear()
         peers_changed.clear()
         if not replicas.peers():
-            published = b""  # a replica joining later gets it afresh
+            published = (b"", 0)  # a replica joining later gets it afresh
             continue
         data = admin_pb2.ListProxiesResponse(proxies=registry.statuses(replicas.replica_id)).SerializeToString()
-        if data != published:
+        if (data, replicas.membership) != published:
             try:
                 await replicas.publish(PROXIES_SHARE, data)
-                published = data
+                published = (data, replicas.membership)
             except StoreError as exc:
                 log.warning("cannot share the proxy list with the other replicas: %s", exc)
                 registry.changed.set()  # try again after the pause

@@ -85,6 +85,8 @@ class ReplicaSet:
         self._jobs = list(jobs or [])
         self._ttl = lease_ttl_s
         self._lease = 0
+        # Counts (re)joins: what was shared under an earlier lease is gone and must be shared again.
+        self.membership = 0
         self._lease_valid_until = 0.0            # monotonic: the lease cannot have expired before
         self._lease_lost = asyncio.Event()
         self._leader_id = ""
@@ -127,7 +129,10 @@ class ReplicaSet:
         return [replica for replica in self.replicas if replica != self.replica_id]
 
     async def publish(self, kind: str, value: bytes) -> None:
-        """Store `value` as this replica's `kind` share, deleted with the replica's lease."""
+        """Store `value` as this replica's `kind` share, deleted with the replica's lease (so
+        after a rejoin — `membership` moved — it must be published again)."""
+        if not self._lease:  # between losing a lease and the next: a lease-less key would never go
+            raise StoreError("this replica holds no store lease at the moment; not shared")
         key = f"{SHARED_PREFIX}{kind}/{self.replica_id}"
         await self.store.put(key, value, lease=self._lease)
 
@@ -193,6 +198,8 @@ class ReplicaSet:
         self._lease_valid_until = sent + self._ttl
         info = orjson.dumps({"address": self.me.address, "started_at_unix_ms": self.me.started_at_unix_ms})
         await self.store.put(REPLICAS_PREFIX + self.replica_id, info, lease=self._lease)
+        self.membership += 1
+        self._notify()
         log.info("replica %s joined the control-plane cluster (address %s)", self.replica_id, self.me.address)
 
     async def _renew(self) -> None:

@@ -78,7 +78,7 @@ async def publish_fleet_health(
     its lease) and the others' sums are merged in, so every proxy sees the whole fleet
     whichever replica it is connected to. A single replica writes nothing to the store.
     """
-    published_generation = -1
+    published = (-1, -1)  # (fleet generation, membership) last shared
     pushes = 0
     peers_changed = replicas.subscribe() if replicas is not None else None
     while True:
@@ -86,10 +86,10 @@ async def publish_fleet_health(
         local = fleet.totals()
         others: list[FleetTotals] = []
         if replicas is not None and replicas.peers():
-            if fleet.generation != published_generation:
+            if (fleet.generation, replicas.membership) != published:
                 try:
                     await replicas.publish(FLEET_SHARE, local.encode())
-                    published_generation = fleet.generation
+                    published = (fleet.generation, replicas.membership)
                 except StoreError as exc:
                     log.warning("cannot share fleet health with the other replicas: %s", exc)
             now = time.time()

@@ -15,9 +15,11 @@ from typing import Any
 import orjson
 import pytest
 
+from controlplane.discovery import ProxyRegistry, fleet_proxies, share_proxies
 from controlplane.replicas import LEADER_KEY, ReplicaSet
 from controlplane.store import SqliteStore, Store, StoreError
 from controlplane.store.etcd import EtcdStore
+from megarouter.v1 import discovery_pb2
 
 try:
     from etcd_cluster import start_or_skip
@@ -239,3 +241,29 @@ async def test_a_restarted_replica_waits_for_its_predecessors_lease(stores) -> N
     finally:
         await second.stop()
         await first.stop()
+
+
+async def test_shares_come_back_after_a_replica_rejoins(stores) -> None:
+    """What a replica shares lives under its lease: gone when the lease is lost, and shared
+    again (unchanged as it is) once the replica has rejoined."""
+    log = JobLog()
+    a, b = await start_pair(stores, log)
+    registry = ProxyRegistry()
+    registry.connect(discovery_pb2.Node(id="proxy-x", region="eu"), "peer", 0)
+    sharer = asyncio.create_task(share_proxies(registry, a, interval_s=0.05))
+
+    def b_sees_proxy_x() -> bool:
+        return any(status.node_id == "proxy-x" for status in fleet_proxies(ProxyRegistry(), b))
+    try:
+        await until(b_sees_proxy_x, timeout=10, what="b to list a's proxy")
+        a_store = stores[0]
+        a_store.partitioned = True
+        await until(lambda: not b_sees_proxy_x(), timeout=15, what="a's share to expire with its lease")
+        a_store.partitioned = False
+        await until(b_sees_proxy_x, timeout=15, what="a's share to be back after it rejoined")
+        assert a.membership >= 2
+    finally:
+        stores[0].partitioned = False
+        sharer.cancel()
+        await a.stop()
+        await b.stop()
