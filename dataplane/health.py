@@ -85,32 +85,40 @@ class HealthRegistry:
         self.fleet_proxies = view.proxies
         self.fleet_generation = view.generation
 
-    def success_probability(self, endpoint: str, now: float) -> float:
-        """This proxy's decayed counts, the fleet's recent rate, and the prior, pooled."""
+    def estimates(self, endpoint: str, stream: bool, now: float) -> tuple[float, float | None]:
+        """(success probability, predicted latency) in one lookup — the router needs both for
+        every candidate.
+
+        Success: this proxy's decayed counts, the fleet's recent rate and the prior, pooled.
+        Latency (seconds; TTFT for streams): this proxy's measurement unless stale, load-
+        adjusted, else the fleet's; None when neither knows."""
         state = self._endpoints.get(endpoint)
         fleet = self.fleet.get(endpoint) if self.fleet else None
         good, bad = PRIOR_SUCCESSES, PRIOR_FAILURES
-        if state is not None and (state.successes or state.failures):
-            factor = state.decay_factor(now)
-            good += state.successes * factor
-            bad += state.failures * factor
-        if fleet is not None and fleet.requests:
-            weight = min(float(fleet.requests), FLEET_WEIGHT)
-            good += fleet.success_rate * weight
-            bad += (1 - fleet.success_rate) * weight
-        return good / (good + bad)
+        latency = None
+        if state is not None:
+            if state.successes or state.failures:
+                factor = state.decay_factor(now)
+                good += state.successes * factor
+                bad += state.failures * factor
+            if now - state.measured_at <= STALE_LATENCY_S:
+                own = state.ttft_s if stream and state.ttft_s is not None else state.latency_s
+                if own is not None:
+                    latency = own * (1 + INFLIGHT_PENALTY * state.inflight)
+        if fleet is not None:
+            if fleet.requests:
+                weight = min(float(fleet.requests), FLEET_WEIGHT)
+                good += fleet.success_rate * weight
+                bad += (1 - fleet.success_rate) * weight
+            if latency is None:
+                latency = fleet.ttft_s if stream and fleet.ttft_s is not None else fleet.latency_s
+        return good / (good + bad), latency
+
+    def success_probability(self, endpoint: str, now: float) -> float:
+        return self.estimates(endpoint, False, now)[0]
 
     def latency(self, endpoint: str, stream: bool, now: float | None = None) -> float | None:
-        """Predicted seconds (TTFT for streams): own measurement, else the fleet's."""
-        state = self._endpoints.get(endpoint)
-        if state is not None and (self._clock() if now is None else now) - state.measured_at <= STALE_LATENCY_S:
-            own = state.ttft_s if stream and state.ttft_s is not None else state.latency_s
-            if own is not None:
-                return own * (1 + INFLIGHT_PENALTY * state.inflight)
-        fleet = self.fleet.get(endpoint) if self.fleet else None
-        if fleet is None:
-            return None
-        return fleet.ttft_s if stream and fleet.ttft_s is not None else fleet.latency_s
+        return self.estimates(endpoint, stream, self._clock() if now is None else now)[1]
 
     def fleet_ejected(self, endpoint: str) -> bool:
         """Ejected by at least half of the proxies reporting (and at least one)."""

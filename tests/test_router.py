@@ -11,7 +11,15 @@ from hypothesis import strategies as st
 from dataplane.health import HealthRegistry
 from dataplane.providers.openai import OpenAIAdapter
 from dataplane.routing.needs import Needs, chat_needs
-from dataplane.routing.router import STRATEGIES, NoCandidate, plan
+from dataplane.routing.router import (
+    DIVERSITY_PROVIDER,
+    DIVERSITY_REGION,
+    STRATEGIES,
+    Candidate,
+    NoCandidate,
+    _by_availability,
+    plan,
+)
 from dataplane.table import DEFAULT_WEIGHTS, EndpointRuntime, ProviderRuntime, Target
 from megarouter.catalog import PriceTier, Pricing
 
@@ -160,6 +168,38 @@ def test_availability_prefers_healthy_and_spans_providers() -> None:
     result = plan(target((bad, a1, a2, b1)), Needs(frozenset(), 10, 10), "availability", health, DEFAULT_WEIGHTS)
     names = [e.name for e in result.endpoints]
     assert names[0] in ("a1", "a2") and names[1] == "b1" and names[-1] == "bad"
+
+
+def _availability_reference(tier: list[Candidate]) -> list[str]:
+    """The availability order as specified, by brute force: repeatedly take the endpoint with
+    the highest success probability plus the diversity bonus (none for the first), the one
+    ranked first by success on ties; after the head, by success alone."""
+    remaining = sorted(tier, key=lambda c: -c.p_success)
+    chain, providers, regions = [], set(), set()
+    while remaining and len(chain) < 10:
+        def value(c: Candidate) -> float:
+            if not chain:
+                return c.p_success
+            return c.p_success + (DIVERSITY_PROVIDER if c.endpoint.provider.name not in providers else 0.0) + (
+                DIVERSITY_REGION if c.endpoint.region not in regions else 0.0)
+        pick = max(remaining, key=value)
+        remaining.remove(pick)
+        chain.append(pick)
+        providers.add(pick.endpoint.provider.name)
+        regions.add(pick.endpoint.region)
+    return [c.endpoint.name for c in chain + remaining]
+
+
+@settings(max_examples=300, deadline=None)
+@given(spec=st.lists(st.tuples(st.sampled_from(["a", "b", "c", "d"]), st.sampled_from(["eu", "us", "ap"]),
+                               st.sampled_from([0.5, 0.9, 0.95, 0.99]) | st.floats(0, 1)),
+                     min_size=1, max_size=30))
+def test_availability_order_matches_its_specification(spec) -> None:
+    """The implementation (a scan that stops early) orders exactly as the brute force."""
+    tier = [Candidate(endpoint(f"e{i}", provider_name=p, region=r), 0, p_success=ps)
+            for i, (p, r, ps) in enumerate(spec)]
+    expected = _availability_reference(list(tier))
+    assert [c.endpoint.name for c in _by_availability(tier)] == expected
 
 
 def test_filters_and_errors_name_the_problem() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from dataplane.failover.outlier import OutlierDetector
 from dataplane.health import HealthRegistry
@@ -117,17 +118,19 @@ def plan(
     known_latencies = []
     unknown: list[Candidate] = []
     costs: dict[int, float] = {}  # per pricing object: a model's endpoints share one
-    success_probability, latency_of = health.success_probability, health.latency
+    estimates = health.estimates
+    tiers: list[list[Candidate]] = [[] for _ in target.tiers]
     for candidate in eligible:
         endpoint = candidate.endpoint
-        name = endpoint.name
+        tiers[candidate.tier].append(candidate)
         if want_cost:
             cost = costs.get(id(endpoint.pricing))
             if cost is None:
                 cost = costs[id(endpoint.pricing)] = cost_usd(endpoint.pricing, needs.prompt_tokens, output_tokens)
             candidate.expected_cost = cost
-        candidate.p_success = success_probability(name, now)
-        latency = latency_of(name, stream, now) if want_latency else 0.0
+        candidate.p_success, latency = estimates(endpoint.name, stream, now)
+        if not want_latency:
+            continue
         if latency is None:
             unknown.append(candidate)
         else:
@@ -141,8 +144,7 @@ def plan(
 
     needed = max(floor, needs.needed_quality) if strategy == "cost" else floor
     ordered: list[EndpointRuntime] = []
-    for tier_index in range(len(target.tiers)):
-        tier = [c for c in eligible if c.tier == tier_index]
+    for tier in tiers:
         if tier:
             ranked = _order(strategy, tier, weights, needed, rng)
             if target.prefer_local_region and local_region:
@@ -235,10 +237,13 @@ def _by_cost(tier: list[Candidate], needed: int) -> list[Candidate]:
     return sorted(tier, key=lambda c: (c.score, -c.endpoint.quality_tier, -c.p_success))
 
 
+_score = attrgetter("score")
+
+
 def _by_latency(tier: list[Candidate], rng: random.Random) -> list[Candidate]:
     for c in tier:
         c.score = c.latency_s + (1e3 if c.p_success < DEGRADED_BELOW else 0.0)
-    ranked = sorted(tier, key=lambda c: c.score)
+    ranked = sorted(tier, key=_score)
     best = ranked[0].score
     band = [c for c in ranked if c.score <= best * LATENCY_BAND] if best > 0 else [ranked[0]]
     if len(band) >= 2:
@@ -297,4 +302,4 @@ def _balanced(tier: list[Candidate], weights: Weights) -> list[Candidate]:
             + weights.quality * (1 - c.endpoint.quality_tier / 5)
             + weights.availability * (1 - c.p_success)
         )
-    return sorted(tier, key=lambda c: c.score)
+    return sorted(tier, key=_score)
