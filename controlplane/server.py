@@ -21,7 +21,7 @@ from controlplane.discovery import DiscoveryService, ProxyRegistry, SnapshotCach
 from controlplane.fleet import FleetView
 from controlplane.replicas import ReplicaSet
 from controlplane.snapshot import follow_store
-from controlplane.store import open_store
+from controlplane.store import StoreError, open_store
 from controlplane.telemetry import TelemetryService, publish_fleet_health
 from controlplane.usage import FLUSH_INTERVAL_S, UsageAggregator
 from megarouter.runtime import announce_ready, env_default, setup_logging, stop_event
@@ -87,7 +87,10 @@ def run(args: argparse.Namespace) -> int:
 
 async def serve(args: argparse.Namespace) -> int:
     stop = stop_event()
-    store = await open_store(args.store)
+    try:
+        store = await open_store(args.store)
+    except StoreError as exc:
+        raise SystemExit(f"megarouter controlplane: cannot open the store: {exc}") from None
     snapshots = SnapshotCache()
     registry = ProxyRegistry()
 

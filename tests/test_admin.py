@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -168,6 +171,22 @@ async def test_health_reflection_and_metrics(controlplane: Service) -> None:
         async with session.get(f"http://127.0.0.1:{controlplane.ready['metrics_port']}/metrics") as r:
             assert r.status == 200
             assert "megarouter_cp_table_version" in await r.text()
+
+
+async def test_a_second_control_plane_on_the_same_embedded_store_is_refused(tmp_path) -> None:
+    service = await start_controlplane(tmp_path)
+    try:
+        second = await asyncio.to_thread(subprocess.run, [
+            sys.executable, "-m", "megarouter", "controlplane", "--listen", "127.0.0.1:0",
+            "--metrics-listen", "127.0.0.1:0", "--store", str(tmp_path / "store"),
+        ], capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1
+        assert f"in use by pid {service.process.pid}" in second.stderr and "etcd" in second.stderr
+        assert "Traceback" not in second.stderr
+        async with admin_channel(f"127.0.0.1:{service.port}") as channel:  # the first is unharmed
+            await admin_pb2_grpc.AdminStub(channel).PutModel(routing_pb2.Model(name="m", context_window=10))
+    finally:
+        await service.stop()
 
 
 async def test_store_survives_restart(tmp_path) -> None:

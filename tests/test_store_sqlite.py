@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -154,6 +155,22 @@ async def test_leases_outlive_a_restart(tmp_path: Path) -> None:
         assert await store.keep_alive(long) == 600
     finally:
         await store.close()
+
+
+async def test_a_second_opener_is_refused_until_the_first_closes(tmp_path: Path) -> None:
+    """One embedded store, one control plane: its watches are fed in-process."""
+    first = await SqliteStore.open(tmp_path / "store.db")
+    try:
+        with pytest.raises(StoreError, match=rf"in use by pid {os.getpid()}.*etcd"):
+            await SqliteStore.open(tmp_path / "store.db")
+        assert await first.put("still", b"works") == 1  # the refusal left the first alone
+    finally:
+        await first.close()
+    second = await SqliteStore.open(tmp_path / "store.db")  # released on close
+    try:
+        assert (await second.get("still")) is not None
+    finally:
+        await second.close()
 
 
 async def test_unreadable_database_is_a_store_error(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import sqlite3
@@ -344,6 +345,7 @@ class SqliteStore(Store):
         # Weak, so a watch the consumer abandoned without aclose() is simply collected.
         self._watchers: weakref.WeakSet[_Watch] = weakref.WeakSet()
         self._reaper: asyncio.Task[None] | None = None
+        self._lock = -1  # the file descriptor holding the database's exclusive lock
 
     @classmethod
     async def open(
@@ -351,6 +353,9 @@ class SqliteStore(Store):
     ) -> SqliteStore:
         if history_limit < 1:
             raise StoreError(f"history_limit must be at least 1, got {history_limit}")
+        # Watches are fed in-process, so a second process on the same file would see none of
+        # this one's writes (and vice versa): refuse it rather than serve stale tables.
+        lock = _lock_exclusively(f"{os.fspath(path)}.lock")
         loop = asyncio.get_running_loop()
         # One worker thread: sqlite3 connections are single-threaded, and it serialises all
         # operations so each CAS check and its write are atomic with respect to each other.
@@ -363,11 +368,14 @@ class SqliteStore(Store):
             leases_left = await loop.run_in_executor(executor, database.has_leases)
         except sqlite3.Error as exc:
             executor.shutdown(wait=False)
+            os.close(lock)
             raise StoreError(f"cannot open store database {os.fspath(path)}: {exc}") from exc
         except BaseException:
             executor.shutdown(wait=False)
+            os.close(lock)
             raise
         store = cls(database, executor, revision)
+        store._lock = lock
         if leases_left:  # leases from before a restart still expire
             store._start_reaper()
         return store
@@ -480,6 +488,30 @@ class SqliteStore(Store):
             await self._loop.run_in_executor(self._executor, self._db.close)
         finally:
             self._executor.shutdown(wait=False)
+            if self._lock >= 0:
+                os.close(self._lock)  # releases the lock
+                self._lock = -1
+
+
+def _lock_exclusively(path: str) -> int:
+    """An fd holding an exclusive lock on `path` (released when the fd is closed, or the
+    process dies); StoreError naming the holder if another process has it."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StoreError(f"cannot create the store lock file {path}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise StoreError(
+            f"the store {path.removesuffix('.lock')} is in use by {holder}: the embedded store serves one "
+            "control plane; run several on etcd (--store etcd://...)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _checked_key(key: str) -> str:
