@@ -25,6 +25,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -88,6 +89,20 @@ def _temp_root() -> str | None:
     return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
 
 
+@dataclass(frozen=True)
+class ClientTls:
+    """PEM files for a cluster that serves clients over TLS: its CA, the members' certificate
+    (valid for 127.0.0.1), and whether clients must present a certificate signed by the CA."""
+
+    ca_file: str
+    cert_file: str
+    key_file: str
+    client_cert_auth: bool = True
+    # The certificate the health check presents (required with client_cert_auth).
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
+
+
 @dataclass
 class EtcdMember:
     name: str
@@ -98,6 +113,7 @@ class EtcdMember:
     initial_cluster: str = ""
     cluster_token: str = ""
     binary: str = ETCD_DEFAULT_PATH
+    tls: ClientTls | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _started_once: bool = field(default=False, repr=False)
 
@@ -108,7 +124,7 @@ class EtcdMember:
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.endpoint}"
+        return f"{'https' if self.tls else 'http'}://{self.endpoint}"
 
     @property
     def peer_url(self) -> str:
@@ -144,6 +160,11 @@ class EtcdMember:
             "--log-outputs", "stderr",
             "--log-level", "warn",
         ]  # fmt: skip
+        if self.tls is not None:
+            args += ["--cert-file", self.tls.cert_file, "--key-file", self.tls.key_file,
+                     "--trusted-ca-file", self.tls.ca_file]
+            if self.tls.client_cert_auth:
+                args.append("--client-cert-auth")
         # Settings from the environment (ETCD_*) would override the flags above.
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
         with open(self.log_path, "ab") as log:
@@ -164,8 +185,13 @@ class EtcdMember:
         self.wait_healthy(timeout_s)
 
     def healthy(self) -> bool:
+        context = None
+        if self.tls is not None:
+            context = ssl.create_default_context(cafile=self.tls.ca_file)
+            if self.tls.client_cert_file:
+                context.load_cert_chain(self.tls.client_cert_file, self.tls.client_key_file)
         try:
-            with urllib.request.urlopen(f"{self.client_url}/health", timeout=1.0) as response:
+            with urllib.request.urlopen(f"{self.client_url}/health", timeout=1.0, context=context) as response:
                 return json.loads(response.read()).get("health") in (True, "true")
         except (OSError, ValueError, urllib.error.URLError):
             return False
@@ -236,7 +262,8 @@ class EtcdCluster:
 
     @classmethod
     def start(
-        cls, size: int = 1, *, base_dir: str | os.PathLike[str] | None = None, timeout_s: float = 30.0
+        cls, size: int = 1, *, base_dir: str | os.PathLike[str] | None = None, timeout_s: float = 30.0,
+        tls: ClientTls | None = None,
     ) -> EtcdCluster:
         """Start size members on free loopback ports and wait until every one is healthy.
 
@@ -250,7 +277,7 @@ class EtcdCluster:
         last_error: EtcdStartError | None = None
         try:
             for attempt in range(_START_ATTEMPTS):
-                cluster = cls._launch(binary, size, root / f"try{attempt}", own_dir)
+                cluster = cls._launch(binary, size, root / f"try{attempt}", own_dir, tls)
                 try:
                     deadline = time.monotonic() + timeout_s
                     for member in cluster.members:
@@ -270,7 +297,7 @@ class EtcdCluster:
             raise
 
     @classmethod
-    def _launch(cls, binary: str, size: int, root: Path, own_dir: bool) -> EtcdCluster:
+    def _launch(cls, binary: str, size: int, root: Path, own_dir: bool, tls: ClientTls | None) -> EtcdCluster:
         root.mkdir(parents=True, exist_ok=True)
         ports = _free_ports(2 * size)
         serial = next(_names)
@@ -282,6 +309,7 @@ class EtcdCluster:
                 data_dir=root / f"m{i}.etcd",
                 log_path=root / f"m{i}.log",
                 binary=binary,
+                tls=tls,
             )
             for i in range(size)
         ]
@@ -330,13 +358,13 @@ def _kill_leftovers() -> None:
 atexit.register(_kill_leftovers)
 
 
-def start_or_skip(size: int) -> EtcdCluster:
+def start_or_skip(size: int, tls: ClientTls | None = None) -> EtcdCluster:
     """A cluster for a test; without an etcd binary the test skips, unless
     MEGAROUTER_REQUIRE_ETCD=1 (set in CI) makes that a failure."""
     import pytest  # only tests call this
 
     try:
-        return EtcdCluster.start(size)
+        return EtcdCluster.start(size, tls=tls)
     except EtcdUnavailable as exc:
         if os.environ.get("MEGAROUTER_REQUIRE_ETCD", "") not in ("", "0"):
             pytest.fail(f"MEGAROUTER_REQUIRE_ETCD is set but {exc}")

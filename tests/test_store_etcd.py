@@ -21,7 +21,7 @@ from aetcd import rpc
 
 from controlplane.store import CasConflict, Compacted, KeyValue, Store, StoreError, open_store
 from controlplane.store import etcd as etcd_backend
-from controlplane.store.etcd import EtcdStore, parse_etcd_url
+from controlplane.store.etcd import EtcdStore, EtcdTls, parse_etcd_url
 
 try:
     from etcd_cluster import EtcdCluster, free_port, start_or_skip
@@ -137,12 +137,17 @@ async def test_bad_keys_and_arguments(store: EtcdStore) -> None:
 
 
 def test_parse_etcd_url() -> None:
-    assert parse_etcd_url("etcd://a:2379") == (["a:2379"], "")
-    assert parse_etcd_url("etcd://a:2379,10.0.0.2:2380/") == (["a:2379", "10.0.0.2:2380"], "")
-    assert parse_etcd_url("etcd://a:1/team-a") == (["a:1"], "/team-a")
-    assert parse_etcd_url("etcd://a:1/team/a//") == (["a:1"], "/team/a")
-    assert parse_etcd_url("etcd://[::1]:2379") == (["[::1]:2379"], "")
-    for bad in ("etcd://", "etcd:///p", "etcd://host", "etcd://host:x", "etcd://h:70000", "etcd://a:1,,b:2"):
+    assert parse_etcd_url("etcd://a:2379") == (["a:2379"], "", None)
+    assert parse_etcd_url("etcd://a:2379,10.0.0.2:2380/") == (["a:2379", "10.0.0.2:2380"], "", None)
+    assert parse_etcd_url("etcd://a:1/team-a") == (["a:1"], "/team-a", None)
+    assert parse_etcd_url("etcd://a:1/team/a//") == (["a:1"], "/team/a", None)
+    assert parse_etcd_url("etcd://[::1]:2379") == (["[::1]:2379"], "", None)
+    assert parse_etcd_url("etcd://a:1/p?cacert=/c/ca.pem&cert=/c/me.pem&key=/c/me.key") == (
+        ["a:1"], "/p", EtcdTls("/c/ca.pem", "/c/me.pem", "/c/me.key"))
+    assert parse_etcd_url("etcd://a:1?tls=1") == (["a:1"], "", EtcdTls())
+    for bad in ("etcd://", "etcd:///p", "etcd://host", "etcd://host:x", "etcd://h:70000", "etcd://a:1,,b:2",
+                "etcd://a:1?cert=/c/me.pem&key=/c/me.key",  # a client certificate without TLS
+                "etcd://a:1?cacert=", "etcd://a:1?ca=/c/ca.pem", "etcd://a:1?tls=yes"):
         with pytest.raises(StoreError):
             parse_etcd_url(bad)
 

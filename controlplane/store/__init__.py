@@ -27,16 +27,17 @@ async def open_store(url: str) -> Store:
 
     Accepted: a plain directory path, ``sqlite:///abs/dir`` or ``sqlite://rel/dir`` (the
     database is ``<dir>/store.db``; the directory is created), or
-    ``etcd://host1:2379,host2:2379[/prefix]`` (an etcd v3 cluster; every key is stored under
-    the path, without trailing slashes, as a prefix).
+    ``etcd://host1:2379,host2:2379[/prefix][?cacert=ca.pem&cert=client.pem&key=client.key]``
+    (an etcd v3 cluster; every key is stored under the path, without trailing slashes, as a
+    prefix; ``cacert`` or ``tls=1`` for TLS, ``cert`` and ``key`` for a client certificate).
     """
     if url.startswith("etcd://"):
         try:  # aetcd loads only when etcd is used
             from .etcd import EtcdStore, parse_etcd_url
         except ImportError as exc:
             raise StoreError(f"the etcd backend needs the aetcd package ({exc})") from exc
-        endpoints, prefix = parse_etcd_url(url)
-        return await EtcdStore.open(endpoints, prefix=prefix)
+        endpoints, prefix, tls = parse_etcd_url(url)
+        return await EtcdStore.open(endpoints, prefix=prefix, tls=tls)
     if url.startswith("sqlite://"):
         directory = url[len("sqlite://") :]
     elif "://" in url:

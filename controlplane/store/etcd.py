@@ -21,6 +21,8 @@ only and its watcher neither resumes after a lost connection nor applies back-pr
   lost stream is reopened on another endpoint from the next revision, so no event is lost or
   repeated.
 * An optional namespace prefix is prepended to every key and stripped from results.
+* TLS (`EtcdTls`): the cluster's CA, and a client certificate for clusters that require one
+  (`--client-cert-auth`); etcd's own user/password authentication is not supported.
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+import urllib.parse
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -97,31 +102,81 @@ _COMPACTED_TEXT = "required revision has been compacted"
 _READY = grpc.ChannelConnectivity.READY
 _FAILED = (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN)
 
-_ENDPOINT_RE = re.compile(r"^(?:http://)?(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(\d{1,5})/?$")
+_ENDPOINT_RE = re.compile(r"^(?:https?://)?(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(\d{1,5})/?$")
 
 
 def parse_endpoint(endpoint: str) -> str:
-    """'host:port' (optionally with an http:// prefix, IPv6 in brackets) -> 'host:port'. TLS is not supported."""
+    """'host:port' (optionally with an http:// or https:// prefix, IPv6 in brackets) -> 'host:port'."""
     match = _ENDPOINT_RE.match(endpoint.strip()) if isinstance(endpoint, str) else None
     if not match or not 0 < int(match.group(2)) < 65536:
         raise StoreError(f"bad etcd endpoint {endpoint!r}: expected host:port")
     return f"{match.group(1)}:{int(match.group(2))}"
 
 
-def parse_etcd_url(url: str) -> tuple[list[str], str]:
-    """``etcd://host1:2379,host2:2379[/prefix]`` -> (endpoints, key prefix).
+@dataclass(frozen=True)
+class EtcdTls:
+    """PEM files for TLS to etcd: the CA that signed the members' certificates (None: the
+    system's roots), and this client's certificate and key when the cluster asks for one."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise StoreError("etcd TLS: a client certificate needs its key and the key its certificate "
+                             "(give both cert= and key=)")
+
+        def read(path: str | None) -> bytes | None:
+            if path is None:
+                return None
+            try:
+                return Path(path).read_bytes()
+            except OSError as exc:
+                raise StoreError(f"etcd TLS: cannot read {path}: {exc.strerror}") from None
+
+        return grpc.ssl_channel_credentials(read(self.ca_file), read(self.key_file), read(self.cert_file))
+
+
+_TLS_PARAMETERS = {"cacert": "ca_file", "cert": "cert_file", "key": "key_file"}
+
+
+def parse_etcd_url(url: str) -> tuple[list[str], str, EtcdTls | None]:
+    """``etcd://host1:2379,host2:2379[/prefix][?cacert=ca.pem&cert=client.pem&key=client.key]``
+    -> (endpoints, key prefix, TLS settings or None).
 
     The path after the hosts, without trailing slashes, is the key prefix:
     ``etcd://h:2379/team-a`` keeps ``/megarouter/v1/x`` as ``/team-a/megarouter/v1/x``.
+    ``cacert`` (or ``tls=1`` for the system's CA roots) turns TLS on; ``cert`` and ``key``
+    add a client certificate.
     """
     if not url.startswith("etcd://"):
         raise StoreError(f"not an etcd URL: {url!r}")
-    hosts, slash, path = url[len("etcd://") :].partition("/")
+    location, _, query = url[len("etcd://") :].partition("?")
+    hosts, slash, path = location.partition("/")
     if not hosts:
         raise StoreError(f"etcd URL {url!r} names no endpoint: use etcd://host:2379[,host:2379][/prefix]")
     endpoints = [parse_endpoint(host) for host in hosts.split(",")]
     prefix = (slash + path).rstrip("/")
-    return endpoints, prefix
+    return endpoints, prefix, _parse_tls(url, query)
+
+
+def _parse_tls(url: str, query: str) -> EtcdTls | None:
+    if not query:
+        return None
+    files: dict[str, str] = {}
+    tls = False
+    for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=False):
+        if name == "tls" and value in ("1", "true"):
+            tls = True
+        elif name in _TLS_PARAMETERS and value:
+            files[_TLS_PARAMETERS[name]] = value
+        else:
+            raise StoreError(f"etcd URL {url!r}: unknown or empty parameter {name!r} "
+                             "(known: cacert=, cert=, key=, tls=1)")
+    if not (tls or "ca_file" in files):
+        raise StoreError(f"etcd URL {url!r}: cert= and key= need TLS: add cacert=<CA file> or tls=1")
+    return EtcdTls(**files)
 
 
 def _prefix_end(prefix: bytes) -> bytes:
@@ -150,9 +205,12 @@ def _describe(exc: grpc.aio.AioRpcError) -> str:
 
 
 class _Endpoint:
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, credentials: grpc.ChannelCredentials | None) -> None:
         self.address = address
-        self.channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        if credentials is None:
+            self.channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        else:
+            self.channel = grpc.aio.secure_channel(address, credentials, options=_CHANNEL_OPTIONS)
         self.kv = rpc.KVStub(self.channel)
         self.watch = rpc.WatchStub(self.channel)
         self.lease = rpc.LeaseStub(self.channel)
@@ -161,8 +219,10 @@ class _Endpoint:
 class EtcdStore(Store):
     """Store on an etcd v3 cluster; open it with ``await EtcdStore.open(["host:2379", ...])``."""
 
-    def __init__(self, endpoints: Sequence[str], prefix: str, timeout_s: float) -> None:
-        self._endpoints = [_Endpoint(address) for address in endpoints]
+    def __init__(self, endpoints: Sequence[str], prefix: str, timeout_s: float,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
+        self._endpoints = [_Endpoint(address, credentials) for address in endpoints]
+        self._tls = credentials is not None
         self._current = 0
         self._prefix = prefix
         self._prefix_bytes = prefix.encode("utf-8", "surrogateescape")
@@ -177,12 +237,14 @@ class EtcdStore(Store):
         self._watches: weakref.WeakSet[_EtcdWatch] = weakref.WeakSet()
 
     @classmethod
-    async def open(cls, endpoints: Sequence[str], *, prefix: str = "", timeout_s: float = 5.0) -> EtcdStore:
+    async def open(cls, endpoints: Sequence[str], *, prefix: str = "", timeout_s: float = 5.0,
+                   tls: EtcdTls | None = None) -> EtcdStore:
         """Connect to an etcd cluster and check that it answers.
 
         endpoints: client addresses as ``host:port``; any one reachable member is enough.
         prefix: namespace prepended to every key (and stripped from results).
         timeout_s: the most one operation may take, failing over between endpoints included.
+        tls: TLS settings; None connects in plain text.
         """
         if isinstance(endpoints, str):
             endpoints = [endpoints]
@@ -193,7 +255,8 @@ class EtcdStore(Store):
             raise StoreError(f"prefix must be a string, got {prefix!r}")
         if not timeout_s > 0:
             raise StoreError(f"timeout_s must be positive, got {timeout_s}")
-        store = cls(list(dict.fromkeys(addresses)), prefix, float(timeout_s))
+        credentials = tls.credentials() if tls is not None else None
+        store = cls(list(dict.fromkeys(addresses)), prefix, float(timeout_s), credentials)
         try:
             await store.revision()
         except BaseException:
@@ -281,7 +344,10 @@ class EtcdStore(Store):
                     return endpoint
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise StoreError(f"no etcd endpoint is reachable ({', '.join(self.endpoints)})")
+                # A TLS mismatch looks like an unreachable member: say which mode was tried.
+                mode = ("over TLS: check the CA and client certificate (cacert=, cert=, key=)" if self._tls
+                        else "in plain text (for a TLS cluster add cacert= or tls=1 to the URL)")
+                raise StoreError(f"no etcd endpoint is reachable ({', '.join(self.endpoints)}) {mode}")
             await asyncio.sleep(min(_RETRY_PAUSE_S * 2, remaining))
 
     async def _request(
