@@ -24,6 +24,7 @@ from controlplane.snapshot import follow_store
 from controlplane.store import StoreError, open_store
 from controlplane.telemetry import TelemetryService, publish_fleet_health
 from controlplane.usage import FLUSH_INTERVAL_S, UsageAggregator
+from megarouter.grpc_tls import TlsConfigError, server_credentials
 from megarouter.runtime import announce_ready, env_default, setup_logging, stop_event
 from megarouter.v1 import (
     admin_pb2,
@@ -62,6 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: the listen address) [MEGAROUTER_CP_ADVERTISE]")
     parser.add_argument("--replica-id", default=env_default("CP_REPLICA_ID", ""),
                         help="this replica's name in the cluster (default: random) [MEGAROUTER_CP_REPLICA_ID]")
+    parser.add_argument("--tls-cert", default=env_default("CP_TLS_CERT", ""),
+                        help="serve gRPC over TLS with this certificate (PEM) [MEGAROUTER_CP_TLS_CERT]")
+    parser.add_argument("--tls-key", default=env_default("CP_TLS_KEY", ""),
+                        help="the certificate's key [MEGAROUTER_CP_TLS_KEY]")
+    parser.add_argument("--tls-client-ca", default=env_default("CP_TLS_CLIENT_CA", ""),
+                        help="require every client (proxies, megarouterctl) to present a certificate "
+                             "signed by this CA [MEGAROUTER_CP_TLS_CLIENT_CA]")
     parser.add_argument("--enable-test-hooks", action="store_true",
                         default=env_default("ENABLE_TEST_HOOKS", "") == "1",
                         help="register the TestHooks service (tests only)")
@@ -121,7 +129,14 @@ async def serve(args: argparse.Namespace) -> int:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
 
-    port = server.add_insecure_port(args.listen)
+    if args.tls_cert or args.tls_key or args.tls_client_ca:
+        try:
+            credentials = server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca or None)
+        except TlsConfigError as exc:
+            raise SystemExit(f"megarouter controlplane: {exc}") from None
+        port = server.add_secure_port(args.listen, credentials)
+    else:
+        port = server.add_insecure_port(args.listen)
     if port == 0:
         raise SystemExit(f"cannot listen on {args.listen}")
     await server.start()

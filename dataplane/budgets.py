@@ -33,6 +33,7 @@ from dataplane.discovery_client import CHANNEL_OPTIONS
 from dataplane.errors import ApiError
 from dataplane.table import KeyInfo
 from megarouter.catalog import cost_usd
+from megarouter.grpc_tls import ClientTls, control_plane_channel
 from megarouter.v1 import budgets_pb2, budgets_pb2_grpc, routing_pb2
 
 log = logging.getLogger("megarouter.proxy.budgets")
@@ -105,9 +106,10 @@ class BudgetExhausted(ApiError):
 
 
 class BudgetEnforcer:
-    def __init__(self, node_id: str, addresses: list[str]) -> None:
+    def __init__(self, node_id: str, addresses: list[str], tls: ClientTls | None = None) -> None:
         self._node_id = node_id
         self._addresses = addresses
+        self._tls = tls
         self._rules: list[BudgetRule] = []
         self._leases: dict[str, _Lease] = {}
         self._pending: dict[tuple[str, str], list[float]] = {}   # (budget, window) -> [consumed, released]
@@ -219,7 +221,7 @@ class BudgetEnforcer:
     def _stub(self) -> budgets_pb2_grpc.BudgetsStub:
         if self._channel is None:
             address = self._addresses[self._address_index % len(self._addresses)]
-            self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            self._channel = control_plane_channel(address, self._tls, options=CHANNEL_OPTIONS)
         return budgets_pb2_grpc.BudgetsStub(self._channel)
 
     def _rotate(self) -> None:

@@ -23,6 +23,7 @@ import grpc
 
 from dataplane.stats import TABLE_NACKS
 from dataplane.table import RuntimeTable, TableError
+from megarouter.grpc_tls import ClientTls, control_plane_channel
 from megarouter.v1 import discovery_pb2, discovery_pb2_grpc, routing_pb2
 
 log = logging.getLogger("megarouter.proxy.discovery")
@@ -83,6 +84,7 @@ class DiscoveryClient:
         install: Callable[[RuntimeTable], None],
         cache_path: Path | None,
         on_fleet_health: Callable[[discovery_pb2.FleetHealth], None] | None = None,
+        tls: ClientTls | None = None,
     ) -> None:
         if not addresses:
             raise ValueError("at least one control-plane address is required")
@@ -92,6 +94,7 @@ class DiscoveryClient:
         self._install = install
         self._cache_path = cache_path
         self._on_fleet_health = on_fleet_health
+        self._tls = tls
 
     def _version(self) -> int:
         table = self._current()
@@ -115,7 +118,7 @@ class DiscoveryClient:
     async def _stream(self, address: str) -> bool:
         """One stream's life; True if it delivered at least one table."""
         delivered = False
-        async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        async with control_plane_channel(address, self._tls, options=CHANNEL_OPTIONS) as channel:
             call = discovery_pb2_grpc.DiscoveryStub(channel).StreamRoutingTables()
             await call.write(discovery_pb2.DiscoveryRequest(node=self._node, version_info=self._version()))
             log.info("discovery stream open to %s", address)

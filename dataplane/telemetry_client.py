@@ -19,6 +19,7 @@ import grpc
 
 from dataplane.discovery_client import CHANNEL_OPTIONS
 from dataplane.stats import EndpointCounters, EndpointStats, UsageCounters, UsageKey
+from megarouter.grpc_tls import ClientTls, control_plane_channel
 from megarouter.v1 import discovery_pb2, telemetry_pb2, telemetry_pb2_grpc
 
 log = logging.getLogger("megarouter.proxy.telemetry")
@@ -89,14 +90,15 @@ async def _final_report(call, stats: EndpointStats, interval_s: float, node: dis
 
 
 async def report_stats(
-    addresses: list[str], node: discovery_pb2.Node, stats: EndpointStats, interval_s: float
+    addresses: list[str], node: discovery_pb2.Node, stats: EndpointStats, interval_s: float,
+    tls: ClientTls | None = None,
 ) -> None:
     attempt = 0
     while True:
         address = addresses[attempt % len(addresses)]
         attempt += 1
         try:
-            async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+            async with control_plane_channel(address, tls, options=CHANNEL_OPTIONS) as channel:
                 call = telemetry_pb2_grpc.TelemetryStub(channel).ReportStats()
                 first = True
                 try:

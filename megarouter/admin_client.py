@@ -13,6 +13,8 @@ from pathlib import Path
 
 import grpc
 
+from megarouter.grpc_tls import ClientTls, control_plane_channel
+
 DEFAULT_TOKEN_FILES = (Path(".megarouter/admin-token"), Path(".megarouter/store/admin-token"))
 
 
@@ -42,8 +44,10 @@ class _BearerToken(grpc.aio.UnaryUnaryClientInterceptor):
         return await continuation(details, request)
 
 
-def admin_channel(address: str, token: str | None = None, options=None) -> grpc.aio.Channel:
-    """A channel whose unary calls carry the operator token (if any)."""
+def admin_channel(address: str, token: str | None = None, options=None,
+                  tls: ClientTls | None = None) -> grpc.aio.Channel:
+    """A channel whose unary calls carry the operator token (if any); over TLS when `tls`
+    or the MEGAROUTER_CONTROL_PLANE_CA/_CERT/_KEY environment says so."""
     token = resolve_token(token)
     interceptors = [_BearerToken(token)] if token else None
-    return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
+    return control_plane_channel(address, tls or ClientTls.from_env(), options=options, interceptors=interceptors)

@@ -27,6 +27,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from megarouter.admin_client import admin_channel
+from megarouter.grpc_tls import ClientTls, TlsConfigError
 from megarouter.manifest import ManifestError, apply_resources, describe_rpc_error, parse_manifest
 from megarouter.resources import proto_to_dict
 from megarouter.runtime import env_default
@@ -321,6 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--server", default=env_default("ADMIN", "127.0.0.1:50051"),
                         help="control-plane gRPC address [MEGAROUTER_ADMIN]")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per admin call")
+    parser.add_argument("--ca", default=env_default("CONTROL_PLANE_CA", ""),
+                        help="CA file: talk TLS to the control plane [MEGAROUTER_CONTROL_PLANE_CA]")
+    parser.add_argument("--cert", default=env_default("CONTROL_PLANE_CERT", ""),
+                        help="client certificate, for a control plane that requires one "
+                             "[MEGAROUTER_CONTROL_PLANE_CERT]")
+    parser.add_argument("--key", default=env_default("CONTROL_PLANE_KEY", ""),
+                        help="the client certificate's key [MEGAROUTER_CONTROL_PLANE_KEY]")
     parser.add_argument("--token", default=None,
                         help="operator token [MEGAROUTER_ADMIN_TOKEN, MEGAROUTER_ADMIN_TOKEN_FILE, "
                              "./.megarouter/admin-token]")
@@ -421,7 +429,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    async with admin_channel(args.server, args.token) as channel:
+    try:
+        tls = ClientTls.from_settings(args.ca, args.cert, args.key)
+        if tls is not None:
+            tls.credentials()  # a missing file is said now, not as an unreachable server
+    except TlsConfigError as exc:
+        raise CtlError(str(exc)) from None
+    async with admin_channel(args.server, args.token, tls=tls) as channel:
         stub = admin_pb2_grpc.AdminStub(channel)
         # Every call on this stub gets the same deadline.
         for name in dir(stub):
@@ -448,7 +462,10 @@ def main(argv: list[str] | None = None) -> int:
         if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
             print(f"error: {exc.details()} (set --token or MEGAROUTER_ADMIN_TOKEN)", file=sys.stderr)
         elif exc.code() == grpc.StatusCode.UNAVAILABLE:
-            print(f"error: cannot reach the control plane at {args.server} ({exc.details()})", file=sys.stderr)
+            # A TLS mismatch looks like an unreachable server: say which mode was tried.
+            mode = ("over TLS (check --ca, and --cert/--key if it requires client certificates)" if args.ca
+                    or args.cert else "in plain text (if it serves TLS, pass --ca or MEGAROUTER_CONTROL_PLANE_CA)")
+            print(f"error: cannot reach the control plane at {args.server} {mode}: {exc.details()}", file=sys.stderr)
         else:
             print(f"error: {describe_rpc_error(exc)}", file=sys.stderr)
         return 1
