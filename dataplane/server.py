@@ -16,7 +16,7 @@ from dataplane.discovery_client import DiscoveryClient, load_cached_table
 from dataplane.failover.outlier import BASE_EJECTION_S
 from dataplane.telemetry_client import report_stats
 from megarouter import __version__
-from megarouter.grpc_tls import ClientTls, TlsConfigError
+from megarouter.grpc_tls import TlsConfigError, add_client_tls_arguments, client_tls_from_args
 from megarouter.runtime import announce_ready, env_default, run_service, setup_logging, stop_event
 from megarouter.v1 import discovery_pb2
 
@@ -28,14 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="HTTP address (host:port; port 0 picks one) [MEGAROUTER_PROXY_LISTEN]")
     parser.add_argument("--control-plane", default=env_default("CONTROL_PLANE", "127.0.0.1:50051"),
                         help="comma-separated control-plane gRPC addresses [MEGAROUTER_CONTROL_PLANE]")
-    parser.add_argument("--control-plane-ca", default=env_default("CONTROL_PLANE_CA", ""),
-                        help="CA file: reach the control plane over TLS, verified against it "
-                             "[MEGAROUTER_CONTROL_PLANE_CA]")
-    parser.add_argument("--control-plane-cert", default=env_default("CONTROL_PLANE_CERT", ""),
-                        help="client certificate, for a control plane that requires one "
-                             "[MEGAROUTER_CONTROL_PLANE_CERT]")
-    parser.add_argument("--control-plane-key", default=env_default("CONTROL_PLANE_KEY", ""),
-                        help="the client certificate's key [MEGAROUTER_CONTROL_PLANE_KEY]")
+    add_client_tls_arguments(parser, "control-plane-")
     parser.add_argument("--node-id", default=env_default("NODE_ID", f"{socket.gethostname()}-{os.getpid()}"),
                         help="this proxy's name in the fleet [MEGAROUTER_NODE_ID]")
     parser.add_argument("--region", default=env_default("REGION", "default"), help="[MEGAROUTER_REGION]")
@@ -63,12 +56,10 @@ def run(args: argparse.Namespace) -> int:
 async def serve(args: argparse.Namespace) -> int:
     stop = stop_event()
     addresses = [a.strip() for a in args.control_plane.split(",") if a.strip()]
-    tls = ClientTls.from_settings(args.control_plane_ca, args.control_plane_cert, args.control_plane_key)
-    if tls is not None:
-        try:
-            tls.credentials()  # a missing file is a start-up error, not a silent reconnect loop
-        except TlsConfigError as exc:
-            raise SystemExit(f"megarouter proxy: {exc}") from None
+    try:
+        tls = client_tls_from_args(args, "control-plane-")
+    except TlsConfigError as exc:
+        raise SystemExit(f"megarouter proxy: {exc}") from None
     state = ProxyState(ejection_base_s=args.ejection_base_s, node_id=args.node_id, control_plane=addresses,
                        region=args.region, control_plane_tls=tls)
     cache_path = Path(args.cache_file) if args.cache_file else None

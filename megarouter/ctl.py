@@ -27,7 +27,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from megarouter.admin_client import admin_channel
-from megarouter.grpc_tls import ClientTls, TlsConfigError
+from megarouter.grpc_tls import TlsConfigError, add_client_tls_arguments, client_tls_from_args
 from megarouter.manifest import ManifestError, apply_resources, describe_rpc_error, parse_manifest
 from megarouter.resources import proto_to_dict
 from megarouter.runtime import env_default
@@ -322,13 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--server", default=env_default("ADMIN", "127.0.0.1:50051"),
                         help="control-plane gRPC address [MEGAROUTER_ADMIN]")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per admin call")
-    parser.add_argument("--ca", default=env_default("CONTROL_PLANE_CA", ""),
-                        help="CA file: talk TLS to the control plane [MEGAROUTER_CONTROL_PLANE_CA]")
-    parser.add_argument("--cert", default=env_default("CONTROL_PLANE_CERT", ""),
-                        help="client certificate, for a control plane that requires one "
-                             "[MEGAROUTER_CONTROL_PLANE_CERT]")
-    parser.add_argument("--key", default=env_default("CONTROL_PLANE_KEY", ""),
-                        help="the client certificate's key [MEGAROUTER_CONTROL_PLANE_KEY]")
+    add_client_tls_arguments(parser)
     parser.add_argument("--token", default=None,
                         help="operator token [MEGAROUTER_ADMIN_TOKEN, MEGAROUTER_ADMIN_TOKEN_FILE, "
                              "./.megarouter/admin-token]")
@@ -430,9 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def _run(args: argparse.Namespace) -> int:
     try:
-        tls = ClientTls.from_settings(args.ca, args.cert, args.key)
-        if tls is not None:
-            tls.credentials()  # a missing file is said now, not as an unreachable server
+        tls = client_tls_from_args(args)
     except TlsConfigError as exc:
         raise CtlError(str(exc)) from None
     async with admin_channel(args.server, args.token, tls=tls) as channel:

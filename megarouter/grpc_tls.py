@@ -1,5 +1,6 @@
-"""TLS for the control plane's gRPC port: the server's certificate, and how clients (proxies,
-megarouterctl) verify it — optionally with a client certificate of their own (mutual TLS).
+"""TLS for gRPC: the control plane's server certificate, and how clients — proxies and
+megarouterctl reaching the control plane, the control plane reaching etcd — verify a server,
+optionally with a client certificate of their own (mutual TLS).
 
 Off unless configured: a local `megarouter up` talks plain text on loopback. Across a network
 the admin API carries operator tokens, so production runs it with TLS:
@@ -11,6 +12,7 @@ the admin API carries operator tokens, so production runs it with TLS:
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+
+from megarouter.runtime import env_default
 
 
 class TlsConfigError(ValueError):
@@ -41,8 +45,8 @@ def _pair(cert: str | None, key: str | None, what: str) -> tuple[bytes | None, b
 
 @dataclass(frozen=True)
 class ClientTls:
-    """How a client verifies the control plane (`ca_file`; None: the system's roots) and,
-    for a control plane that requires it, the client's own certificate."""
+    """How a client verifies its server (`ca_file`; None: the system's roots) and, for a
+    server that requires it, the client's own certificate."""
 
     ca_file: str | None = None
     cert_file: str | None = None
@@ -50,10 +54,13 @@ class ClientTls:
 
     @classmethod
     def from_settings(cls, ca: str | None, cert: str | None, key: str | None) -> ClientTls | None:
-        """None (plain text) unless a CA or a client certificate is given."""
+        """None (plain text) unless a CA or a client certificate is given. The files are read
+        now, so a wrong path is a TlsConfigError at start-up, not an unreachable server later."""
         if not (ca or cert or key):
             return None
-        return cls(ca or None, cert or None, key or None)
+        tls = cls(ca or None, cert or None, key or None)
+        tls.credentials()
+        return tls
 
     @classmethod
     def from_env(cls) -> ClientTls | None:
@@ -64,6 +71,22 @@ class ClientTls:
     def credentials(self) -> grpc.ChannelCredentials:
         cert, key = _pair(self.cert_file, self.key_file, "client")
         return grpc.ssl_channel_credentials(_read(self.ca_file, "control-plane CA"), key, cert)
+
+
+def add_client_tls_arguments(parser: argparse.ArgumentParser, flag_prefix: str = "") -> None:
+    """--{prefix}ca, --{prefix}cert, --{prefix}key, defaulting to MEGAROUTER_CONTROL_PLANE_*."""
+    helps = {"ca": "CA file: talk TLS to the control plane, verified against it",
+             "cert": "client certificate, for a control plane that requires one",
+             "key": "the client certificate's key"}
+    for name, text in helps.items():
+        env = f"CONTROL_PLANE_{name.upper()}"
+        parser.add_argument(f"--{flag_prefix}{name}", default=env_default(env, ""), help=f"{text} [MEGAROUTER_{env}]")
+
+
+def client_tls_from_args(args: argparse.Namespace, flag_prefix: str = "") -> ClientTls | None:
+    """The settings `add_client_tls_arguments` added, checked (TlsConfigError)."""
+    attribute = flag_prefix.replace("-", "_")
+    return ClientTls.from_settings(*(getattr(args, f"{attribute}{name}") for name in ("ca", "cert", "key")))
 
 
 def control_plane_channel(

@@ -90,7 +90,7 @@ def _temp_root() -> str | None:
 
 
 @dataclass(frozen=True)
-class ClientTls:
+class MemberTls:
     """PEM files for a cluster that serves clients over TLS: its CA, the members' certificate
     (valid for 127.0.0.1), and whether clients must present a certificate signed by the CA."""
 
@@ -113,7 +113,7 @@ class EtcdMember:
     initial_cluster: str = ""
     cluster_token: str = ""
     binary: str = ETCD_DEFAULT_PATH
-    tls: ClientTls | None = None
+    tls: MemberTls | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _started_once: bool = field(default=False, repr=False)
 
@@ -263,7 +263,7 @@ class EtcdCluster:
     @classmethod
     def start(
         cls, size: int = 1, *, base_dir: str | os.PathLike[str] | None = None, timeout_s: float = 30.0,
-        tls: ClientTls | None = None,
+        tls: MemberTls | None = None,
     ) -> EtcdCluster:
         """Start size members on free loopback ports and wait until every one is healthy.
 
@@ -297,7 +297,7 @@ class EtcdCluster:
             raise
 
     @classmethod
-    def _launch(cls, binary: str, size: int, root: Path, own_dir: bool, tls: ClientTls | None) -> EtcdCluster:
+    def _launch(cls, binary: str, size: int, root: Path, own_dir: bool, tls: MemberTls | None) -> EtcdCluster:
         root.mkdir(parents=True, exist_ok=True)
         ports = _free_ports(2 * size)
         serial = next(_names)
@@ -358,7 +358,7 @@ def _kill_leftovers() -> None:
 atexit.register(_kill_leftovers)
 
 
-def start_or_skip(size: int, tls: ClientTls | None = None) -> EtcdCluster:
+def start_or_skip(size: int, tls: MemberTls | None = None) -> EtcdCluster:
     """A cluster for a test; without an etcd binary the test skips, unless
     MEGAROUTER_REQUIRE_ETCD=1 (set in CI) makes that a failure."""
     import pytest  # only tests call this

@@ -21,7 +21,8 @@ from aetcd import rpc
 
 from controlplane.store import CasConflict, Compacted, KeyValue, Store, StoreError, open_store
 from controlplane.store import etcd as etcd_backend
-from controlplane.store.etcd import EtcdStore, EtcdTls, parse_etcd_url
+from controlplane.store.etcd import EtcdStore, parse_etcd_url
+from megarouter.grpc_tls import ClientTls
 
 try:
     from etcd_cluster import EtcdCluster, free_port, start_or_skip
@@ -143,8 +144,8 @@ def test_parse_etcd_url() -> None:
     assert parse_etcd_url("etcd://a:1/team/a//") == (["a:1"], "/team/a", None)
     assert parse_etcd_url("etcd://[::1]:2379") == (["[::1]:2379"], "", None)
     assert parse_etcd_url("etcd://a:1/p?cacert=/c/ca.pem&cert=/c/me.pem&key=/c/me.key") == (
-        ["a:1"], "/p", EtcdTls("/c/ca.pem", "/c/me.pem", "/c/me.key"))
-    assert parse_etcd_url("etcd://a:1?tls=1") == (["a:1"], "", EtcdTls())
+        ["a:1"], "/p", ClientTls("/c/ca.pem", "/c/me.pem", "/c/me.key"))
+    assert parse_etcd_url("etcd://a:1?tls=1") == (["a:1"], "", ClientTls())
     for bad in ("etcd://", "etcd:///p", "etcd://host", "etcd://host:x", "etcd://h:70000", "etcd://a:1,,b:2",
                 "etcd://a:1?cert=/c/me.pem&key=/c/me.key",  # a client certificate without TLS
                 "etcd://a:1?cacert=", "etcd://a:1?ca=/c/ca.pem", "etcd://a:1?tls=yes"):

@@ -16,10 +16,11 @@ import pytest
 import trustme
 
 from controlplane.store import StoreError, open_store
-from controlplane.store.etcd import EtcdStore, EtcdTls
+from controlplane.store.etcd import EtcdStore
 from megarouter.admin_client import admin_channel
+from megarouter.grpc_tls import ClientTls
 from megarouter.v1 import admin_pb2, admin_pb2_grpc, routing_pb2
-from tests.etcd_cluster import ClientTls, EtcdCluster, start_or_skip
+from tests.etcd_cluster import EtcdCluster, MemberTls, start_or_skip
 from tests.harness import start_service
 
 try:
@@ -64,7 +65,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @pytest.fixture(scope="module")
 def cluster(pki: Pki) -> Iterator[EtcdCluster]:
-    tls = ClientTls(pki.ca, pki.server_cert, pki.server_key, client_cert_auth=True,
+    tls = MemberTls(pki.ca, pki.server_cert, pki.server_key, client_cert_auth=True,
                     client_cert_file=pki.client_cert, client_key_file=pki.client_key)
     started = start_or_skip(1, tls=tls)
     yield started
@@ -92,21 +93,21 @@ async def test_the_store_works_over_tls_with_a_client_certificate(pki: Pki, clus
 async def test_tls_mistakes_are_store_errors(pki: Pki, cluster: EtcdCluster, what: str) -> None:
     endpoint = cluster.endpoints[0]
     settings = {
-        "no client certificate": EtcdTls(ca_file=pki.ca),
-        "a certificate from another CA": EtcdTls(pki.ca, pki.foreign_cert, pki.foreign_key),
+        "no client certificate": ClientTls(ca_file=pki.ca),
+        "a certificate from another CA": ClientTls(pki.ca, pki.foreign_cert, pki.foreign_key),
         "plain text": None,
-        "the wrong CA": EtcdTls(pki.other_ca, pki.client_cert, pki.client_key),
+        "the wrong CA": ClientTls(pki.other_ca, pki.client_cert, pki.client_key),
     }[what]
     with pytest.raises(StoreError, match="TLS") as failure:
         await EtcdStore.open([endpoint], tls=settings, timeout_s=1.0)
     assert endpoint in str(failure.value)
 
 
-def test_tls_settings_are_checked_before_connecting(pki: Pki, tmp_path: Path) -> None:
+async def test_tls_settings_are_checked_before_connecting(pki: Pki, cluster: EtcdCluster, tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="cannot read"):
-        EtcdTls(ca_file=str(tmp_path / "missing.pem")).credentials()
-    with pytest.raises(StoreError, match="needs its key"):
-        EtcdTls(ca_file=pki.ca, cert_file=pki.client_cert).credentials()
+        await EtcdStore.open(cluster.endpoints, tls=ClientTls(ca_file=str(tmp_path / "missing.pem")))
+    with pytest.raises(StoreError, match="its key"):
+        await EtcdStore.open(cluster.endpoints, tls=ClientTls(ca_file=pki.ca, cert_file=pki.client_cert))
 
 
 async def test_a_control_plane_runs_on_etcd_over_tls(pki: Pki, cluster: EtcdCluster, tmp_path: Path) -> None:

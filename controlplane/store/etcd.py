@@ -21,7 +21,7 @@ only and its watcher neither resumes after a lost connection nor applies back-pr
   lost stream is reopened on another endpoint from the next revision, so no event is lost or
   repeated.
 * An optional namespace prefix is prepended to every key and stripped from results.
-* TLS (`EtcdTls`): the cluster's CA, and a client certificate for clusters that require one
+* TLS (`megarouter.grpc_tls.ClientTls`): the cluster's CA, and a client certificate for clusters that require one
   (`--client-cert-auth`); etcd's own user/password authentication is not supported.
 """
 
@@ -34,12 +34,12 @@ import urllib.parse
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 from aetcd import rpc
+
+from megarouter.grpc_tls import ClientTls, TlsConfigError
 
 from .base import (
     CasConflict,
@@ -113,35 +113,10 @@ def parse_endpoint(endpoint: str) -> str:
     return f"{match.group(1)}:{int(match.group(2))}"
 
 
-@dataclass(frozen=True)
-class EtcdTls:
-    """PEM files for TLS to etcd: the CA that signed the members' certificates (None: the
-    system's roots), and this client's certificate and key when the cluster asks for one."""
-
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise StoreError("etcd TLS: a client certificate needs its key and the key its certificate "
-                             "(give both cert= and key=)")
-
-        def read(path: str | None) -> bytes | None:
-            if path is None:
-                return None
-            try:
-                return Path(path).read_bytes()
-            except OSError as exc:
-                raise StoreError(f"etcd TLS: cannot read {path}: {exc.strerror}") from None
-
-        return grpc.ssl_channel_credentials(read(self.ca_file), read(self.key_file), read(self.cert_file))
-
-
 _TLS_PARAMETERS = {"cacert": "ca_file", "cert": "cert_file", "key": "key_file"}
 
 
-def parse_etcd_url(url: str) -> tuple[list[str], str, EtcdTls | None]:
+def parse_etcd_url(url: str) -> tuple[list[str], str, ClientTls | None]:
     """``etcd://host1:2379,host2:2379[/prefix][?cacert=ca.pem&cert=client.pem&key=client.key]``
     -> (endpoints, key prefix, TLS settings or None).
 
@@ -161,7 +136,7 @@ def parse_etcd_url(url: str) -> tuple[list[str], str, EtcdTls | None]:
     return endpoints, prefix, _parse_tls(url, query)
 
 
-def _parse_tls(url: str, query: str) -> EtcdTls | None:
+def _parse_tls(url: str, query: str) -> ClientTls | None:
     if not query:
         return None
     files: dict[str, str] = {}
@@ -176,7 +151,7 @@ def _parse_tls(url: str, query: str) -> EtcdTls | None:
                              "(known: cacert=, cert=, key=, tls=1)")
     if not (tls or "ca_file" in files):
         raise StoreError(f"etcd URL {url!r}: cert= and key= need TLS: add cacert=<CA file> or tls=1")
-    return EtcdTls(**files)
+    return ClientTls(**files)
 
 
 def _prefix_end(prefix: bytes) -> bytes:
@@ -238,7 +213,7 @@ class EtcdStore(Store):
 
     @classmethod
     async def open(cls, endpoints: Sequence[str], *, prefix: str = "", timeout_s: float = 5.0,
-                   tls: EtcdTls | None = None) -> EtcdStore:
+                   tls: ClientTls | None = None) -> EtcdStore:
         """Connect to an etcd cluster and check that it answers.
 
         endpoints: client addresses as ``host:port``; any one reachable member is enough.
@@ -255,7 +230,10 @@ class EtcdStore(Store):
             raise StoreError(f"prefix must be a string, got {prefix!r}")
         if not timeout_s > 0:
             raise StoreError(f"timeout_s must be positive, got {timeout_s}")
-        credentials = tls.credentials() if tls is not None else None
+        try:
+            credentials = tls.credentials() if tls is not None else None
+        except TlsConfigError as exc:
+            raise StoreError(f"etcd TLS: {exc}") from None
         store = cls(list(dict.fromkeys(addresses)), prefix, float(timeout_s), credentials)
         try:
             await store.revision()
