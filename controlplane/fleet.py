@@ -1,9 +1,9 @@
 """Fleet health: every proxy's endpoint stats, aggregated.
 
 Each telemetry report adds a sample per (proxy, endpoint) to a sliding
-window; `snapshot()` sums the window across proxies into one view per
-endpoint — success rate, mean latency and TTFT, how many proxies report it
-and how many have it ejected right now. The control plane pushes that view
+window; `totals()` sums the window across proxies and `merged_view()` turns
+sums into one view per endpoint — success rate, mean latency and TTFT, how
+many proxies report it and how many have it ejected right now. The control plane pushes that view
 to every proxy, so an endpoint failing for one proxy is avoided by the
 others before their own traffic suffers.
 
@@ -101,10 +101,6 @@ class FleetView:
     @property
     def generation(self) -> int:
         return self._generation
-
-    def snapshot(self, *others: FleetTotals) -> discovery_pb2.FleetHealth:
-        """The fleet view: this replica's totals plus those other replicas published."""
-        return merged_view(self._generation, [self.totals(), *others])
 
 
 @dataclass

@@ -129,13 +129,13 @@ class BudgetEnforcer:
         try:
             for rule in rules:
                 if rule.action == "pause":
-                    held.append(await self._hold(rule, amounts[rule.unit]))
+                    held.append(await self.hold(rule, amounts[rule.unit]))
         except BaseException:
-            self._give_back(held)
+            self.give_back(held)
             raise
         return Reservation(held, [r for r in rules if r.action != "pause"])
 
-    async def _hold(self, rule: BudgetRule, amount: float) -> tuple[BudgetRule, str, float]:
+    async def hold(self, rule: BudgetRule, amount: float) -> tuple[BudgetRule, str, float]:
         """Take `amount` from the rule's lease (refilled from the ledger if short), or raise."""
         lease = self._leases.setdefault(rule.name, _Lease())
         if lease.available < amount:
@@ -179,7 +179,7 @@ class BudgetEnforcer:
             if model is not None and (not rule.model or rule.model == model):
                 self._add_pending(rule.name, "", consumed=amounts[rule.unit])
 
-    def _give_back(self, held: list[tuple[BudgetRule, str, float]]) -> None:
+    def give_back(self, held: list[tuple[BudgetRule, str, float]]) -> None:
         for rule, window, amount in held:
             lease = self._leases.get(rule.name)
             if lease is not None and lease.window == window:
@@ -328,7 +328,7 @@ class Charge:
                 if not serving:
                     continue  # an earlier quota already took this model out
                 try:
-                    held.append(await enforcer._hold(
+                    held.append(await enforcer.hold(
                         rule, worst_case(prompt_tokens, output_tokens, serving)[rule.unit]))
                 except BudgetExhausted:
                     endpoints = tuple(e for e in endpoints if e.model != rule.model)
@@ -338,12 +338,12 @@ class Charge:
             others = [r for r in rules if not (r.action == "pause" and r.model)]
             reservation = await enforcer.reserve(others, reserved)
         except BaseException:
-            enforcer._give_back(held)
+            enforcer.give_back(held)
             raise
         # Quotas of models no longer in the plan hold nothing (they were spent or skipped).
         models = {e.model for e in endpoints}
         kept = [entry for entry in held if entry[0].model in models]
-        enforcer._give_back([entry for entry in held if entry[0].model not in models])
+        enforcer.give_back([entry for entry in held if entry[0].model not in models])
         reservation = Reservation(kept + reservation.held,
                                   [r for r in reservation.watched if not r.model or r.model in models])
         return cls(enforcer, reservation, reserved, endpoints)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controlplane.fleet import FleetTotals, FleetView
+from controlplane.fleet import FleetTotals, FleetView, merged_view
 from megarouter.v1 import telemetry_pb2
 
 
@@ -36,8 +36,8 @@ def test_replicas_shares_merge_into_the_single_replica_view() -> None:
     for node in ("p2", "p3"):
         second.add_report(node, REPORTS[node])
     shared = FleetTotals.decode(second.totals().encode())  # as it travels through the store
-    merged = first.snapshot(shared)
-    whole = one.snapshot()
+    merged = merged_view(1, [first.totals(), shared])
+    whole = merged_view(1, [one.totals()])
     assert merged.proxies == whole.proxies == 3
     assert list(merged.endpoints) == list(whole.endpoints)
     by_name = {e.endpoint: e for e in merged.endpoints}
