@@ -56,6 +56,7 @@ from proxy_bench import Service, Services, _git_commit, _table, proc_status  # n
 API_KEY = "sk-mr-chaos-0123456789abcdef"
 # The control plane's bootstrap admin token (given to it on first start), for seeding.
 ADMIN_TOKEN = "mr-admin-chaos-0123456789abcdef0123"
+PROXY_TOKEN = "mr-proxy-chaos-0123456789abcdef0123"
 ROUTE = "chaos"
 CHAT_PATH = "/v1/chat/completions"
 PROXIES = 2
@@ -269,11 +270,12 @@ def start_system(services: Services, log_dir: Path, seed: int) -> System:
         ], None)
     # `env` execs the control plane (same pid) with its bootstrap admin token.
     controlplane = services.start("controlplane", [
-        "env", f"MEGAROUTER_ADMIN_TOKEN={ADMIN_TOKEN}", python, "-m", "megarouter", "controlplane",
+        "env", f"MEGAROUTER_ADMIN_TOKEN={ADMIN_TOKEN}", f"MEGAROUTER_PROXY_TOKEN={PROXY_TOKEN}",
+        python, "-m", "megarouter", "controlplane",
         "--listen", "127.0.0.1:0", "--store", str(log_dir / "store"), "--metrics-listen", "127.0.0.1:0",
     ], None)
     proxies = [services.start(f"proxy-{n}", [
-        python, "-m", "megarouter", "proxy", "--listen", "127.0.0.1:0",
+        "env", f"MEGAROUTER_PROXY_TOKEN={PROXY_TOKEN}", python, "-m", "megarouter", "proxy", "--listen", "127.0.0.1:0",
         "--control-plane", f"127.0.0.1:{controlplane.port}", "--node-id", f"chaos-proxy-{n}",
         "--cache-file", str(log_dir / f"proxy-{n}.table"),
     ], None) for n in range(1, PROXIES + 1)]

@@ -82,7 +82,8 @@ class Client:
 
         async with grpc.aio.insecure_channel(self.address, options=[
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024)]) as channel:
-            call = discovery_pb2_grpc.DiscoveryStub(channel).StreamRoutingTables()
+            call = discovery_pb2_grpc.DiscoveryStub(channel).StreamRoutingTables(
+                metadata=(("authorization", f"Bearer {os.environ['MEGAROUTER_PROXY_TOKEN']}"),))
             await call.write(discovery_pb2.DiscoveryRequest(
                 node=discovery_pb2.Node(id=self.node_id, region="local", version="fanout-bench"),
                 version_info=0))
@@ -250,6 +251,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     token = "mr-admin-fanout-" + secrets.token_hex(16)
+    # The simulated proxies' credential, installed by the control plane (inherited env).
+    os.environ.setdefault("MEGAROUTER_PROXY_TOKEN", "mr-proxy-fanout-" + secrets.token_hex(16))
     with tempfile.TemporaryDirectory(prefix="mr-fanout-") as tmp:
         services = Services(Path(tmp))
         try:

@@ -76,6 +76,7 @@ def main() -> int:
     parser.add_argument("--projects", type=int, default=100)
     args = parser.parse_args()
     os.environ.setdefault("MEGAROUTER_ADMIN_TOKEN", "mr-admin-bench-" + os.urandom(12).hex())
+    os.environ.setdefault("MEGAROUTER_PROXY_TOKEN", "mr-proxy-bench-" + os.urandom(12).hex())
     tmp = Path(tempfile.mkdtemp(prefix="megarouter-org-"))
     services = Services(tmp)
     try:

@@ -802,6 +802,7 @@ def main(argv: list[str] | None = None) -> int:
     # The bench's control plane bootstraps with this operator token (inherited
     # through the environment) and the seeding client sends it.
     os.environ.setdefault("MEGAROUTER_ADMIN_TOKEN", "mr-admin-bench-" + os.urandom(12).hex())
+    os.environ.setdefault("MEGAROUTER_PROXY_TOKEN", "mr-proxy-bench-" + os.urandom(12).hex())
     tmp = Path(tempfile.mkdtemp(prefix="megarouter-bench-"))
     services = Services(tmp)
     ok = False

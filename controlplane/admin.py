@@ -61,6 +61,8 @@ API_KEY_PREFIX = "sk-mr-"
 # Rounds of "another replica changed the configuration meanwhile" before a write gives up.
 _GUARDED_ATTEMPTS = 8
 T = TypeVar("T")
+# Checks a write against the state it commits on and the resource it replaces (None: new).
+Authorize = Callable[[StoreContents, Any], Awaitable[None]]
 
 
 class _ConfigChanged(Exception):
@@ -177,14 +179,19 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     # ------------------------------------------------------------ generic
 
-    async def put_resource(self, collection: Collection, resource: BaseModel, context) -> admin_pb2.PutResponse:
+    async def put_resource(self, collection: Collection, resource: BaseModel, context,
+                           authorize: Authorize | None = None) -> admin_pb2.PutResponse:
+        """Create or replace. `authorize(contents, existing)` runs inside the guarded write, on
+        the same state the write commits against, with the resource it replaces (None: new)."""
         async def write() -> admin_pb2.PutResponse:
             contents = await self.contents()
+            key = collection.key(resource.name)
+            existing = await self.store.get(key)
+            if authorize is not None:
+                await authorize(contents, collection.decode(existing) if existing else None)
             problems = missing_references(resource, contents)
             if problems:
                 await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, "; ".join(problems))
-            key = collection.key(resource.name)
-            existing = await self.store.get(key)
             encoded = collection.encode(resource)
             if existing is not None and existing.value == encoded:
                 return admin_pb2.PutResponse(revision=contents.config_revision, created=False, changed=False)
@@ -200,21 +207,24 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return collection.decode(kv)
 
     async def delete_resource(self, collection: Collection, name: str, context,
-                              blocked_by: Callable[[], Awaitable[str]] | None = None) -> admin_pb2.DeleteResponse:
+                              blocked_by: Callable[[], Awaitable[str]] | None = None,
+                              authorize: Authorize | None = None) -> admin_pb2.DeleteResponse:
         """Delete unless something still uses it: `blocking_references`, or what `blocked_by`
-        (checked inside the same guarded write) says."""
+        says; `authorize(contents, existing)` as for puts. All inside one guarded write."""
         async def write() -> admin_pb2.DeleteResponse:
             contents = await self.contents()
+            key = collection.key(name)
+            existing = await self.store.get(key) if name else None
+            if existing is None:
+                await _abort(context, grpc.StatusCode.NOT_FOUND, f"{collection.kind} {name!r} not found")
+            if authorize is not None:
+                await authorize(contents, collection.decode(existing))
             users = ", ".join(blocking_references(collection.name, name, contents))
             if not users and blocked_by is not None:
                 users = await blocked_by()
             if users:
                 await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
                              f"{collection.kind} {name!r} is still used by {users}")
-            key = collection.key(name)
-            existing = await self.store.get(key) if name else None
-            if existing is None:
-                await _abort(context, grpc.StatusCode.NOT_FOUND, f"{collection.kind} {name!r} not found")
             revision = await self._commit(contents, key, None, existing.mod_revision)
             self._remember(collection, name, None)
             return admin_pb2.DeleteResponse(revision=revision)
@@ -253,13 +263,11 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     async def PutNode(self, request, context):
         node = await _validate(OrgNode, "node", proto_to_dict(request), context)
-        parents = await self._parents()
-        # Creating or moving a node needs the permission where it lands, and
-        # where it was (a move out of one's subtree is a delete there).
-        await rbac.require(context, "nodes.write", (node.name, *rbac.node_chain(node.parent, parents)))
-        if node.name in parents:
-            await rbac.require(context, "nodes.write", rbac.node_chain(node.name, parents))
-        return await self.put_resource(NODES, node, context)
+
+        async def authorize(contents: StoreContents, existing: OrgNode | None) -> None:
+            before, after = rbac.node_change(node, existing, _parents_of(contents))
+            await rbac.require_change(context, "nodes.write", before, after)
+        return await self.put_resource(NODES, node, context, authorize)
 
     async def GetNode(self, request, context):
         node = await self.get_resource(NODES, request.name, context)
@@ -275,14 +283,25 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         )
 
     async def DeleteNode(self, request, context):
-        await rbac.require(context, "nodes.write", rbac.node_chain(request.name, await self._parents()))
-        return await self.delete_resource(NODES, request.name, context)
+        async def authorize(contents: StoreContents, existing: OrgNode) -> None:
+            before, _ = rbac.node_change(None, existing, _parents_of(contents))
+            await rbac.require_change(context, "nodes.write", before, rbac.ABSENT)
+
+        async def binding_users() -> str:
+            # A binding outliving its scope node would hand whoever re-creates the name its role.
+            bindings, _ = await self.store.list(rbac.BINDINGS.prefix)
+            users = [b.name for b in (rbac.BINDINGS.decode(kv) for kv in bindings) if b.scope == request.name]
+            return f"role bindings {users}" if users else ""
+        return await self.delete_resource(NODES, request.name, context, blocked_by=binding_users,
+                                          authorize=authorize)
 
     # ----------------------------------------------------------- API keys
 
     async def CreateApiKey(self, request, context):
         spec: CreateApiKey = await _validate(CreateApiKey, "API key", proto_to_dict(request), context)
-        await rbac.require(context, "keys.write", rbac.node_chain(spec.node, await self._parents()))
+        if spec.expires_at_unix_ms and spec.expires_at_unix_ms <= time.time() * 1000:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         "invalid API key: expires_at_unix_ms: already in the past (a key that never works)")
         secret = spec.secret or API_KEY_PREFIX + secrets.token_urlsafe(32)
         key_hash = hashlib.sha256(secret.encode()).hexdigest()
         stored = ApiKey(
@@ -296,10 +315,16 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             node=spec.node,
             expires_at_unix_ms=spec.expires_at_unix_ms,
             metadata=spec.metadata,
+            tasks=spec.tasks,
         )
         async def write() -> int:
             contents = await self.contents()
-            if spec.name in contents.api_keys:
+            parents = _parents_of(contents)
+            existing = contents.api_keys.get(spec.name)
+            await rbac.require_change(
+                context, "keys.write", rbac.node_chain(existing.node, parents) if existing else rbac.ABSENT,
+                rbac.node_chain(spec.node, parents))
+            if existing is not None:
                 await _abort(context, grpc.StatusCode.ALREADY_EXISTS, f"API key {spec.name!r} already exists")
             if any(k.key_hash == key_hash for k in contents.api_keys.values()):
                 await _abort(context, grpc.StatusCode.ALREADY_EXISTS, "that secret is already in use by another key")
@@ -326,9 +351,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         )
 
     async def DeleteApiKey(self, request, context):
-        key = await self.get_resource(API_KEYS, request.name, context)
-        await rbac.require(context, "keys.write", rbac.node_chain(key.node, await self._parents()))
-        return await self.delete_resource(API_KEYS, request.name, context)
+        async def authorize(contents: StoreContents, existing: ApiKey) -> None:
+            await rbac.require_change(context, "keys.write", rbac.node_chain(existing.node, _parents_of(contents)),
+                                      rbac.ABSENT)
+        return await self.delete_resource(API_KEYS, request.name, context, authorize=authorize)
 
     # ------------------------------------------------------------ budgets
 
@@ -342,8 +368,13 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     async def PutBudget(self, request, context):
         budget = await _validate(Budget, "budget", proto_to_dict(request), context)
-        await rbac.require(context, "budgets.write", await self._budget_chain(budget))
-        return await self.put_resource(BUDGETS, budget, context)
+
+        async def authorize(contents: StoreContents, existing: Budget | None) -> None:
+            # Replacing a budget by name is a change where it was too, not only where it lands.
+            await rbac.require_change(context, "budgets.write",
+                                      _budget_scope(existing, contents) if existing else rbac.ABSENT,
+                                      _budget_scope(budget, contents))
+        return await self.put_resource(BUDGETS, budget, context, authorize)
 
     async def GetBudget(self, request, context):
         budget = await self.get_resource(BUDGETS, request.name, context)
@@ -360,9 +391,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return admin_pb2.ListBudgetsResponse(items=visible, revision=revision)
 
     async def DeleteBudget(self, request, context):
-        budget = await self.get_resource(BUDGETS, request.name, context)
-        await rbac.require(context, "budgets.write", await self._budget_chain(budget))
-        return await self.delete_resource(BUDGETS, request.name, context)
+        async def authorize(contents: StoreContents, existing: Budget) -> None:
+            await rbac.require_change(context, "budgets.write", _budget_scope(existing, contents), rbac.ABSENT)
+        return await self.delete_resource(BUDGETS, request.name, context, authorize=authorize)
 
     async def ListBudgetStatus(self, request, context):
         principal = rbac.current_principal.get()
@@ -387,6 +418,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                                        created_at_unix_ms=int(time.time() * 1000))
         async def write() -> int:
             contents = await self.contents()
+            await rbac.require_change(context, "access.admin", rbac.ABSENT, ())
             if await self.store.get(rbac.TOKENS.key(record.name)) is not None:
                 await _abort(context, grpc.StatusCode.ALREADY_EXISTS, f"admin token {record.name!r} already exists")
             return await self._commit(contents, rbac.TOKENS.key(record.name), rbac.TOKENS.encode(record), 0)
@@ -403,7 +435,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             bindings, _ = await self.store.list(rbac.BINDINGS.prefix)
             users = [b.name for b in (rbac.BINDINGS.decode(kv) for kv in bindings) if b.token == request.name]
             return f"role bindings {users}" if users else ""
-        return await self.delete_resource(rbac.TOKENS, request.name, context, blocked_by=binding_users)
+        async def authorize(_contents, _existing) -> None:
+            await rbac.require_change(context, "access.admin", (), rbac.ABSENT)
+        return await self.delete_resource(rbac.TOKENS, request.name, context, blocked_by=binding_users,
+                                          authorize=authorize)
 
     async def PutRoleBinding(self, request, context):
         binding = await _validate(rbac.RoleBindingRecord, "role binding", proto_to_dict(request), context)
@@ -414,7 +449,13 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             problems.append(f"unknown scope node {binding.scope!r}")
         if problems:
             await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, "; ".join(problems))
-        return await self.put_resource(rbac.BINDINGS, binding, context)
+
+        async def authorize(contents: StoreContents, existing: rbac.RoleBindingRecord | None) -> None:
+            parents = _parents_of(contents)
+            await rbac.require_change(context, "access.admin",
+                                      rbac.node_chain(existing.scope, parents) if existing else rbac.ABSENT,
+                                      rbac.node_chain(binding.scope, parents))
+        return await self.put_resource(rbac.BINDINGS, binding, context, authorize)
 
     async def ListRoleBindings(self, request, context):
         items, revision = await self.store.list(rbac.BINDINGS.prefix)
@@ -422,7 +463,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             items=[admin_pb2.RoleBinding(**rbac.BINDINGS.decode(kv).model_dump()) for kv in items], revision=revision)
 
     async def DeleteRoleBinding(self, request, context):
-        return await self.delete_resource(rbac.BINDINGS, request.name, context)
+        async def authorize(contents: StoreContents, existing: rbac.RoleBindingRecord) -> None:
+            await rbac.require_change(context, "access.admin", rbac.node_chain(existing.scope, _parents_of(contents)),
+                                      rbac.ABSENT)
+        return await self.delete_resource(rbac.BINDINGS, request.name, context, authorize=authorize)
 
     async def WhoAmI(self, request, context):
         principal = rbac.current_principal.get()
@@ -506,6 +550,19 @@ _CONTENTS_ATTRIBUTES = {
     "providers": "providers", "models": "models", "endpoints": "endpoints", "routes": "routes",
     "apikeys": "api_keys", "nodes": "nodes", "budgets": "budgets",
 }
+
+
+def _parents_of(contents: StoreContents) -> dict[str, str]:
+    return {node.name: node.parent for node in contents.nodes.values()}
+
+
+def _budget_scope(budget: Budget, contents: StoreContents) -> tuple[str, ...]:
+    """The node chain a budget lives in: its node's, or its key's node's."""
+    node = budget.node
+    if budget.key:
+        key = contents.api_keys.get(budget.key)
+        node = key.node if key is not None else ""
+    return rbac.node_chain(node, _parents_of(contents))
 
 
 def _token_proto(record: rbac.AdminTokenRecord) -> admin_pb2.AdminToken:

@@ -42,6 +42,7 @@ class SnapshotCache:
 
     def __init__(self) -> None:
         self._table: routing_pb2.RoutingTable | None = None
+        self._endpoint_names: frozenset[str] | None = None
         self._health: discovery_pb2.FleetHealth | None = None
         self._table_generation = 0
         self._health_generation = 0
@@ -51,6 +52,14 @@ class SnapshotCache:
     def current(self) -> routing_pb2.RoutingTable | None:
         return self._table
 
+    def endpoint_names(self) -> frozenset[str] | None:
+        """The current table's endpoint names (None before the first table)."""
+        if self._table is None:
+            return None
+        if self._endpoint_names is None:
+            self._endpoint_names = frozenset(endpoint.name for endpoint in self._table.endpoints)
+        return self._endpoint_names
+
     @property
     def fleet_health(self) -> discovery_pb2.FleetHealth | None:
         return self._health
@@ -58,6 +67,7 @@ class SnapshotCache:
     async def publish(self, table: routing_pb2.RoutingTable) -> None:
         async with self._changed:
             self._table = table
+            self._endpoint_names = None
             self._table_generation += 1
             TABLE_VERSION.set(table.version)
             self._changed.notify_all()

@@ -1,32 +1,44 @@
-"""Role-based access control for the admin API.
+"""Role-based access control for every gRPC service of the control plane.
 
-Operators authenticate with bearer tokens (stored as SHA-256 hashes). Role
+Callers authenticate with bearer tokens (stored as SHA-256 hashes). Role
 bindings grant a token a role over the subtree of an org node ("" = the
-whole system). A server interceptor authenticates every Admin call and
-checks that the token holds the permission the method needs somewhere;
-handlers then check *where* (`require`): a viewer of team A may read team
-A's keys, not team B's. Denials are PERMISSION_DENIED naming the missing
-permission; a missing or unknown token is UNAUTHENTICATED. Tokens are never
-logged.
+whole system). A server interceptor authenticates every call to a protected
+service and checks that the token holds the permission the method needs
+somewhere; handlers then check *where* (`require`, `require_change`): a
+viewer of team A may read team A's keys, not team B's. Denials are
+PERMISSION_DENIED naming the missing permission; a missing or unknown token
+is UNAUTHENTICATED. Tokens are never logged.
+
+Two planes, two kinds of credential: operators' tokens (admin, operator,
+viewer, billing) reach only the Admin API; proxies' tokens (role `proxy`)
+reach only Discovery, Telemetry and Budgets. Neither is accepted by the
+other's services, so a leaked proxy credential cannot change configuration
+and an operator token cannot forge spend or health.
 """
 
 from __future__ import annotations
 
 import contextvars
 import hashlib
+import inspect
 import logging
 import secrets
 import time
 from dataclasses import dataclass
 
 import grpc
+from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field
 
-from controlplane.repository import Collection
+from controlplane.repository import CONFIG_GUARD_KEY, Collection
 from controlplane.store import CasConflict, Store
 from megarouter.resources import NAME_PATTERN
 
 log = logging.getLogger("megarouter.controlplane.rbac")
+
+REFUSED = Counter("megarouter_cp_refused_calls_total",
+                  "Calls refused: by plane (admin, proxy) and reason (permission, range, foreign_lease, ...)",
+                  ["plane", "reason"])
 
 ROLES: dict[str, frozenset[str]] = {
     "admin": frozenset({"config.read", "config.write", "nodes.read", "nodes.write", "keys.read", "keys.write",
@@ -36,9 +48,12 @@ ROLES: dict[str, frozenset[str]] = {
     "viewer": frozenset({"config.read", "nodes.read", "keys.read", "usage.read", "budgets.read"}),
     "billing": frozenset({"config.read", "nodes.read", "keys.read", "usage.read", "budgets.read",
                           "budgets.write"}),
+    # What a data-plane proxy does: stream tables, report stats and usage, lease budgets.
+    "proxy": frozenset({"proxy.discovery", "proxy.telemetry", "proxy.budgets"}),
 }
+PROXY_PERMISSIONS = ROLES["proxy"]
 # Permissions over system-wide resources: only a binding with scope "" grants them.
-GLOBAL_PERMISSIONS = frozenset({"config.read", "config.write", "access.admin"})
+GLOBAL_PERMISSIONS = frozenset({"config.read", "config.write", "access.admin", *PROXY_PERMISSIONS})
 
 # The permission each Admin method needs (checked by the interceptor);
 # methods on org-scoped resources check the scope again in the handler.
@@ -60,7 +75,15 @@ METHOD_PERMISSIONS: dict[str, str | None] = {
     "WhoAmI": None,          # any authenticated token
     "PushRawTable": "config.write",
 }
-PROTECTED_SERVICES = ("/megarouter.v1.Admin/", "/megarouter.v1.TestHooks/")
+ADMIN_SERVICES = ("/megarouter.v1.Admin/", "/megarouter.v1.TestHooks/")
+# The proxies' services: every method needs its permission, held globally.
+PROXY_METHOD_PERMISSIONS: dict[str, str] = {
+    "/megarouter.v1.Discovery/StreamRoutingTables": "proxy.discovery",
+    "/megarouter.v1.Telemetry/ReportStats": "proxy.telemetry",
+    "/megarouter.v1.Budgets/Acquire": "proxy.budgets",
+    "/megarouter.v1.Budgets/Settle": "proxy.budgets",
+}
+PROXY_SERVICES = ("/megarouter.v1.Discovery/", "/megarouter.v1.Telemetry/", "/megarouter.v1.Budgets/")
 
 
 class AdminTokenRecord(BaseModel):
@@ -95,6 +118,10 @@ def new_token_secret() -> str:
     return "mr-admin-" + secrets.token_urlsafe(32)
 
 
+def new_proxy_token_secret() -> str:
+    return "mr-proxy-" + secrets.token_urlsafe(32)
+
+
 @dataclass(frozen=True)
 class Principal:
     token: str
@@ -102,6 +129,11 @@ class Principal:
 
     def permissions(self) -> frozenset[str]:
         return frozenset().union(*(ROLES[b.role] for b in self.bindings)) if self.bindings else frozenset()
+
+    @property
+    def operator(self) -> bool:
+        """Holds some role of the admin plane (not only `proxy`)."""
+        return any(binding.role != "proxy" for binding in self.bindings)
 
     def allows(self, permission: str, node_chain: tuple[str, ...] | None = None) -> bool:
         """`node_chain`: the resource's node and its ancestors (None: a
@@ -132,7 +164,11 @@ current_principal: contextvars.ContextVar[Principal | None] = contextvars.Contex
 
 
 class AccessDirectory:
-    """Tokens and bindings, read from the store and cached by revision."""
+    """Tokens and bindings, read from the store and cached until the configuration guard
+    moves: every write of a token or binding (through the admin API or a bootstrap) moves
+    it, while ledger and usage writes — several per second under traffic — do not, so
+    authenticating a proxy's budget call costs one key read, and a revoked token is
+    refused from the next call on."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -141,7 +177,8 @@ class AccessDirectory:
         self._bindings: dict[str, list[RoleBindingRecord]] = {}  # by token name
 
     async def _refresh(self) -> None:
-        revision = await self._store.revision()
+        guard = await self._store.get(CONFIG_GUARD_KEY)
+        revision = guard.mod_revision if guard is not None else 0
         if revision == self._revision:
             return
         tokens, _ = await self._store.list(TOKENS.prefix)
@@ -165,69 +202,161 @@ class AccessDirectory:
             return None
         return Principal(token.name, tuple(self._bindings.get(token.name, ())))
 
-    async def has_tokens(self) -> bool:
+    async def has_operator_tokens(self) -> bool:
+        """Whether any token holds an operator role (proxy credentials do not count: a store
+        that has only those still needs its bootstrap admin)."""
         await self._refresh()
-        return bool(self._tokens)
+        proxy_only = {name for name, bindings in self._bindings.items()
+                      if bindings and all(binding.role == "proxy" for binding in bindings)}
+        return any(token.name not in proxy_only for token in self._tokens.values())
+
+
+async def _install_token(store: Store, name: str, secret: str, role: str) -> bool:
+    """Create token `name` for `secret`, bound to `role` over everything, in one commit that
+    moves the configuration guard (so every replica's directory rereads). False if the token
+    already exists — another replica installed it, or an earlier start did."""
+    token = AdminTokenRecord(name=name, token_hash=hash_token(secret), prefix=secret[:13],
+                             created_at_unix_ms=int(time.time() * 1000))
+    binding = RoleBindingRecord(name=f"{name}-{role}", token=name, role=role, scope="")
+    try:
+        await store.commit(
+            [(TOKENS.key(name), 0), (BINDINGS.key(binding.name), 0)],
+            [(BINDINGS.key(binding.name), BINDINGS.encode(binding)), (TOKENS.key(name), TOKENS.encode(token)),
+             (CONFIG_GUARD_KEY, f"bootstrap {name}".encode())],
+        )
+    except CasConflict:
+        return False
+    return True
 
 
 async def bootstrap(store: Store, secret: str) -> None:
     """On first start: make `secret` the admin token `bootstrap`, bound to
-    the admin role over everything. Does nothing once any token exists."""
+    the admin role over everything. Does nothing once any operator token exists."""
     directory = AccessDirectory(store)
-    if await directory.has_tokens():
+    if await directory.has_operator_tokens():
         return
-    now = int(time.time() * 1000)
-    token = AdminTokenRecord(name="bootstrap", token_hash=hash_token(secret), prefix=secret[:13],
-                             created_at_unix_ms=now)
-    binding = RoleBindingRecord(name="bootstrap-admin", token="bootstrap", role="admin", scope="")
-    # Binding first, token second: a crash in between leaves no token, so the
-    # next start bootstraps again. Replicas starting together on an empty
-    # store race here; the loser finds the records written (CasConflict).
-    for collection, record in ((BINDINGS, binding), (TOKENS, token)):
-        try:
-            await store.put(collection.key(record.name), collection.encode(record), expected_revision=0)
-        except CasConflict:
-            log.info("%s %r already exists: another replica bootstrapped", collection.kind, record.name)
-            continue
-    log.info("bootstrap admin token installed (its secret is not logged)")
+    if await _install_token(store, "bootstrap", secret, "admin"):
+        log.info("bootstrap admin token installed (its secret is not logged)")
+    else:
+        log.info("admin token 'bootstrap' already exists: another replica bootstrapped")
 
 
-class AdminAuthInterceptor(grpc.aio.ServerInterceptor):
+PROXY_TOKEN_NAME = "proxies"
+
+
+async def bootstrap_proxy_token(store: Store, secret: str) -> None:
+    """Make `secret` the fleet's proxy credential (token `proxies`, role proxy) unless that
+    token exists. A stored token with another secret is kept — rotating it is an admin
+    action — and the mismatch is logged, since proxies given `secret` will be refused."""
+    if await _install_token(store, PROXY_TOKEN_NAME, secret, "proxy"):
+        log.info("proxy token %r installed (its secret is not logged)", PROXY_TOKEN_NAME)
+        return
+    kv = await store.get(TOKENS.key(PROXY_TOKEN_NAME))
+    if kv is not None and TOKENS.decode(kv).token_hash != hash_token(secret):
+        log.warning("token %r already exists with a different secret than the configured proxy token: "
+                    "proxies using the configured one will be refused (delete the token to re-install it)",
+                    PROXY_TOKEN_NAME)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Authenticates and authorises every call to the Admin API and to the proxies'
+    services (Discovery, Telemetry, Budgets); health checks and reflection stay open."""
+
     def __init__(self, directory: AccessDirectory) -> None:
         self._directory = directory
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
-        if handler is None or not details.method.startswith(PROTECTED_SERVICES):
+        if handler is None:
             return handler
-        method = details.method.rsplit("/", 1)[1]
-        permission = METHOD_PERMISSIONS.get(method, "access.admin")  # unknown methods: admins only
-        authorization = dict(details.invocation_metadata or ()).get("authorization")
-        behavior = handler.unary_unary
+        method_path = details.method
+        if method_path.startswith(ADMIN_SERVICES):
+            method = method_path.rsplit("/", 1)[1]
+            permission = METHOD_PERMISSIONS.get(method, "access.admin")  # unknown methods: admins only
+            plane = "admin"
+        elif method_path.startswith(PROXY_SERVICES):
+            method = method_path.rsplit("/", 1)[1]
+            permission = PROXY_METHOD_PERMISSIONS.get(method_path, "proxy.unknown")  # unknown: nobody
+            plane = "proxy"
+        else:
+            return handler
+        authorization = _single_authorization(details.invocation_metadata)
         directory = self._directory
 
-        async def guarded(request, context):
+        async def authorize(context) -> Principal:
+            if authorization is _DUPLICATE:
+                REFUSED.labels(plane, "duplicate_credential").inc()
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "more than one authorization header")
             principal = await directory.authenticate(authorization)
             if principal is None:
+                REFUSED.labels(plane, "unauthenticated").inc()
+                what = "admin token" if plane == "admin" else "proxy token"
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                    "missing or unknown admin token: send 'authorization: Bearer <token>'")
+                                    f"missing or unknown {what}: send 'authorization: Bearer <token>'")
+            if plane == "admin" and not principal.operator:
+                REFUSED.labels(plane, "proxy_credential").inc()
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                    f"token {principal.token!r} is a proxy credential; the admin API refuses it")
             # System-wide permissions need a global binding; org-scoped ones
             # are checked here for being held somewhere, and by the handler for where.
             held = (principal.allows(permission, None) if permission in GLOBAL_PERMISSIONS
                     else permission in principal.permissions()) if permission is not None else True
             if not held:
+                REFUSED.labels(plane, "permission").inc()
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                     f"token {principal.token!r} lacks permission {permission!r} for {method}")
-            reset = current_principal.set(principal)
+            return principal
+
+        return _guarded_handler(handler, authorize)
+
+
+# Kept for readers of older code: the interceptor covers more than Admin now.
+AdminAuthInterceptor = AuthInterceptor
+
+_DUPLICATE = object()
+
+
+def _single_authorization(metadata) -> object:
+    """The one `authorization` value, None if absent, _DUPLICATE if sent twice (a caller
+    whose second header would silently win is refused rather than guessed at)."""
+    values = [value for key, value in (metadata or ()) if key == "authorization"]
+    if len(values) > 1:
+        return _DUPLICATE
+    return values[0] if values else None
+
+
+def _guarded_handler(handler, authorize):
+    """The same RPC handler with `authorize(context)` run first and the principal set in
+    `current_principal` for the handler's whole run, for each of the four RPC shapes."""
+    serializers = {"request_deserializer": handler.request_deserializer,
+                   "response_serializer": handler.response_serializer}
+
+    def wrap(behavior):
+        if inspect.isasyncgenfunction(behavior):
+            async def streaming(request, context):
+                reset = current_principal.set(await authorize(context))
+                try:
+                    async for response in behavior(request, context):
+                        yield response
+                finally:
+                    current_principal.reset(reset)
+            return streaming
+
+        async def unary(request, context):
+            reset = current_principal.set(await authorize(context))
             try:
                 return await behavior(request, context)
             finally:
                 current_principal.reset(reset)
+        return unary
 
-        return grpc.unary_unary_rpc_method_handler(
-            guarded, request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream), **serializers)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary), **serializers)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream), **serializers)
+    return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), **serializers)
 
 
 async def require(context: grpc.aio.ServicerContext, permission: str, node_chain: tuple[str, ...] | None) -> None:
@@ -237,6 +366,41 @@ async def require(context: grpc.aio.ServicerContext, permission: str, node_chain
         where = f"node {node_chain[0]!r}" if node_chain else "system-wide resources"
         who = f"token {principal.token!r}" if principal else "this caller"
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{who} lacks permission {permission!r} on {where}")
+
+
+# A side of a change that does not exist: nothing before a create, nothing after a delete.
+ABSENT: tuple[str, ...] | None = None
+
+
+async def require_change(context: grpc.aio.ServicerContext, permission: str,
+                         before: tuple[str, ...] | None, after: tuple[str, ...] | None) -> None:
+    """Every write of a scoped resource goes through here: replacing, moving or deleting one
+    needs `permission` where it is now (`before`) *and* where it will be (`after`) — each a
+    node chain, () for "no node" (only global bindings cover that), ABSENT for the side that
+    does not exist. Checking only the new side let a token scoped to team A overwrite team
+    B's budget by reusing its name."""
+    for chain in (before, after):
+        if chain is not ABSENT:
+            await require(context, permission, chain)
+
+
+def node_change(new, existing, parents: dict[str, str]) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
+    """Where a write of an org node happens, as (before, after) chains for `require_change`.
+
+    Creating a node is a change in its parent's subtree; deleting one, moving it to another
+    parent or changing its kind, in its old and new parents' subtrees. Only an edit in place
+    (display name, metadata, default strategy) is a change at the node itself. So a token
+    scoped to a node may edit it but never move, re-kind or delete it — a scope root cannot
+    escape its parent's budgets or remove itself.
+    """
+    if existing is None:
+        return ABSENT, node_chain(new.parent, parents)
+    if new is None:
+        return node_chain(existing.parent, parents), ABSENT
+    if new.parent != existing.parent or new.kind != existing.kind:
+        return node_chain(existing.parent, parents), node_chain(new.parent, parents)
+    here = node_chain(new.name, parents)
+    return here, here
 
 
 def node_chain(node: str, parents: dict[str, str]) -> tuple[str, ...]:

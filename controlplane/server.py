@@ -83,6 +83,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admin-token-file", default=env_default("ADMIN_TOKEN_FILE", ""),
                         help="bootstrap admin token file, read (or written, if absent) on first start "
                              "[MEGAROUTER_ADMIN_TOKEN_FILE; default <store dir>/admin-token]")
+    parser.add_argument("--proxy-token-file", default=env_default("PROXY_TOKEN_FILE", ""),
+                        help="the fleet's proxy credential, read (or written, if absent) at start and installed "
+                             "as token 'proxies' if no such token exists [MEGAROUTER_PROXY_TOKEN or "
+                             "MEGAROUTER_PROXY_TOKEN_FILE; default <store dir>/proxy-token]")
     parser.add_argument("--log-level", default=None)
 
 
@@ -104,7 +108,8 @@ async def serve(args: argparse.Namespace) -> int:
 
     directory = rbac.AccessDirectory(store)
     await _bootstrap_admin_token(store, directory, args)
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[rbac.AdminAuthInterceptor(directory)])
+    await _bootstrap_proxy_token(store, args)
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[rbac.AuthInterceptor(directory)])
     ledger = BudgetLedger(store)
     # Replicas elect a leader through a store lease; it alone sweeps the budget ledger.
     replicas = ReplicaSet(store, jobs=[ledger.sweep_forever], replica_id=args.replica_id or None)
@@ -113,7 +118,8 @@ async def serve(args: argparse.Namespace) -> int:
     discovery_pb2_grpc.add_DiscoveryServicer_to_server(DiscoveryService(snapshots, registry), server)
     fleet = FleetView()
     usage = UsageAggregator(store)
-    telemetry_pb2_grpc.add_TelemetryServicer_to_server(TelemetryService(fleet, usage), server)
+    telemetry_pb2_grpc.add_TelemetryServicer_to_server(
+        TelemetryService(fleet, usage, known_endpoints=snapshots.endpoint_names), server)
     service_names = [
         admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
         discovery_pb2.DESCRIPTOR.services_by_name["Discovery"].full_name,
@@ -189,28 +195,57 @@ async def _bootstrap_admin_token(store, directory: rbac.AccessDirectory, args: a
     generated and written (mode 0600) to the token file, whose path — never
     the token — is logged.
     """
-    if await directory.has_tokens():
+    if await directory.has_operator_tokens():
         return
-    secret = os.environ.get("MEGAROUTER_ADMIN_TOKEN", "").strip()
-    token_file = Path(args.admin_token_file) if args.admin_token_file else _default_token_file(args.store)
-    if not secret and token_file is not None and token_file.exists():
-        secret = token_file.read_text().strip()
-    if not secret:
-        if token_file is None:
-            raise SystemExit("no admin token: set MEGAROUTER_ADMIN_TOKEN or --admin-token-file for a new etcd store")
-        secret = rbac.new_token_secret()
-        token_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secret + "\n")
-        log.warning("generated the bootstrap admin token; it is in %s", token_file)
+    token_file = Path(args.admin_token_file) if args.admin_token_file else _default_token_file(args.store, "admin")
+    secret = _token_secret("MEGAROUTER_ADMIN_TOKEN", token_file, rbac.new_token_secret)
+    if secret is None:
+        raise SystemExit("no admin token: set MEGAROUTER_ADMIN_TOKEN or --admin-token-file for a new etcd store")
     await rbac.bootstrap(store, secret)
 
 
-def _default_token_file(store_url: str) -> Path | None:
+async def _bootstrap_proxy_token(store, args: argparse.Namespace) -> None:
+    """Install the fleet's proxy credential (token `proxies`, role proxy) unless it exists.
+
+    From MEGAROUTER_PROXY_TOKEN or --proxy-token-file; with neither, one is generated into
+    the token file next to the store (mode 0600), where `megarouter up` hands it to its
+    proxy. An etcd store with neither configured gets no proxy token: proxies are refused
+    until an operator creates one (`megarouterctl tokens create NAME --role proxy`)."""
+    token_file = Path(args.proxy_token_file) if args.proxy_token_file else _default_token_file(args.store, "proxy")
+    secret = _token_secret("MEGAROUTER_PROXY_TOKEN", token_file, rbac.new_proxy_token_secret)
+    if secret is None:
+        if await store.get(rbac.TOKENS.key(rbac.PROXY_TOKEN_NAME)) is None:
+            log.warning("no proxy credential configured (MEGAROUTER_PROXY_TOKEN or --proxy-token-file): proxies "
+                        "are refused until a token with role proxy exists")
+        return
+    await rbac.bootstrap_proxy_token(store, secret)
+
+
+def _token_secret(env: str, token_file: Path | None, generate) -> str | None:
+    """A token secret from the environment, else from `token_file`, else generated into it
+    (mode 0600; its path — never the secret — is logged); None with no file to write."""
+    secret = os.environ.get(env, "").strip()
+    if secret:
+        return secret
+    if token_file is None:
+        return None
+    if token_file.exists():
+        secret = token_file.read_text().strip()
+        if secret:
+            return secret
+    secret = generate()
+    token_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret + "\n")
+    log.warning("generated a token; it is in %s", token_file)
+    return secret
+
+
+def _default_token_file(store_url: str, kind: str) -> Path | None:
     if store_url.startswith("etcd://"):
         return None
-    return Path(store_url.removeprefix("sqlite://")) / "admin-token"
+    return Path(store_url.removeprefix("sqlite://")) / f"{kind}-token"
 
 
 async def _start_metrics(listen: str) -> tuple[web.AppRunner, int]:

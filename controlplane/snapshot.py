@@ -53,6 +53,7 @@ def compile_table(contents: StoreContents) -> routing_pb2.RoutingTable:
                 default_strategy=strategy_enum(key.default_strategy),
                 node=key.node,
                 expires_at_unix_ms=key.expires_at_unix_ms,
+                tasks=key.tasks,
             )
         )
     for node in _sorted(contents.nodes):

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
 from prometheus_client import Counter
 
+from controlplane import rbac
+from controlplane.budgets import NODE_ID_PATTERN
 from controlplane.fleet import STALE_AFTER_S, FleetTotals, FleetView, merged_view
 from controlplane.replicas import ReplicaSet
 from controlplane.store import StoreError
@@ -32,6 +36,33 @@ FLEET_ERRORS = Counter(
 )
 
 
+# A report larger than this is not a proxy's: refused rather than held in memory.
+MAX_ENDPOINTS_PER_REPORT = 20_000
+MAX_USAGE_PER_REPORT = 200_000
+
+
+def report_problem(report: telemetry_pb2.StatsReport) -> str:
+    """Why a report cannot be true ('' if it can): sizes, and sums that must be finite and
+    not negative. Counters are unsigned on the wire already."""
+    if len(report.endpoints) > MAX_ENDPOINTS_PER_REPORT:
+        return f"endpoints: more than {MAX_ENDPOINTS_PER_REPORT} in one report"
+    if len(report.usage) > MAX_USAGE_PER_REPORT:
+        return f"usage: more than {MAX_USAGE_PER_REPORT} records in one report"
+    for index, stats in enumerate(report.endpoints):
+        for name in ("latency_ms_sum", "ttft_ms_sum", "cost_usd"):
+            value = getattr(stats, name)
+            if not (math.isfinite(value) and value >= 0):
+                return f"endpoints[{index}].{name}: must be finite and not negative"
+        if stats.successes > stats.requests:
+            return f"endpoints[{index}].successes: more than its requests"
+    for index, record in enumerate(report.usage):
+        if not (math.isfinite(record.cost_usd) and record.cost_usd >= 0):
+            return f"usage[{index}].cost_usd: must be finite and not negative"
+        if record.errors > record.requests:
+            return f"usage[{index}].errors: more than its requests"
+    return ""
+
+
 @dataclass
 class NodeReport:
     node_id: str
@@ -40,10 +71,14 @@ class NodeReport:
 
 
 class TelemetryService(telemetry_pb2_grpc.TelemetryServicer):
-    def __init__(self, fleet: FleetView, usage: UsageAggregator | None = None) -> None:
+    def __init__(self, fleet: FleetView, usage: UsageAggregator | None = None,
+                 known_endpoints: Callable[[], frozenset[str] | None] | None = None) -> None:
         self.latest: dict[str, NodeReport] = {}
         self._fleet = fleet
         self._usage = usage
+        # The endpoints of the table being pushed (None: no table yet): stats about any other
+        # name are dropped, so a report cannot grow the fleet view or its metrics without bound.
+        self._known_endpoints = known_endpoints or (lambda: None)
 
     async def ReportStats(self, request_iterator, context: grpc.aio.ServicerContext) -> telemetry_pb2.StatsAck:
         node_id = ""
@@ -51,8 +86,20 @@ class TelemetryService(telemetry_pb2_grpc.TelemetryServicer):
         async for report in request_iterator:
             if report.node.id:
                 node_id = report.node.id
-            if not node_id:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node.id is required on the first report")
+            if not NODE_ID_PATTERN.match(node_id):
+                rbac.REFUSED.labels("proxy", "range").inc()
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node.id is required on the first report "
+                                    "(up to 128 letters, digits or ._:@/-)")
+            problem = report_problem(report)
+            if problem:
+                rbac.REFUSED.labels("proxy", "range").inc()
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid stats report: {problem}")
+            known = self._known_endpoints()
+            if known is not None and any(stats.endpoint not in known for stats in report.endpoints):
+                unknown = [stats for stats in report.endpoints if stats.endpoint not in known]
+                rbac.REFUSED.labels("proxy", "unknown_endpoint").inc(len(unknown))
+                for stats in unknown:
+                    report.endpoints.remove(stats)
             received += 1
             REPORTS.inc()
             self.latest[node_id] = NodeReport(node_id, time.time(), report)

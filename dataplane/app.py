@@ -13,13 +13,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from dataplane.budgets import BudgetEnforcer
 from dataplane.chat import ChatHandler, parse_body
 from dataplane.completions import CompletionsHandler
+from dataplane.control_plane import ControlPlaneLink
 from dataplane.embeddings import EmbeddingsHandler
 from dataplane.errors import ApiError
 from dataplane.failover.outlier import BASE_EJECTION_S, OutlierDetector
 from dataplane.stats import TABLE_VERSION, EndpointStats
 from dataplane.table import KeyInfo, RuntimeTable
 from dataplane.upstream import SessionPool
-from megarouter.grpc_tls import ClientTls
 
 log = logging.getLogger("megarouter.proxy")
 
@@ -29,13 +29,12 @@ DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # base64 images make chat bodies larg
 class ProxyState:
     """What the proxy holds: caches only. The table is swapped whole."""
 
-    def __init__(self, ejection_base_s: float = BASE_EJECTION_S, node_id: str = "proxy",
-                 control_plane: list[str] | None = None, region: str = "",
-                 control_plane_tls: ClientTls | None = None) -> None:
+    def __init__(self, link: ControlPlaneLink, ejection_base_s: float = BASE_EJECTION_S, node_id: str = "proxy",
+                 region: str = "") -> None:
         self.table: RuntimeTable | None = None
         self.sessions = SessionPool()
         self.stats = EndpointStats(outliers=OutlierDetector(ejection_base_s))
-        self.budgets = BudgetEnforcer(node_id, control_plane or ["127.0.0.1:50051"], control_plane_tls)
+        self.budgets = BudgetEnforcer(node_id, link)
         self.chat = ChatHandler(self.sessions, self.stats, self.budgets, region)
         self.embeddings = EmbeddingsHandler(self.sessions, self.stats, self.budgets)
         self.completions = CompletionsHandler(self.sessions, self.stats, self.budgets)

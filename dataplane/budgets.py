@@ -12,6 +12,16 @@ the reservation and the unused rest returns to the lease; consumption is
 reported to the ledger in the background (retried until acknowledged, so a
 control-plane restart loses nothing) and idle leases are handed back.
 
+Leases are kept alive: while a lease holds reservations (a long request) a
+heartbeat settles nothing every `HEARTBEAT_S`, so the ledger reclaims a
+lease only when its proxy is gone. A lease that could not be kept alive is
+not used past `LEASE_TTL_S - LEASE_SAFETY_S` since the last contact: by
+then the ledger may have reclaimed it. Rate-limit grants are used within
+the grant's `use_within_s` and the rest is given back (see the ledger's
+sliding windows). When the ledger cannot be reached and a lease is short,
+the request is refused with 503 `budget_unavailable` and a short
+Retry-After — not with a reset time hours away.
+
 The bound: the fleet's spend in a window can exceed a limit only by what
 real usage exceeds the worst-case estimate of requests in flight — with
 `max_tokens` set (or the model's max output known) that is the prompt-size
@@ -29,11 +39,10 @@ from datetime import UTC, datetime
 
 import grpc
 
-from dataplane.discovery_client import CHANNEL_OPTIONS
+from dataplane.control_plane import ControlPlaneLink
 from dataplane.errors import ApiError
 from dataplane.table import KeyInfo
 from megarouter.catalog import cost_usd
-from megarouter.grpc_tls import ClientTls, control_plane_channel
 from megarouter.v1 import budgets_pb2, budgets_pb2_grpc, routing_pb2
 
 log = logging.getLogger("megarouter.proxy.budgets")
@@ -42,6 +51,15 @@ log = logging.getLogger("megarouter.proxy.budgets")
 LEASE_CHUNK = 0.02
 IDLE_RELEASE_S = 10.0
 FLUSH_INTERVAL_S = 0.5
+# While a lease holds reservations, the ledger hears from this proxy at least this often.
+HEARTBEAT_S = 10.0
+# A lease is not used later than this before its TTL since the last contact with the ledger.
+LEASE_SAFETY_S = 5.0
+DEFAULT_LEASE_TTL_S = 30.0
+# Rate-limit grants are named "s:<second>" by the ledger; each is used briefly, never renewed.
+SLIDING_GRANT_PREFIX = "s:"
+# What a client is told to wait when the budget service cannot be reached.
+UNAVAILABLE_RETRY_AFTER_S = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +90,15 @@ class BudgetRule:
 
 @dataclass(slots=True)
 class _Lease:
-    window: str = ""
+    window: str = ""                # the grant's window id (rate limits: the grant's own id)
     available: float = 0.0
     resets_at_unix_ms: int = 0
     last_used: float = 0.0
     fleet_remaining: float = 0.0    # ungranted remainder at the last grant
+    usable_until: float = 0.0       # monotonic: past it `available` may no longer be spent
+    contact: float = 0.0            # monotonic: the ledger last acknowledged this lease
+    inflight: int = 0               # reservations held from it
+    ttl_s: float = DEFAULT_LEASE_TTL_S
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -87,10 +109,17 @@ class Reservation:
 
 
 class BudgetExhausted(ApiError):
-    def __init__(self, rule: BudgetRule, resets_at_unix_ms: int) -> None:
+    def __init__(self, rule: BudgetRule, resets_at_unix_ms: int, needed: float | None = None) -> None:
         scope = f"key {rule.key!r}" if rule.key else f"node {rule.node!r}"
         retry_after = {"Retry-After": str(max(1, math.ceil(resets_at_unix_ms / 1000 - time.time())))} \
             if resets_at_unix_ms else None
+        if needed is not None:  # no lease could ever cover it
+            super().__init__(
+                429, f"This request's worst case ({needed:g} {rule.unit}) exceeds the whole limit of budget "
+                     f"'{rule.name}' ({rule.limit:g} {rule.unit} for {scope}); set max_tokens lower.",
+                type="budget_exceeded", code="budget_exceeded",
+            )
+            return
         if rule.is_rate_limit:
             super().__init__(
                 429, f"Rate limit '{rule.name}' reached: {rule.limit:g} {rule.unit} per minute for {scope}.",
@@ -105,11 +134,23 @@ class BudgetExhausted(ApiError):
         )
 
 
+class BudgetUnavailable(ApiError):
+    """The ledger could not be asked for more lease: not the client's limit, our outage."""
+
+    def __init__(self, rule: BudgetRule) -> None:
+        super().__init__(
+            503, f"Budget '{rule.name}' cannot be checked right now: the control plane's budget service is "
+                 f"unreachable. The request was not sent upstream; retry in a few seconds.",
+            type="server_error", code="budget_unavailable",
+            headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)},
+        )
+
+
 class BudgetEnforcer:
-    def __init__(self, node_id: str, addresses: list[str], tls: ClientTls | None = None) -> None:
+    def __init__(self, node_id: str, link: ControlPlaneLink) -> None:
         self._node_id = node_id
-        self._addresses = addresses
-        self._tls = tls
+        self._link = link
+        self._addresses = link.addresses
         self._rules: list[BudgetRule] = []
         self._leases: dict[str, _Lease] = {}
         self._pending: dict[tuple[str, str], list[float]] = {}   # (budget, window) -> [consumed, released]
@@ -137,14 +178,25 @@ class BudgetEnforcer:
 
     async def hold(self, rule: BudgetRule, amount: float) -> tuple[BudgetRule, str, float]:
         """Take `amount` from the rule's lease (refilled from the ledger if short), or raise."""
+        if amount > rule.limit:
+            raise BudgetExhausted(rule, 0, needed=amount)
         lease = self._leases.setdefault(rule.name, _Lease())
+        self._expire(rule.name, lease, time.monotonic())
         if lease.available < amount:
             await self._refill(rule, lease, amount)
         if lease.available < amount:
             raise BudgetExhausted(rule, lease.resets_at_unix_ms)
         lease.available -= amount
+        lease.inflight += 1
         lease.last_used = time.monotonic()
         return rule, lease.window, amount
+
+    def _expire(self, name: str, lease: _Lease, now: float) -> None:
+        """A lease past its usable time gives its rest back; it is not spent any more."""
+        if lease.available and now >= lease.usable_until and not lease.lock.locked():
+            if lease.available > 0:
+                self._add_pending(name, lease.window, released=lease.available)
+            lease.available = 0.0
 
     def rate_limit_headers(self, reservation: Reservation) -> dict[str, str]:
         """OpenAI's `x-ratelimit-*` headers for the tightest per-minute limits
@@ -171,19 +223,29 @@ class BudgetEnforcer:
         """`model` served the request (None: nothing was served, nothing spent)."""
         for rule, window, reserved in reservation.held:
             spent = amounts[rule.unit] if model is not None and (not rule.model or rule.model == model) else 0.0
-            lease = self._leases.get(rule.name)
-            if lease is not None and lease.window == window:
-                lease.available += reserved - spent
-            self._add_pending(rule.name, window, consumed=spent)
+            self._return(rule.name, window, reserved - spent, consumed=spent)
         for rule in reservation.watched:
             if model is not None and (not rule.model or rule.model == model):
                 self._add_pending(rule.name, "", consumed=amounts[rule.unit])
 
     def give_back(self, held: list[tuple[BudgetRule, str, float]]) -> None:
         for rule, window, amount in held:
-            lease = self._leases.get(rule.name)
-            if lease is not None and lease.window == window:
-                lease.available += amount
+            self._return(rule.name, window, amount)
+
+    def _return(self, name: str, window: str, rest: float, consumed: float = 0.0) -> None:
+        """A reservation ends: `rest` (reserved minus spent; negative when usage overran the
+        estimate) goes back to the lease it came from while that is still usable, else back
+        to the ledger."""
+        lease = self._leases.get(name)
+        usable = lease is not None and lease.window == window and time.monotonic() < lease.usable_until
+        if lease is not None and lease.window == window:
+            lease.inflight = max(0, lease.inflight - 1)
+        if usable:
+            lease.available += rest  # type: ignore[union-attr]
+            if consumed:
+                self._add_pending(name, window, consumed=consumed)
+        elif consumed or rest > 0:
+            self._add_pending(name, window, consumed=consumed, released=max(0.0, rest))
 
     def _add_pending(self, budget: str, window: str, consumed: float = 0.0, released: float = 0.0) -> None:
         entry = self._pending.setdefault((budget, window), [0.0, 0.0])
@@ -192,36 +254,51 @@ class BudgetEnforcer:
 
     async def _refill(self, rule: BudgetRule, lease: _Lease, amount: float) -> None:
         async with lease.lock:
-            if lease.available >= amount:
+            if lease.available >= amount and time.monotonic() < lease.usable_until:
                 return  # another request refilled it meanwhile
-            want = max(amount - lease.available, rule.limit * LEASE_CHUNK)
+            want = min(rule.limit, max(amount - max(0.0, lease.available), rule.limit * LEASE_CHUNK))
             request = budgets_pb2.AcquireRequest(node_id=self._node_id, budget=rule.name, want=want)
+            # Validity counts from before the call: the ledger counted the grant after this.
+            sent = time.monotonic()
             for attempt in range(len(self._addresses)):
                 try:
-                    grant = await self._stub().Acquire(request, timeout=5)
+                    grant = await self._stub().Acquire(request, timeout=5, metadata=self._link.metadata)
                     break
                 except grpc.aio.AioRpcError as exc:
                     log.warning("budget %s: lease refill failed: %s", rule.name, exc.code().name)
+                    if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+                        raise BudgetExhausted(rule, lease.resets_at_unix_ms) from None
                     self._rotate()
                     # A control plane that is gone (UNAVAILABLE) is skipped at once. If it had
-                    # granted before dying, that grant stays leased to this proxy until the
-                    # window ends: capacity lost, never overspend. A timeout is not retried,
+                    # granted before dying, that grant stays leased to this proxy until it is
+                    # reclaimed: counted as spent, never overspent. A timeout is not retried,
                     # as the slow replica may still grant.
                     if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == len(self._addresses) - 1:
-                        return  # fail closed: without the ledger no new spend can be covered
+                        # Fail closed: without the ledger no new spend can be covered.
+                        raise BudgetUnavailable(rule) from None
+            lease.ttl_s = grant.lease_ttl_s or DEFAULT_LEASE_TTL_S
             if grant.window != lease.window:
-                # A new window: the old lease is void; whatever was left of it
-                # is not handed back (the ledger dropped it with the window).
+                # Another window (a new calendar window, or a new rate-limit grant): what is
+                # left of the old lease goes back to the ledger, which frees it (or, for a
+                # closed calendar window, ignores it).
+                if lease.available > 0:
+                    self._add_pending(rule.name, lease.window, released=lease.available)
                 lease.available = 0.0
                 lease.window = grant.window
+                lease.inflight = 0
+                lease.usable_until = sent + (grant.use_within_s or lease.ttl_s - LEASE_SAFETY_S)
+            elif not grant.use_within_s:
+                # The ledger saw us: the whole calendar lease is alive again.
+                lease.usable_until = sent + lease.ttl_s - LEASE_SAFETY_S
             lease.available += grant.granted
+            lease.contact = sent
             lease.resets_at_unix_ms = grant.resets_at_unix_ms
             lease.fleet_remaining = grant.remaining
 
     def _stub(self) -> budgets_pb2_grpc.BudgetsStub:
         if self._channel is None:
             address = self._addresses[self._address_index % len(self._addresses)]
-            self._channel = control_plane_channel(address, self._tls, options=CHANNEL_OPTIONS)
+            self._channel = self._link.channel(address)
         return budgets_pb2_grpc.BudgetsStub(self._channel)
 
     def _rotate(self) -> None:
@@ -236,15 +313,21 @@ class BudgetEnforcer:
         asyncio.get_running_loop().call_later(30, lambda: asyncio.ensure_future(old.close()))
 
     async def run(self) -> None:
-        """Report consumption and hand back idle leases, until cancelled."""
+        """Report consumption, keep held leases alive and hand back idle or expired ones,
+        until cancelled."""
         while True:
             await asyncio.sleep(FLUSH_INTERVAL_S)
-            now = time.monotonic()
-            for name, lease in self._leases.items():
-                if lease.available > 0 and now - lease.last_used > IDLE_RELEASE_S and not lease.lock.locked():
-                    self._add_pending(name, lease.window, released=lease.available)
-                    lease.available = 0.0
+            self.tick(time.monotonic())
             await self.flush()
+
+    def tick(self, now: float) -> None:
+        for name, lease in self._leases.items():
+            self._expire(name, lease, now)
+            if lease.available > 0 and now - lease.last_used > IDLE_RELEASE_S and not lease.lock.locked():
+                self._add_pending(name, lease.window, released=lease.available)
+                lease.available = 0.0
+            if lease.inflight and now - lease.contact > HEARTBEAT_S:
+                self._add_pending(name, lease.window)  # nothing to settle: a heartbeat
 
     async def flush(self) -> None:
         if not self._pending:
@@ -254,16 +337,35 @@ class BudgetEnforcer:
             budgets_pb2.Settlement(budget=budget, window=window, consumed=consumed, released=released)
             for (budget, window), (consumed, released) in pending.items()
         ])
+        sent = time.monotonic()
         try:
-            await self._stub().Settle(request, timeout=5)
-        except Exception as exc:  # any failure: keep the consumption and retry, never drop it
-            reason = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
-            log.warning("budget settlement failed (%s); will retry", reason)
+            ack = await self._stub().Settle(request, timeout=5, metadata=self._link.metadata)
+        except Exception as exc:  # keep the consumption and retry, never drop it ...
+            code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
+            if code is grpc.StatusCode.INVALID_ARGUMENT:  # ... unless it can never be accepted
+                log.error("budget settlement refused by the control plane, dropped: %s", exc.details())
+                return
+            log.warning("budget settlement failed (%s); will retry", code.name if code else type(exc).__name__)
             self._rotate()
             for (budget, window), (consumed, released) in pending.items():
                 self._add_pending(budget, window, consumed, released)
+            return
+        for refusal in ack.refused:
+            log.error("budget %s: settlement for %s refused by the control plane: %s", refusal.budget,
+                      refusal.window or "alert spend", refusal.reason)
+        for budget, window in pending:
+            lease = self._leases.get(budget)
+            if lease is not None and lease.window == window:
+                lease.contact = sent
+                if not lease.window.startswith(SLIDING_GRANT_PREFIX):  # the ledger saw the calendar lease
+                    lease.usable_until = sent + lease.ttl_s - LEASE_SAFETY_S
 
     async def close(self) -> None:
+        # Leases this proxy will no longer use go back before it exits.
+        for name, lease in self._leases.items():
+            if lease.available > 0:
+                self._add_pending(name, lease.window, released=lease.available)
+                lease.available = 0.0
         await self.flush()
         if self._channel is not None:
             await self._channel.close()

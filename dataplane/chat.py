@@ -84,19 +84,30 @@ def resolve(table: RuntimeTable, key: KeyInfo, model: str) -> Target:
 
 
 TASK_HEADER = "x-megarouter-task"
-# Longest route/task label usage is counted under (the header is free text).
-MAX_USAGE_LABEL = 128
+# What usage is counted under when the request named no route or model this key may use:
+# one label, so a client cannot create usage records by inventing names.
+UNKNOWN_TARGET = "(unknown)"
 
 
-def usage_route(request: web.Request, payload: dict[str, Any]) -> str:
-    """What a request's usage is counted under: the task header, else the route or model it named."""
-    model = payload.get("model")
-    return (request.headers.get(TASK_HEADER) or (model if isinstance(model, str) else ""))[:MAX_USAGE_LABEL]
+def request_task(request: web.Request, key: KeyInfo, named: str, table: RuntimeTable) -> str:
+    """The task a request counts under — for task budgets and usage analytics alike.
+
+    The `x-megarouter-task` header only when the key may set that value (`tasks`), else the
+    route or model the request named; a name that resolves to nothing this key may use is
+    UNKNOWN_TARGET. So a client can neither dodge a task budget by inventing a label nor
+    grow the stored usage dimensions; every value is bounded by the configuration."""
+    header = request.headers.get(TASK_HEADER)
+    if header and header in key.tasks:
+        return header
+    if named and key.may_use(named) and table.resolve(named) is not None:
+        return named
+    return UNKNOWN_TARGET
 
 
-def budget_task(request: web.Request, target: Target) -> str:
-    """The task budgets filter on: the task header, else the route's name."""
-    return request.headers.get(TASK_HEADER) or (target.name if target.kind == "route" else "")
+def task_headers(request: web.Request, task: str) -> dict[str, str]:
+    """Echo the task a request was counted under when it asked for one, so a label the key
+    may not set is visibly not honoured."""
+    return {TASK_HEADER: task} if TASK_HEADER in request.headers else {}
 
 
 Handle = Callable[..., Awaitable[web.StreamResponse]]
@@ -109,7 +120,10 @@ def counted(handle: Handle) -> Handle:
     @functools.wraps(handle)
     async def counted_handle(self, request: web.Request, table: RuntimeTable, key: KeyInfo,
                              payload: dict[str, Any]) -> web.StreamResponse:
-        account = self._stats.account(key.name, key.nodes, usage_route(request, payload))
+        model = payload.get("model")
+        task = request_task(request, key, model if isinstance(model, str) else "", table)
+        request["task"] = task
+        account = self._stats.account(key.name, key.nodes, task)
         try:
             return await handle(self, request, table, key, payload, account)
         except Exception:
@@ -155,7 +169,7 @@ class ChatHandler:
             body = endpoint.provider.adapter.chat_request(payload, endpoint.upstream_model)
             return (endpoint.chat_stream_url if stream else endpoint.chat_url), body
 
-        task = budget_task(request, target)
+        task = request["task"]
         charge = await Charge.reserve(self._budgets, key, task, route_plan.endpoints,
                                       needs.prompt_tokens, needs.output_tokens or None)
         async with charge:
@@ -165,7 +179,7 @@ class ChatHandler:
             adapter = success.endpoint.provider.adapter
             model = success.endpoint.model
             charge.served_by(model)
-            headers = {**success.headers(target, strategy), **charge.headers()}
+            headers = {**success.headers(target, strategy), **charge.headers(), **task_headers(request, task)}
             if controls.explain:
                 for candidate in route_plan.candidates:
                     if not candidate.excluded and candidate.endpoint not in charge.endpoints:

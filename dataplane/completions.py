@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from dataplane.budgets import BudgetEnforcer, Charge
-from dataplane.chat import budget_task, check_model, counted, resolve
+from dataplane.chat import check_model, counted, resolve, task_headers
 from dataplane.errors import bad_request
 from dataplane.failover.engine import first_success
 from dataplane.providers.base import ProviderError, StreamTranslator, Usage
@@ -172,7 +172,7 @@ class CompletionsHandler:
             body = provider.adapter.chat_request(chat_payload(payload), endpoint.upstream_model)
             return (endpoint.chat_stream_url if stream else endpoint.chat_url), body
 
-        task = budget_task(request, target)
+        task = request["task"]
         max_tokens = payload.get("max_tokens")
         charge = await Charge.reserve(
             self._budgets, key, task, target.endpoints, request.get("body_size", 0) // 4,
@@ -185,7 +185,8 @@ class CompletionsHandler:
             return await self._relay(request, success, target, stream, include_usage, charge, account)
 
     async def _relay(self, request, success, target, stream, include_usage, charge, account) -> web.StreamResponse:
-        endpoint, headers = success.endpoint, {**success.headers(target), **charge.headers()}
+        endpoint = success.endpoint
+        headers = {**success.headers(target), **charge.headers(), **task_headers(request, request["task"])}
         on_usage = charge.on_usage
         adapter = endpoint.provider.adapter
         if endpoint.native_completions:

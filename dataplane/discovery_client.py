@@ -21,23 +21,13 @@ from pathlib import Path
 
 import grpc
 
+from dataplane.control_plane import REFUSALS, ControlPlaneLink, call_status, describe_failure
 from dataplane.stats import TABLE_NACKS
 from dataplane.table import RuntimeTable, TableError
-from megarouter.grpc_tls import ClientTls, control_plane_channel
 from megarouter.v1 import discovery_pb2, discovery_pb2_grpc, routing_pb2
 
 log = logging.getLogger("megarouter.proxy.discovery")
 
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    # Notice a control plane that vanished without closing the connection.
-    ("grpc.keepalive_time_ms", 5000),
-    ("grpc.keepalive_timeout_ms", 3000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    # Reconnection pacing is ours (below), not the channel's.
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
 BACKOFF_INITIAL_S = 0.1
 BACKOFF_MAX_S = 5.0
 INVALID_ARGUMENT = 3  # google.rpc.Code
@@ -75,26 +65,29 @@ def write_cached_table(path: Path, table: routing_pb2.RoutingTable) -> None:
         raise
 
 
+class StreamFailed(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(code.name)
+        self.code, self.details = code, details
+
+
 class DiscoveryClient:
     def __init__(
         self,
-        addresses: list[str],
+        link: ControlPlaneLink,
         node: discovery_pb2.Node,
         current: Callable[[], RuntimeTable | None],
         install: Callable[[RuntimeTable], None],
         cache_path: Path | None,
         on_fleet_health: Callable[[discovery_pb2.FleetHealth], None] | None = None,
-        tls: ClientTls | None = None,
     ) -> None:
-        if not addresses:
-            raise ValueError("at least one control-plane address is required")
-        self._addresses = addresses
+        self._link = link
+        self._addresses = link.addresses
         self._node = node
         self._current = current
         self._install = install
         self._cache_path = cache_path
         self._on_fleet_health = on_fleet_health
-        self._tls = tls
 
     def _version(self) -> int:
         table = self._current()
@@ -107,8 +100,10 @@ class DiscoveryClient:
             try:
                 if await self._stream(address):
                     backoff = BACKOFF_INITIAL_S
-            except grpc.aio.AioRpcError as exc:
-                log.warning("discovery stream to %s failed: %s", address, exc.code().name)
+            except StreamFailed as failure:
+                level = logging.ERROR if failure.code in REFUSALS else logging.WARNING
+                log.log(level, "discovery stream to %s failed: %s", address,
+                        describe_failure(failure.code, failure.details))
             except Exception:
                 log.exception("discovery stream to %s failed unexpectedly", address)
             # Full jitter: spread a fleet's reconnects over the window.
@@ -118,16 +113,19 @@ class DiscoveryClient:
     async def _stream(self, address: str) -> bool:
         """One stream's life; True if it delivered at least one table."""
         delivered = False
-        async with control_plane_channel(address, self._tls, options=CHANNEL_OPTIONS) as channel:
-            call = discovery_pb2_grpc.DiscoveryStub(channel).StreamRoutingTables()
-            await call.write(discovery_pb2.DiscoveryRequest(node=self._node, version_info=self._version()))
-            log.info("discovery stream open to %s", address)
-            while True:
-                response = await call.read()
-                if response is grpc.aio.EOF:
-                    return delivered
-                delivered = True
-                await call.write(await self._apply(response))
+        async with self._link.channel(address) as channel:
+            call = discovery_pb2_grpc.DiscoveryStub(channel).StreamRoutingTables(metadata=self._link.metadata)
+            try:
+                await call.write(discovery_pb2.DiscoveryRequest(node=self._node, version_info=self._version()))
+                log.info("discovery stream open to %s", address)
+                while True:
+                    response = await call.read()
+                    if response is grpc.aio.EOF:
+                        return delivered
+                    delivered = True
+                    await call.write(await self._apply(response))
+            except grpc.aio.AioRpcError as exc:
+                raise StreamFailed(*await call_status(call, exc)) from None
 
     async def _apply(self, response: discovery_pb2.DiscoveryResponse) -> discovery_pb2.DiscoveryRequest:
         if response.HasField("fleet_health") and self._on_fleet_health is not None:

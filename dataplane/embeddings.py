@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from dataplane.budgets import BudgetEnforcer, Charge
-from dataplane.chat import budget_task, check_model, counted, resolve
+from dataplane.chat import check_model, counted, resolve, task_headers
 from dataplane.errors import bad_request
 from dataplane.failover.engine import first_success
 from dataplane.relay import relay_json
@@ -65,14 +65,15 @@ class EmbeddingsHandler:
                 provider.base_url, provider.options, dict(payload), endpoint.upstream_model
             )
 
-        task = budget_task(request, target)
+        task = request["task"]
         charge = await Charge.reserve(self._budgets, key, task, endpoints, request.get("body_size", 0) // 4, 0)
         async with charge:
             success = await first_success(self._sessions, self._stats, target, charge.endpoints, build,
                                           stream=False)
             adapter, model = success.endpoint.provider.adapter, success.endpoint.model
             charge.served_by(model)
+            headers = {**success.headers(target), **charge.headers(), **task_headers(request, task)}
             return await relay_json(
                 self._stats, success, lambda raw: adapter.embeddings_response(raw, model, payload),
-                {**success.headers(target), **charge.headers()}, on_usage=charge.on_usage, account=account,
+                headers, on_usage=charge.on_usage, account=account,
             )

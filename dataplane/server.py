@@ -12,6 +12,7 @@ from pathlib import Path
 from aiohttp import web
 
 from dataplane.app import DEFAULT_MAX_BODY_BYTES, ProxyState, build_app
+from dataplane.control_plane import ControlPlaneLink, CredentialError, resolve_proxy_token
 from dataplane.discovery_client import DiscoveryClient, load_cached_table
 from dataplane.failover.outlier import BASE_EJECTION_S
 from dataplane.telemetry_client import report_stats
@@ -29,6 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--control-plane", default=env_default("CONTROL_PLANE", "127.0.0.1:50051"),
                         help="comma-separated control-plane gRPC addresses [MEGAROUTER_CONTROL_PLANE]")
     add_client_tls_arguments(parser, "control-plane-")
+    parser.add_argument("--proxy-token-file", default=env_default("PROXY_TOKEN_FILE", ""),
+                        help="file holding this proxy's credential for the control plane (a token with role "
+                             "proxy) [MEGAROUTER_PROXY_TOKEN, or MEGAROUTER_PROXY_TOKEN_FILE; default "
+                             "./.megarouter/proxy-token or ./.megarouter/store/proxy-token]")
     parser.add_argument("--node-id", default=env_default("NODE_ID", f"{socket.gethostname()}-{os.getpid()}"),
                         help="this proxy's name in the fleet [MEGAROUTER_NODE_ID]")
     parser.add_argument("--region", default=env_default("REGION", "default"), help="[MEGAROUTER_REGION]")
@@ -57,11 +62,11 @@ async def serve(args: argparse.Namespace) -> int:
     stop = stop_event()
     addresses = [a.strip() for a in args.control_plane.split(",") if a.strip()]
     try:
-        tls = client_tls_from_args(args, "control-plane-")
-    except TlsConfigError as exc:
+        link = ControlPlaneLink(tuple(addresses), resolve_proxy_token(args.proxy_token_file),
+                                client_tls_from_args(args, "control-plane-"))
+    except (TlsConfigError, CredentialError, ValueError) as exc:
         raise SystemExit(f"megarouter proxy: {exc}") from None
-    state = ProxyState(ejection_base_s=args.ejection_base_s, node_id=args.node_id, control_plane=addresses,
-                       region=args.region, control_plane_tls=tls)
+    state = ProxyState(link, ejection_base_s=args.ejection_base_s, node_id=args.node_id, region=args.region)
     cache_path = Path(args.cache_file) if args.cache_file else None
     if cache_path is not None:
         cached = load_cached_table(cache_path)
@@ -70,8 +75,8 @@ async def serve(args: argparse.Namespace) -> int:
             log.info("serving cached table version=%d until the control plane answers", cached.version)
 
     node = discovery_pb2.Node(id=args.node_id, region=args.region, version=__version__)
-    discovery = DiscoveryClient(addresses, node, lambda: state.table, state.install, cache_path,
-                                on_fleet_health=state.stats.health.set_fleet, tls=tls)
+    discovery = DiscoveryClient(link, node, lambda: state.table, state.install, cache_path,
+                                on_fleet_health=state.stats.health.set_fleet)
 
     app = build_app(state, args.max_body_bytes)
     # handler_cancellation: a client that disconnects cancels its upstream call.
@@ -84,7 +89,7 @@ async def serve(args: argparse.Namespace) -> int:
 
     tasks = [
         asyncio.create_task(discovery.run(), name="discovery"),
-        asyncio.create_task(report_stats(addresses, node, state.stats, args.telemetry_interval, tls), name="telemetry"),
+        asyncio.create_task(report_stats(link, node, state.stats, args.telemetry_interval), name="telemetry"),
         asyncio.create_task(state.budgets.run(), name="budgets"),
     ]
     log.info("proxy %s listening on http://%s:%d/v1", args.node_id, host, bound)

@@ -120,6 +120,7 @@ class KeyInfo:
     default_strategy: str = ""       # the key's, else its nearest node's; "" = neither sets one
     nodes: tuple[str, ...] = ()      # the key's node and its ancestors, nearest first
     expires_at_unix_ms: int = 0      # 0: never
+    tasks: frozenset[str] = frozenset()  # x-megarouter-task values it may set
 
     def may_use(self, target: str) -> bool:
         return self.allowed is None or target in self.allowed
@@ -240,7 +241,7 @@ class RuntimeTable:
             strategy = strategy_name(entry.default_strategy) or next(
                 (node_strategies[node] for node in chain if node in node_strategies), "")
             keys[entry.key_hash] = KeyInfo(entry.name, entry.principal, allowed, strategy, chain,
-                                           entry.expires_at_unix_ms)
+                                           entry.expires_at_unix_ms, frozenset(entry.tasks))
 
         return cls(
             version=table.version,

@@ -17,9 +17,8 @@ import logging
 
 import grpc
 
-from dataplane.discovery_client import CHANNEL_OPTIONS
+from dataplane.control_plane import REFUSALS, ControlPlaneLink, describe_failure
 from dataplane.stats import EndpointCounters, EndpointStats, UsageCounters, UsageKey
-from megarouter.grpc_tls import ClientTls, control_plane_channel
 from megarouter.v1 import discovery_pb2, telemetry_pb2, telemetry_pb2_grpc
 
 log = logging.getLogger("megarouter.proxy.telemetry")
@@ -90,16 +89,16 @@ async def _final_report(call, stats: EndpointStats, interval_s: float, node: dis
 
 
 async def report_stats(
-    addresses: list[str], node: discovery_pb2.Node, stats: EndpointStats, interval_s: float,
-    tls: ClientTls | None = None,
+    link: ControlPlaneLink, node: discovery_pb2.Node, stats: EndpointStats, interval_s: float,
 ) -> None:
+    addresses = link.addresses
     attempt = 0
     while True:
         address = addresses[attempt % len(addresses)]
         attempt += 1
         try:
-            async with control_plane_channel(address, tls, options=CHANNEL_OPTIONS) as channel:
-                call = telemetry_pb2_grpc.TelemetryStub(channel).ReportStats()
+            async with link.channel(address) as channel:
+                call = telemetry_pb2_grpc.TelemetryStub(channel).ReportStats(metadata=link.metadata)
                 first = True
                 try:
                     while True:
@@ -118,7 +117,10 @@ async def report_stats(
                         log.debug("last telemetry report to %s not delivered", address)
                     raise
         except grpc.aio.AioRpcError as exc:
-            log.debug("telemetry stream to %s failed: %s", address, exc.code().name)
+            if exc.code() in REFUSALS:
+                log.error("telemetry stream to %s refused: %s", address, describe_failure(exc.code(), exc.details()))
+            else:
+                log.debug("telemetry stream to %s failed: %s", address, exc.code().name)
         except asyncio.InvalidStateError:
             log.debug("telemetry stream to %s ended", address)  # the control plane went away
         except Exception:

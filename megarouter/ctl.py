@@ -4,7 +4,7 @@
   megarouterctl get routes [NAME] [-o yaml]   show resources
   megarouterctl delete route NAME             delete a resource
   megarouterctl keys create NAME              create an API key (secret shown once)
-  megarouterctl tokens create NAME --role R   create an operator token (admin/operator/viewer/billing)
+  megarouterctl tokens create NAME --role R   create a token (admin/operator/viewer/billing, or proxy)
   megarouterctl proxies                       connected proxies and their table versions
   megarouterctl health                        fleet-wide endpoint health
   megarouterctl usage --node N --by model     requests, tokens and cost per key, node, model, route, day
@@ -143,9 +143,10 @@ def _expiry_ms(text: str | None) -> int:
 
 async def cmd_keys_create(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -> int:
     allowed = [m.strip() for m in args.allow.split(",") if m.strip()] if args.allow else []
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else []
     response = await stub.CreateApiKey(
         admin_pb2.CreateApiKeyRequest(name=args.name, principal=args.principal or "", allowed_models=allowed,
-                                      node=args.node or "", expires_at_unix_ms=_expiry_ms(args.expires))
+                                      node=args.node or "", expires_at_unix_ms=_expiry_ms(args.expires), tasks=tasks)
     )
     print(f"apikey/{response.key.name} created for principal {response.key.principal}")
     print("secret (shown once, store it now):")
@@ -352,13 +353,16 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--allow", help="comma-separated routes/models the key may use (default: all)")
     create.add_argument("--node", help="org node the key belongs to; usage is charged up its tree")
     create.add_argument("--expires", help="expiry: a duration from now (30d, 12h, 90m) or an ISO date")
+    create.add_argument("--tasks", help="comma-separated x-megarouter-task values the key may set (task budgets "
+                                        "and usage follow them; others count under the route)")
     create.set_defaults(handler=cmd_keys_create)
 
     tokens = sub.add_parser("tokens", help="manage operator (admin API) tokens")
     tokens_sub = tokens.add_subparsers(dest="tokens_command", required=True)
     token_create = tokens_sub.add_parser("create", help="create a token; prints the secret once")
     token_create.add_argument("name")
-    token_create.add_argument("--role", choices=["admin", "operator", "viewer", "billing"])
+    token_create.add_argument("--role", choices=["admin", "operator", "viewer", "billing", "proxy"],
+                              help="proxy: a credential for data-plane proxies (refused by the admin API)")
     token_create.add_argument("--scope", help="org node whose subtree the role covers (default: everything)")
     token_create.set_defaults(handler=cmd_tokens_create)
     token_list = tokens_sub.add_parser("list", help="tokens and their role bindings")

@@ -27,6 +27,8 @@ NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,62})$"
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+# Labels a key may set with x-megarouter-task: like names, so they are safe as usage dimensions.
+TaskLabel = Annotated[str, Field(pattern=NAME_PATTERN)]
 ModelName = Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]
 
 ProviderKindName = Literal["openai", "azure_openai", "anthropic", "gemini"]
@@ -316,6 +318,7 @@ class ApiKey(_Resource):
     node: str = ""
     expires_at_unix_ms: int = Field(0, ge=0)
     metadata: dict[str, str] = {}
+    tasks: list[TaskLabel] = []
 
 
 class CreateApiKey(_Resource):
@@ -327,6 +330,7 @@ class CreateApiKey(_Resource):
     node: str = ""
     expires_at_unix_ms: int = Field(0, ge=0)
     metadata: dict[str, str] = {}
+    tasks: list[TaskLabel] = Field([], max_length=64)
 
     @field_validator("secret")
     @classmethod
@@ -415,6 +419,7 @@ def api_key_public(key: ApiKey) -> admin_pb2.ApiKey:
         node=key.node,
         expires_at_unix_ms=key.expires_at_unix_ms,
         metadata=key.metadata,
+        tasks=key.tasks,
     )
 
 

@@ -186,6 +186,7 @@ async def up(args: argparse.Namespace) -> int:
                 "--store", args.store or str(data_dir / "store"),
                 "--metrics-listen", _nth_address(args.metrics_listen, index),
                 "--admin-token-file", str(data_dir / "admin-token"), "--replica-id", name,
+                "--proxy-token-file", str(data_dir / "proxy-token"),
             ]))
             admins.append(f"127.0.0.1:{children[-1].ready['port']}")
         admin = admins[0]
@@ -195,7 +196,7 @@ async def up(args: argparse.Namespace) -> int:
         await seed(admin, sim_ports, key)
         children.append(await _start("proxy", [
             "proxy", "--listen", args.proxy_listen, "--control-plane", ",".join(admins), "--node-id", "local-proxy",
-            "--cache-file", str(data_dir / "proxy-table.pb"),
+            "--cache-file", str(data_dir / "proxy-table.pb"), "--proxy-token-file", str(data_dir / "proxy-token"),
         ]))
         base_url = f"http://127.0.0.1:{children[-1].ready['port']}/v1"
         await wait_ready(base_url.removesuffix("/v1") + "/readyz", stop)

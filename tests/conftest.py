@@ -23,6 +23,10 @@ API_KEY = "sk-mr-test-0123456789abcdef"
 # every admin client (admin_channel, megarouterctl) sends it.
 ADMIN_TOKEN = "mr-admin-test-token-0123456789abcdef"
 os.environ["MEGAROUTER_ADMIN_TOKEN"] = ADMIN_TOKEN
+# Likewise the proxies' credential: every control plane installs it as token `proxies`
+# (role proxy), and every proxy presents it.
+PROXY_TOKEN = "mr-proxy-test-token-0123456789abcdef"
+os.environ["MEGAROUTER_PROXY_TOKEN"] = PROXY_TOKEN
 _names = itertools.count(1)
 
 

@@ -243,14 +243,32 @@ async def test_proxy_reports_endpoint_stats_to_control_plane(system: System, cli
 async def test_expired_key_is_refused(system: System) -> None:
     import time
 
+    import grpc
+
     from megarouter.v1 import admin_pb2
+    from tests.harness import eventually
 
     secret = "sk-mr-expiring-key-0123456789"
+    # A key that never works is refused at creation, naming the field.
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await system.admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(
+            name="expiring", secret=secret, expires_at_unix_ms=int(time.time() * 1000) - 1))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "expires_at_unix_ms" in refused.value.details()
     created = await system.admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(
-        name="expiring", secret=secret, expires_at_unix_ms=int(time.time() * 1000) - 1))
+        name="expiring", secret=secret, expires_at_unix_ms=int(time.time() * 1000) + 1500))
     await system.wait_proxy_version(created.revision)
-    expired = openai.AsyncOpenAI(base_url=system.base_url(), api_key=secret, max_retries=0)
-    with pytest.raises(openai.AuthenticationError) as caught:
-        await expired.chat.completions.create(model="chat", messages=[{"role": "user", "content": "x"}])
-    assert caught.value.code == "expired_api_key"
+    expiring = openai.AsyncOpenAI(base_url=system.base_url(), api_key=secret, max_retries=0)
+    await expiring.chat.completions.create(model="chat", messages=[{"role": "user", "content": "x"}])
+    codes = []
+
+    async def refused_once_expired() -> bool:
+        try:
+            await expiring.chat.completions.create(model="chat", messages=[{"role": "user", "content": "x"}])
+        except openai.AuthenticationError as exc:
+            codes.append(exc.code)
+            return True
+        return False
+    await eventually(refused_once_expired, timeout=10, interval=0.1, what="the key to expire")
+    assert codes == ["expired_api_key"]
     await system.admin.DeleteApiKey(admin_pb2.DeleteRequest(name="expiring"))

@@ -146,7 +146,7 @@ class Seen:
 async def _seed_keys_and_viewer(system: System) -> int:
     await system.admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(name="a-key", node="team-a", secret=A_SECRET))
     created = await system.admin.CreateApiKey(
-        admin_pb2.CreateApiKeyRequest(name="b-key", node="team-b", secret=B_SECRET))
+        admin_pb2.CreateApiKeyRequest(name="b-key", node="team-b", secret=B_SECRET, tasks=["summarise"]))
     await system.admin.CreateAdminToken(admin_pb2.CreateAdminTokenRequest(name="viewer-a", secret=VIEWER_SECRET))
     await system.admin.PutRoleBinding(admin_pb2.RoleBinding(name="viewer-a", token="viewer-a", role="viewer",
                                                             scope="team-a"))
@@ -163,7 +163,10 @@ async def fleet(tmp_path) -> AsyncIterator[System]:
 
 
 async def _chat(seen: Seen, base_url: str, secret: str, key: str, node: str, model: str,
-                task: str | None = None, stream: bool = False) -> None:
+                task: str | None = None, stream: bool = False, counted_as: str | None = None) -> None:
+    """One request; `counted_as`: the task it counts under when not `task` (a label its key
+    may not set counts under the route or model it named)."""
+    label = counted_as or task or model
     client = openai.AsyncOpenAI(base_url=base_url, api_key=secret, max_retries=0)
     messages = [{"role": "user", "content": f"summarise this {CANARY} please"}]
     headers = {"x-megarouter-task": task} if task else None
@@ -177,12 +180,14 @@ async def _chat(seen: Seen, base_url: str, secret: str, key: str, node: str, mod
         assert usage is not None
         input_price, output_price = PRICES[served]  # streams carry no cost header: catalog prices
         cost = (usage.prompt_tokens * input_price + usage.completion_tokens * output_price) / 1e6
-        seen.add(key, node, served, task or model, usage.prompt_tokens, usage.completion_tokens, cost)
+        seen.add(key, node, served, label, usage.prompt_tokens, usage.completion_tokens, cost)
         return
     raw = await client.chat.completions.with_raw_response.create(model=model, messages=messages, max_tokens=20,
                                                                  extra_headers=headers)
     reply = raw.parse()
-    seen.add(key, node, raw.headers["x-megarouter-model"], task or model, reply.usage.prompt_tokens,
+    if task:
+        assert raw.headers["x-megarouter-task"] == label  # what it counted under, said back
+    seen.add(key, node, raw.headers["x-megarouter-model"], label, reply.usage.prompt_tokens,
              reply.usage.completion_tokens, float(raw.headers["x-megarouter-cost-usd"]))
 
 
@@ -197,11 +202,15 @@ async def _traffic(fleet: System, seen: Seen) -> None:
     for _ in range(2):
         await _chat(seen, fleet.base_url(1), *b, "auto")
     await _chat(seen, fleet.base_url(0), *b, "demo-small", task="summarise")
-    # Errors: counted once each, under the route or model asked for, with no served model.
+    # A label a-key may not set counts under the route: clients cannot invent usage dimensions.
+    await _chat(seen, fleet.base_url(0), *a, "chat", task="invented-label-1", counted_as="chat")
+    # Errors: counted once each, under the route or model asked for, with no served model —
+    # a name that resolves to nothing under one label, however many are invented.
     client = openai.AsyncOpenAI(base_url=fleet.base_url(0), api_key=B_SECRET, max_retries=0)
-    with pytest.raises(openai.NotFoundError):
-        await client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": CANARY}])
-    seen.add("b-key", "team-b", "", "no-such-model", error=True)
+    for invented in ("no-such-model", "no-such-model-2"):
+        with pytest.raises(openai.NotFoundError):
+            await client.chat.completions.create(model=invented, messages=[{"role": "user", "content": CANARY}])
+        seen.add("b-key", "team-b", "", "(unknown)", error=True)
     with pytest.raises(openai.BadRequestError):
         await client.chat.completions.create(model="chat", messages=[])
     seen.add("b-key", "team-b", "", "chat", error=True)
@@ -230,7 +239,7 @@ async def test_usage_is_counted_persisted_scoped_and_content_free(fleet: System)
     day = _today()
     await _traffic(fleet, seen)
     total_requests = sum(row[0] for row in seen.rows.values())
-    assert total_requests == 11
+    assert total_requests == 13
 
     async def persisted() -> bool:
         rows = await _query(fleet.channel)
@@ -241,7 +250,7 @@ async def test_usage_is_counted_persisted_scoped_and_content_free(fleet: System)
     _assert_same(await _query(fleet.channel, "node"), seen.by("node"))
     _assert_same(await _query(fleet.channel, "key", "route"), seen.by("key", "route"))
     by_model = await _query(fleet.channel, "model")
-    assert by_model[("",)][:2] == [2, 2]            # the two error responses: nothing served
+    assert by_model[("",)][:2] == [3, 3]            # the three error responses: nothing served
     by_day = await _query(fleet.channel, "day")
     if day == _today():                             # (not run across UTC midnight)
         assert list(by_day) == [(day,)] and by_day[(day,)][0] == total_requests
@@ -279,7 +288,7 @@ async def test_usage_is_counted_persisted_scoped_and_content_free(fleet: System)
     assert [line.split()[0] for line in lines[1:]] == ["demo-medium", "demo-small", "-", "TOTAL"]
     for (model,), row in want.items():
         assert table[model or "-"][:4] == [str(int(v)) for v in row[:4]]
-    assert table["TOTAL"][0] == str(total_requests) and table["TOTAL"][1] == "2"
+    assert table["TOTAL"][0] == str(total_requests) and table["TOTAL"][1] == "3"
     assert float(table["TOTAL"][4]) == pytest.approx(sum(row[4] for row in want.values()), abs=1e-6)
     as_json = await asyncio.to_thread(ctl, "usage", "--by", "key,day", "--since", "1d", "-o", "json")
     assert as_json.returncode == 0 and f'"requests": {total_requests}' in as_json.stdout

@@ -123,7 +123,7 @@ class ListBudgetStatusResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[BudgetStatus, _Mapping]]] = ...) -> None: ...
 
 class ApiKey(_message.Message):
-    __slots__ = ("name", "prefix", "principal", "allowed_models", "created_at_unix_ms", "default_strategy", "node", "expires_at_unix_ms", "metadata")
+    __slots__ = ("name", "prefix", "principal", "allowed_models", "created_at_unix_ms", "default_strategy", "node", "expires_at_unix_ms", "metadata", "tasks")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +140,7 @@ class ApiKey(_message.Message):
     NODE_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
     name: str
     prefix: str
     principal: str
@@ -149,10 +150,11 @@ class ApiKey(_message.Message):
     node: str
     expires_at_unix_ms: int
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., prefix: _Optional[str] = ..., principal: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ..., created_at_unix_ms: _Optional[int] = ..., default_strategy: _Optional[_Union[_routing_pb2.Strategy, str]] = ..., node: _Optional[str] = ..., expires_at_unix_ms: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    tasks: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., prefix: _Optional[str] = ..., principal: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ..., created_at_unix_ms: _Optional[int] = ..., default_strategy: _Optional[_Union[_routing_pb2.Strategy, str]] = ..., node: _Optional[str] = ..., expires_at_unix_ms: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., tasks: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateApiKeyRequest(_message.Message):
-    __slots__ = ("name", "principal", "allowed_models", "secret", "default_strategy", "node", "expires_at_unix_ms", "metadata")
+    __slots__ = ("name", "principal", "allowed_models", "secret", "default_strategy", "node", "expires_at_unix_ms", "metadata", "tasks")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -168,6 +170,7 @@ class CreateApiKeyRequest(_message.Message):
     NODE_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
     name: str
     principal: str
     allowed_models: _containers.RepeatedScalarFieldContainer[str]
@@ -176,7 +179,8 @@ class CreateApiKeyRequest(_message.Message):
     node: str
     expires_at_unix_ms: int
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., principal: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ..., secret: _Optional[str] = ..., default_strategy: _Optional[_Union[_routing_pb2.Strategy, str]] = ..., node: _Optional[str] = ..., expires_at_unix_ms: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    tasks: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., principal: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ..., secret: _Optional[str] = ..., default_strategy: _Optional[_Union[_routing_pb2.Strategy, str]] = ..., node: _Optional[str] = ..., expires_at_unix_ms: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., tasks: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateApiKeyResponse(_message.Message):
     __slots__ = ("key", "secret", "revision")

@@ -17,20 +17,22 @@ class AcquireRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., budget: _Optional[str] = ..., want: _Optional[float] = ...) -> None: ...
 
 class Grant(_message.Message):
-    __slots__ = ("budget", "window", "granted", "remaining", "resets_at_unix_ms", "lease_ttl_s")
+    __slots__ = ("budget", "window", "granted", "remaining", "resets_at_unix_ms", "lease_ttl_s", "use_within_s")
     BUDGET_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     GRANTED_FIELD_NUMBER: _ClassVar[int]
     REMAINING_FIELD_NUMBER: _ClassVar[int]
     RESETS_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_S_FIELD_NUMBER: _ClassVar[int]
+    USE_WITHIN_S_FIELD_NUMBER: _ClassVar[int]
     budget: str
     window: str
     granted: float
     remaining: float
     resets_at_unix_ms: int
     lease_ttl_s: float
-    def __init__(self, budget: _Optional[str] = ..., window: _Optional[str] = ..., granted: _Optional[float] = ..., remaining: _Optional[float] = ..., resets_at_unix_ms: _Optional[int] = ..., lease_ttl_s: _Optional[float] = ...) -> None: ...
+    use_within_s: float
+    def __init__(self, budget: _Optional[str] = ..., window: _Optional[str] = ..., granted: _Optional[float] = ..., remaining: _Optional[float] = ..., resets_at_unix_ms: _Optional[int] = ..., lease_ttl_s: _Optional[float] = ..., use_within_s: _Optional[float] = ...) -> None: ...
 
 class Settlement(_message.Message):
     __slots__ = ("budget", "window", "consumed", "released")
@@ -52,6 +54,18 @@ class SettleRequest(_message.Message):
     settlements: _containers.RepeatedCompositeFieldContainer[Settlement]
     def __init__(self, node_id: _Optional[str] = ..., settlements: _Optional[_Iterable[_Union[Settlement, _Mapping]]] = ...) -> None: ...
 
+class SettlementRefusal(_message.Message):
+    __slots__ = ("budget", "window", "reason")
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    budget: str
+    window: str
+    reason: str
+    def __init__(self, budget: _Optional[str] = ..., window: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class SettleAck(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("refused",)
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    refused: _containers.RepeatedCompositeFieldContainer[SettlementRefusal]
+    def __init__(self, refused: _Optional[_Iterable[_Union[SettlementRefusal, _Mapping]]] = ...) -> None: ...

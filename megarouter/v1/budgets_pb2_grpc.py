@@ -57,7 +57,10 @@ class BudgetsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Settle(self, request, context):
-        """Report what was consumed from leases, and give back what is not needed.
+        """Report what was consumed from leases, and give back what is not needed. A settlement
+        with nothing consumed or released keeps the proxy's lease alive (a heartbeat while it
+        holds reservations for long requests). Both calls need a proxy credential; a node's
+        lease can be touched only by the token that acquired it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -233,7 +233,7 @@ class OrgNode(_message.Message):
     def __init__(self, name: _Optional[str] = ..., parent: _Optional[str] = ..., kind: _Optional[str] = ..., display_name: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., default_strategy: _Optional[_Union[Strategy, str]] = ...) -> None: ...
 
 class ApiKeyEntry(_message.Message):
-    __slots__ = ("key_hash", "name", "principal", "allowed_models", "default_strategy", "node", "expires_at_unix_ms")
+    __slots__ = ("key_hash", "name", "principal", "allowed_models", "default_strategy", "node", "expires_at_unix_ms", "tasks")
     KEY_HASH_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
@@ -241,6 +241,7 @@ class ApiKeyEntry(_message.Message):
     DEFAULT_STRATEGY_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
     key_hash: str
     name: str
     principal: str
@@ -248,7 +249,8 @@ class ApiKeyEntry(_message.Message):
     default_strategy: Strategy
     node: str
     expires_at_unix_ms: int
-    def __init__(self, key_hash: _Optional[str] = ..., name: _Optional[str] = ..., principal: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ..., default_strategy: _Optional[_Union[Strategy, str]] = ..., node: _Optional[str] = ..., expires_at_unix_ms: _Optional[int] = ...) -> None: ...
+    tasks: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, key_hash: _Optional[str] = ..., name: _Optional[str] = ..., principal: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ..., default_strategy: _Optional[_Union[Strategy, str]] = ..., node: _Optional[str] = ..., expires_at_unix_ms: _Optional[int] = ..., tasks: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Defaults(_message.Message):
     __slots__ = ("strategy", "weights")
