@@ -17,6 +17,7 @@ from dataplane.control_plane import ControlPlaneLink
 from dataplane.embeddings import EmbeddingsHandler
 from dataplane.errors import ApiError
 from dataplane.failover.outlier import BASE_EJECTION_S, OutlierDetector
+from dataplane.http_server import HttpLimits, read_body
 from dataplane.stats import TABLE_VERSION, EndpointStats
 from dataplane.table import KeyInfo, RuntimeTable
 from dataplane.upstream import SessionPool
@@ -32,6 +33,8 @@ class ProxyState:
     def __init__(self, link: ControlPlaneLink, ejection_base_s: float = BASE_EJECTION_S, node_id: str = "proxy",
                  region: str = "") -> None:
         self.table: RuntimeTable | None = None
+        self.not_ready_reason = ""      # why there is no table yet (e.g. the cache file was empty)
+        self.limits = HttpLimits()
         self.sessions = SessionPool()
         self.stats = EndpointStats(outliers=OutlierDetector(ejection_base_s))
         self.budgets = BudgetEnforcer(node_id, link)
@@ -51,12 +54,18 @@ STATE = web.AppKey("state", ProxyState)
 def _table(request: web.Request) -> RuntimeTable:
     table = request.app[STATE].table
     if table is None:
-        raise ApiError(503, "the gateway has no routing table yet", type="server_error", code="not_ready")
+        raise ApiError(503, "the gateway has no routing table yet", type="server_error", code="not_ready",
+                       headers={"Retry-After": "1"})
     return table
 
 
 def authenticate(request: web.Request, table: RuntimeTable) -> KeyInfo:
-    header = request.headers.get("Authorization", "")
+    headers = request.headers.getall("Authorization", ())
+    if len(headers) > 1:
+        # Which one would win is the server's accident; a client sending two is refused.
+        raise ApiError(400, "Send one Authorization header, not several.", param="Authorization",
+                       code="duplicate_header")
+    header = headers[0] if headers else ""
     scheme, _, secret = header.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         raise ApiError(
@@ -80,7 +89,8 @@ def _api(handler: str):
     async def handle(request: web.Request) -> web.StreamResponse:
         table = _table(request)
         key = authenticate(request, table)
-        raw = await request.read()
+        state = request.app[STATE]
+        raw = await read_body(request, request.app._client_max_size, state.limits.body_timeout_s)
         request["body_size"] = len(raw)
         payload = parse_body(raw)
         return await getattr(request.app[STATE], handler).handle(request, table, key, payload)
@@ -138,9 +148,13 @@ async def healthz(_request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    table = request.app[STATE].table
+    state = request.app[STATE]
+    table = state.table
     if table is None:
-        return web.json_response({"status": "no routing table yet"}, status=503)
+        reason = "no routing table yet: waiting for the control plane"
+        if state.not_ready_reason:
+            reason += f" ({state.not_ready_reason})"
+        return web.json_response({"status": reason}, status=503)
     health = request.app[STATE].stats.health
     return web.json_response({"status": "ready", "table_version": table.version,
                               "fleet_health_generation": health.fleet_generation})
@@ -150,8 +164,10 @@ async def metrics(_request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def build_app(state: ProxyState, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> web.Application:
+def build_app(state: ProxyState, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+              limits: HttpLimits | None = None) -> web.Application:
     app = web.Application(client_max_size=max_body_bytes)
+    state.limits = limits or HttpLimits()
     app[STATE] = state
     app.router.add_post("/v1/chat/completions", _openai_errors("chat", _api("chat")))
     app.router.add_post("/v1/completions", _openai_errors("completions", _api("completions")))

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from dataplane import validation
 from dataplane.budgets import BudgetEnforcer, Charge
 from dataplane.errors import ApiError, bad_request, model_not_found
 from dataplane.failover.engine import first_success
@@ -42,38 +43,8 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     return payload
 
 
-def check_model(payload: dict[str, Any]) -> None:
-    model = payload.get("model")
-    if not isinstance(model, str) or not model:
-        raise bad_request("you must provide a model parameter (a non-empty string)", "model")
-
-
-def check_chat_request(payload: dict[str, Any]) -> None:
-    """Cheap structural checks; the provider validates the rest.
-
-    Only what the gateway itself relies on is checked here, with `param`
-    naming the field, so a malformed request never costs an upstream call.
-    """
-    check_model(payload)
-    messages = payload.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("'messages' must be a non-empty array of message objects", "messages")
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise bad_request(f"messages[{index}] must be an object with a string 'role'", f"messages[{index}]")
-    stream = payload.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise bad_request("'stream' must be a boolean", "stream")
-    stream_options = payload.get("stream_options")
-    if stream_options is not None and not isinstance(stream_options, dict):
-        raise bad_request("'stream_options' must be an object", "stream_options")
-    for field in ("max_tokens", "max_completion_tokens", "n"):
-        value = payload.get(field)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise bad_request(f"'{field}' must be a positive integer", field)
-    tools = payload.get("tools")
-    if tools is not None and not isinstance(tools, list):
-        raise bad_request("'tools' must be an array", "tools")
+check_model = validation.model_name
+check_chat_request = validation.check_chat_request
 
 
 def resolve(table: RuntimeTable, key: KeyInfo, model: str) -> Target:

@@ -17,8 +17,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from dataplane import validation
 from dataplane.budgets import BudgetEnforcer, Charge
-from dataplane.chat import check_model, counted, resolve, task_headers
+from dataplane.chat import counted, resolve, task_headers
 from dataplane.errors import bad_request
 from dataplane.failover.engine import first_success
 from dataplane.providers.base import ProviderError, StreamTranslator, Usage
@@ -36,14 +37,7 @@ _CHAT_FIELDS = ("max_tokens", "temperature", "top_p", "n", "stop", "stream", "st
                 "presence_penalty", "frequency_penalty", "user", "logit_bias")
 
 
-def check_completions_request(payload: dict[str, Any]) -> None:
-    check_model(payload)
-    prompt = payload.get("prompt")
-    if not (isinstance(prompt, str) or (isinstance(prompt, list) and prompt)):
-        raise bad_request("'prompt' must be a string or a non-empty array", "prompt")
-    stream = payload.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise bad_request("'stream' must be a boolean", "stream")
+check_completions_request = validation.check_completions_request
 
 
 def chat_payload(payload: dict[str, Any]) -> dict[str, Any]:

@@ -33,21 +33,23 @@ BACKOFF_MAX_S = 5.0
 INVALID_ARGUMENT = 3  # google.rpc.Code
 
 
-def load_cached_table(path: Path) -> RuntimeTable | None:
-    """The table saved by a previous run, if present and still loadable."""
+def load_cached_table(path: Path) -> tuple[RuntimeTable | None, str]:
+    """The table saved by a previous run if present and loadable, else (None, why not)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return None
+        return None, f"no cached table at {path}"
     except OSError as exc:
-        log.warning("cannot read cached table %s: %s", path, exc)
-        return None
-    try:
-        table = routing_pb2.RoutingTable.FromString(data)
-        return RuntimeTable.load(table)
-    except Exception as exc:  # a corrupt cache must never stop a proxy starting
-        log.warning("ignoring cached table %s: %s", path, exc)
-        return None
+        reason = f"cannot read the cached table {path}: {exc.strerror}"
+    else:
+        try:
+            if not data:
+                raise TableError("the file is empty")
+            return RuntimeTable.load(routing_pb2.RoutingTable.FromString(data)), ""
+        except Exception as exc:  # a corrupt cache must never stop a proxy starting
+            reason = f"ignored the cached table {path}: {exc}"
+    log.warning("%s; not ready until the control plane answers", reason)
+    return None, reason
 
 
 def write_cached_table(path: Path, table: routing_pb2.RoutingTable) -> None:

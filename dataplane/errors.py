@@ -21,8 +21,10 @@ class ApiError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        close: bool = False,
     ) -> None:
         super().__init__(message)
+        self.close = close  # end the connection after answering (its request could not be read whole)
         self.status = status
         self.message = message
         self.type = type
@@ -34,12 +36,15 @@ class ApiError(Exception):
         return error_body(self.message, self.type, self.param, self.code)
 
     def response(self) -> web.Response:
-        return web.Response(
+        response = web.Response(
             status=self.status,
             body=self.body(),
             content_type="application/json",
             headers=self.headers,
         )
+        if self.close:
+            response.force_close()
+        return response
 
 
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> bytes:  # noqa: A002

@@ -32,6 +32,7 @@ class EndpointHealth:
     failures: float = 0.0
     updated_at: float = 0.0
     measured_at: float = 0.0           # when latency or TTFT last changed
+    last_success_at: float = 0.0       # when an attempt last succeeded (clock of the registry)
 
     def decay_factor(self, now: float) -> float:
         """How much of the counts is left at `now` (halving every DECAY_HALF_LIFE_S)."""
@@ -137,6 +138,10 @@ class HealthRegistry:
     def now(self) -> float:
         return self._clock()
 
+    def succeeded_since(self, endpoint: str, since: float) -> bool:
+        state = self._endpoints.get(endpoint)
+        return state is not None and state.last_success_at >= since
+
     def names(self) -> list[str]:
         return list(self._endpoints)
 
@@ -144,14 +149,20 @@ class HealthRegistry:
         self.get(endpoint).inflight += 1
 
     def finished(self, endpoint: str, ok: bool | None, latency_s: float | None, ttft_s: float | None) -> None:
-        """An attempt ended: ok, failed, or (None) abandoned by the client."""
+        """An attempt ended: ok, failed, or (None) abandoned by the client / not the endpoint's doing."""
         health = self.get(endpoint)
         health.inflight = max(0, health.inflight - 1)
-        if ok is None:
-            return
-        health._decay(self._clock())
+        if ok is not None:
+            self.observe(endpoint, ok, latency_s, ttft_s)
+
+    def observe(self, endpoint: str, ok: bool, latency_s: float | None, ttft_s: float | None) -> None:
+        """Count an attempt's outcome (its end was `finished` already, or is being now)."""
+        health = self.get(endpoint)
+        now = self._clock()
+        health._decay(now)
         if ok:
             health.successes += 1.0
+            health.last_success_at = now
         else:
             health.failures += 1.0
         if ttft_s is not None:

@@ -15,6 +15,7 @@ from dataplane.app import DEFAULT_MAX_BODY_BYTES, ProxyState, build_app
 from dataplane.control_plane import ControlPlaneLink, CredentialError, resolve_proxy_token
 from dataplane.discovery_client import DiscoveryClient, load_cached_table
 from dataplane.failover.outlier import BASE_EJECTION_S
+from dataplane.http_server import HardenedAppRunner, HttpLimits
 from dataplane.telemetry_client import report_stats
 from megarouter import __version__
 from megarouter.grpc_tls import TlsConfigError, add_client_tls_arguments, client_tls_from_args
@@ -50,7 +51,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=float(env_default("EJECTION_BASE_S", BASE_EJECTION_S)),
                         help="first outlier ejection lasts this long; each repeat doubles it "
                              "[MEGAROUTER_EJECTION_BASE_S]")
+    limits = HttpLimits()
+    parser.add_argument("--header-timeout-s", type=float,
+                        default=float(env_default("HEADER_TIMEOUT_S", limits.header_timeout_s)),
+                        help="a request's head must arrive within this long of its first byte "
+                             "[MEGAROUTER_HEADER_TIMEOUT_S]")
+    parser.add_argument("--body-timeout-s", type=float,
+                        default=float(env_default("BODY_TIMEOUT_S", limits.body_timeout_s)),
+                        help="longest pause while a request body arrives (then 408) [MEGAROUTER_BODY_TIMEOUT_S]")
+    parser.add_argument("--keepalive-timeout-s", type=float,
+                        default=float(env_default("KEEPALIVE_TIMEOUT_S", limits.keepalive_timeout_s)),
+                        help="idle client connections are closed after this long [MEGAROUTER_KEEPALIVE_TIMEOUT_S]")
+    parser.add_argument("--max-header-bytes", type=int,
+                        default=int(env_default("MAX_HEADER_BYTES", limits.max_field_bytes)),
+                        help="longest request line or header (then 431) [MEGAROUTER_MAX_HEADER_BYTES]")
+    parser.add_argument("--max-headers", type=int, default=int(env_default("MAX_HEADERS", limits.max_headers)),
+                        help="most headers in one request (then 431) [MEGAROUTER_MAX_HEADERS]")
     parser.add_argument("--log-level", default=None)
+
+
+def http_limits(args: argparse.Namespace) -> HttpLimits:
+    for name in ("header_timeout_s", "body_timeout_s", "keepalive_timeout_s"):
+        if not getattr(args, name) > 0:
+            raise SystemExit(f"megarouter proxy: --{name.replace('_', '-')} must be positive")
+    if args.max_header_bytes < 1024 or args.max_headers < 16:
+        raise SystemExit("megarouter proxy: --max-header-bytes must be at least 1024 and --max-headers at least 16")
+    return HttpLimits(header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
+                      keepalive_timeout_s=args.keepalive_timeout_s, max_line_bytes=args.max_header_bytes,
+                      max_field_bytes=args.max_header_bytes, max_headers=args.max_headers)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,7 +97,7 @@ async def serve(args: argparse.Namespace) -> int:
     state = ProxyState(link, ejection_base_s=args.ejection_base_s, node_id=args.node_id, region=args.region)
     cache_path = Path(args.cache_file) if args.cache_file else None
     if cache_path is not None:
-        cached = load_cached_table(cache_path)
+        cached, state.not_ready_reason = load_cached_table(cache_path)
         if cached is not None:
             state.install(cached)
             log.info("serving cached table version=%d until the control plane answers", cached.version)
@@ -78,9 +106,10 @@ async def serve(args: argparse.Namespace) -> int:
     discovery = DiscoveryClient(link, node, lambda: state.table, state.install, cache_path,
                                 on_fleet_health=state.stats.health.set_fleet)
 
-    app = build_app(state, args.max_body_bytes)
+    limits = http_limits(args)
+    app = build_app(state, args.max_body_bytes, limits)
     # handler_cancellation: a client that disconnects cancels its upstream call.
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    runner = HardenedAppRunner(app, limits, access_log=None, handler_cancellation=True)
     await runner.setup()
     host, _, port = args.listen.rpartition(":")
     site = web.TCPSite(runner, host or "127.0.0.1", int(port), backlog=1024, reuse_address=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from prometheus_client import Counter, Gauge, Histogram
 
 from dataplane.failover.budget import RetryBudgets
-from dataplane.failover.outlier import OutlierDetector
+from dataplane.failover.outlier import NOT_THE_ENDPOINTS, OutlierDetector
 from dataplane.health import HealthRegistry
 
 CLIENT_REQUESTS = Counter(
@@ -121,10 +121,20 @@ class EndpointStats:
         """An attempt begins; every attempt ends with exactly one `record`."""
         self.health.started(endpoint)
 
-    def record(
+    def record(self, endpoint: str, outcome: str, latency_s: float, **details) -> None:
+        """An attempt ended with `outcome` ("success", "cancelled" by the client, or an error
+        class); `details` as for `observe`."""
+        self.health.finished(endpoint, None, None, None)
+        self.observe(endpoint, outcome, latency_s, **details)
+
+    def abandon(self, endpoint: str) -> None:
+        """An attempt ended whose outcome is judged later (`observe`), or never."""
+        self.health.finished(endpoint, None, None, None)
+
+    def observe(
         self,
         endpoint: str,
-        outcome: str,                # "success", "cancelled" (by the client) or an error class
+        outcome: str,
         latency_s: float,
         *,
         ttft_s: float | None = None,
@@ -133,11 +143,12 @@ class EndpointStats:
         cost_usd: float = 0.0,
         retry_after_s: float | None = None,
     ) -> None:
-        # A client hanging up says nothing about the endpoint's health.
-        ok = None if outcome == "cancelled" else outcome == "success"
-        self.health.finished(endpoint, ok, latency_s, ttft_s)
+        """An attempt's outcome: health, outliers, counters, metrics (not requests in flight)."""
+        # A client hanging up, or the caller's own error, says nothing about the endpoint's health.
+        if outcome not in NOT_THE_ENDPOINTS:
+            self.health.observe(endpoint, outcome == "success", latency_s, ttft_s)
         now = self.health.now()
-        if ok is False:
+        if outcome != "success" and outcome not in NOT_THE_ENDPOINTS:
             rate, peers, samples = self._rates(endpoint, now)
             self.outliers.record(endpoint, outcome, now, retry_after_s=retry_after_s,
                                  success_rate=rate, peer_rate=peers, samples=samples)

@@ -159,6 +159,10 @@ class RuntimeTable:
 
     @classmethod
     def load(cls, table: routing_pb2.RoutingTable, secrets: SecretReader = read_secret) -> RuntimeTable:
+        if table.version <= 0:
+            # Every compiled table has the revision of a configuration change; version 0 is what an
+            # empty or truncated file parses as. Serving it would answer every request with a 401.
+            raise TableError("table version 0 is not a table (empty or truncated?)")
         providers = _load_providers(table, secrets)
         models = _unique(table.models, "model")
         pricings = {name: _pricing(model) for name, model in models.items()}

@@ -323,7 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--server", default=env_default("ADMIN", "127.0.0.1:50051"),
                         help="control-plane gRPC address [MEGAROUTER_ADMIN]")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per admin call")
-    add_client_tls_arguments(parser)
+    # --tls-ca/--tls-cert/--tls-key: plain --key would collide with `usage --key NAME`.
+    add_client_tls_arguments(parser, "tls-")
     parser.add_argument("--token", default=None,
                         help="operator token [MEGAROUTER_ADMIN_TOKEN, MEGAROUTER_ADMIN_TOKEN_FILE, "
                              "./.megarouter/admin-token]")
@@ -428,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def _run(args: argparse.Namespace) -> int:
     try:
-        tls = client_tls_from_args(args)
+        tls = client_tls_from_args(args, "tls-")
     except TlsConfigError as exc:
         raise CtlError(str(exc)) from None
     async with admin_channel(args.server, args.token, tls=tls) as channel:
@@ -459,8 +460,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc.details()} (set --token or MEGAROUTER_ADMIN_TOKEN)", file=sys.stderr)
         elif exc.code() == grpc.StatusCode.UNAVAILABLE:
             # A TLS mismatch looks like an unreachable server: say which mode was tried.
-            mode = ("over TLS (check --ca, and --cert/--key if it requires client certificates)" if args.ca
-                    or args.cert else "in plain text (if it serves TLS, pass --ca or MEGAROUTER_CONTROL_PLANE_CA)")
+            mode = ("over TLS (check --tls-ca, and --tls-cert/--tls-key if it requires client certificates)"
+                    if args.tls_ca or args.tls_cert else
+                    "in plain text (if it serves TLS, pass --tls-ca or MEGAROUTER_CONTROL_PLANE_CA)")
             print(f"error: cannot reach the control plane at {args.server} {mode}: {exc.details()}", file=sys.stderr)
         else:
             print(f"error: {describe_rpc_error(exc)}", file=sys.stderr)

@@ -21,6 +21,29 @@ def announce_ready(service: str, **fields: Any) -> None:
     print(json.dumps({"event": "ready", "service": service, **fields}), flush=True)
 
 
+class ContentFreeLogs(logging.Filter):
+    """Zero data retention for libraries' log records.
+
+    Our own loggers never format request content. aiohttp's do: its HTTP parser's
+    exceptions carry raw request bytes (prompt text, bearer keys), and it logs them with
+    their traceback. So for records of the `aiohttp` loggers only the message template
+    survives: string arguments become "…", and an exception is reduced to its class name.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "aiohttp" or record.name.startswith("aiohttp."):
+            if record.args:
+                args = record.args if isinstance(record.args, tuple) else (record.args,)
+                record.args = tuple(arg if isinstance(arg, int | float) else "…" for arg in args)
+            if record.exc_info:
+                kind = record.exc_info[0].__name__ if record.exc_info[0] else "error"
+                record.msg = f"{record.msg} [{kind}; details withheld]"
+                record.exc_info = None
+            record.exc_text = None
+            record.stack_info = None
+        return True
+
+
 def setup_logging(level: str | None = None) -> None:
     level = (level or os.environ.get("MEGAROUTER_LOG_LEVEL") or "info").upper()
     logging.basicConfig(
@@ -28,6 +51,8 @@ def setup_logging(level: str | None = None) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(ContentFreeLogs())
     # grpc's own debug output is per-call noise, not ours to debug.
     logging.getLogger("grpc").setLevel(max(logging.getLogger().level, logging.INFO))
 

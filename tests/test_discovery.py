@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 
+import aiohttp
 import openai
 import pytest
 
@@ -163,3 +164,29 @@ async def test_key_revocation_reaches_every_proxy(fresh_system: System) -> None:
         client = openai.AsyncOpenAI(base_url=system.base_url(index), api_key=secret, max_retries=0)
         with pytest.raises(openai.AuthenticationError):
             await client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "x"}])
+
+
+@pytest.mark.parametrize("cache", [b"", routing_pb2.RoutingTable(generated_at_unix_ms=5).SerializeToString()],
+                         ids=["empty", "version-0"])
+async def test_an_empty_or_version_0_cache_is_not_a_table(fresh_system: System, cache: bytes) -> None:
+    """A proxy starting while the control plane is down, with a cache file that is empty (or
+    holds a version-0 table), used to say ready and answer every request with a 401."""
+    system = fresh_system
+    await system.controlplane.stop()
+    proxy = system.proxies[0]
+    await proxy.stop()
+    cache_file = system.tmp / f"{proxy.name}.table"
+    cache_file.write_bytes(cache)
+    system.proxies[0] = await restart(proxy, system.tmp / "logs")
+    async with aiohttp.ClientSession() as session:
+        base = system.base_url()
+        async with session.get(base.removesuffix("/v1") + "/readyz") as ready:
+            status = await ready.json()
+        assert ready.status == 503 and "cached table" in status["status"]
+        async with session.post(base + "/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
+                                json={"model": "chat", "messages": [{"role": "user", "content": "x"}]}) as reply:
+            body = await reply.json()
+        assert reply.status == 503 and body["error"]["code"] == "not_ready"
+    # Once the control plane is back, the proxy is ready.
+    system.controlplane = await restart(system.controlplane, system.tmp / "logs")
+    await system.wait_proxy_version(1)

@@ -62,14 +62,14 @@ async def test_proxy_and_ctl_reach_a_tls_control_plane(tmp_path: Path) -> None:
             await apply_resources(admin, parse_manifest(demo_manifest(sim.port)))
             created = await admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(name="k", secret=API_KEY))
 
-        listing = await ctl(address, "--ca", pki["ca.pem"], "get", "routes")
+        listing = await ctl(address, "--tls-ca", pki["ca.pem"], "get", "routes")
         assert listing.returncode == 0, listing.stderr
         assert "auto" in listing.stdout
         by_env = await ctl(address, "get", "routes", env={"MEGAROUTER_CONTROL_PLANE_CA": pki["ca.pem"]})
         assert by_env.returncode == 0, by_env.stderr
         plain = await ctl(address, "--timeout", "3", "get", "routes")
         assert plain.returncode != 0 and "Traceback" not in plain.stderr
-        assert "plain text" in plain.stderr and "--ca" in plain.stderr
+        assert "plain text" in plain.stderr and "--tls-ca" in plain.stderr
 
         proxy = await start_service("proxy-tls", [
             "proxy", "--listen", "127.0.0.1:0", "--control-plane", address, "--node-id", "proxy-tls",
@@ -94,9 +94,9 @@ async def test_client_certificates_are_required_when_the_control_plane_asks(tmp_
     controlplane = await start_tls_controlplane(tmp_path, pki, "--tls-client-ca", pki["ca.pem"])
     address = f"127.0.0.1:{controlplane.port}"
     try:
-        without = await ctl(address, "--timeout", "3", "--ca", pki["ca.pem"], "whoami")
-        assert without.returncode != 0 and "--cert/--key" in without.stderr
-        with_cert = await ctl(address, "--ca", pki["ca.pem"], "--cert", pki["client.pem"], "--key",
+        without = await ctl(address, "--timeout", "3", "--tls-ca", pki["ca.pem"], "whoami")
+        assert without.returncode != 0 and "--tls-cert/--tls-key" in without.stderr
+        with_cert = await ctl(address, "--tls-ca", pki["ca.pem"], "--tls-cert", pki["client.pem"], "--tls-key",
                               pki["client.key"], "whoami")
         assert with_cert.returncode == 0, with_cert.stderr
         assert "token: bootstrap" in with_cert.stdout
@@ -112,7 +112,7 @@ async def test_tls_settings_that_cannot_work_are_refused_at_start(tmp_path: Path
     ], capture_output=True, text=True, timeout=60)
     assert started.returncode == 1 and "needs both a certificate and its key" in started.stderr
     assert "Traceback" not in started.stderr
-    missing = await ctl("127.0.0.1:1", "--ca", str(tmp_path / "nope.pem"), "get", "routes")
+    missing = await ctl("127.0.0.1:1", "--tls-ca", str(tmp_path / "nope.pem"), "get", "routes")
     assert missing.returncode != 0 and "cannot read" in missing.stderr and "Traceback" not in missing.stderr
     proxy = await asyncio.to_thread(subprocess.run, [
         sys.executable, "-m", "megarouter", "proxy", "--listen", "127.0.0.1:0", "--control-plane", "127.0.0.1:1",

@@ -240,3 +240,25 @@ class TestOpenStore:
         (tmp_path / "file").write_text("x")
         with pytest.raises(StoreError, match="cannot create store directory"):
             await open_store(str(tmp_path / "file"))
+
+
+async def test_store_files_are_readable_by_their_owner_only(tmp_path: Path) -> None:
+    """They hold API-key and token hashes: 0600 files in a 0700 directory, also when an
+    older release had left them 0644."""
+    import stat
+
+    directory = tmp_path / "store"
+    store = await open_store(str(directory))
+    await store.put("/k", b"v")
+    await store.close()
+    (directory / "store.db").chmod(0o644)
+    store = await open_store(str(directory))
+    try:
+        await store.put("/k2", b"v")
+        files = [path for path in directory.iterdir() if path.name.startswith("store.db")]
+        assert {path.name for path in files} >= {"store.db", "store.db-wal", "store.db-shm"}
+        for path in files:
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
+        assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+    finally:
+        await store.close()

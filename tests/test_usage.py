@@ -4,6 +4,7 @@ control plane persists the counters and answers scoped QueryUsage calls."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -292,6 +293,11 @@ async def test_usage_is_counted_persisted_scoped_and_content_free(fleet: System)
     assert float(table["TOTAL"][4]) == pytest.approx(sum(row[4] for row in want.values()), abs=1e-6)
     as_json = await asyncio.to_thread(ctl, "usage", "--by", "key,day", "--since", "1d", "-o", "json")
     assert as_json.returncode == 0 and f'"requests": {total_requests}' in as_json.stdout
+    # `usage --key NAME` as the README shows it (the TLS key flag used to take the value).
+    by_key = await asyncio.to_thread(ctl, "usage", "--key", "b-key", "--by", "model", "-o", "json")
+    assert by_key.returncode == 0, by_key.stderr
+    assert sum(row["requests"] for row in json.loads(by_key.stdout)["rows"]) == sum(
+        row[0] for slot, row in seen.rows.items() if slot[0] == "b-key")
     invalid = await asyncio.to_thread(ctl, "usage", "--by", "colour")
     assert invalid.returncode == 1 and "group_by" in invalid.stderr
 

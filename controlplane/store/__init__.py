@@ -51,7 +51,8 @@ async def open_store(url: str) -> Store:
         raise StoreError(f"store URL {url!r} names no directory")
     path = Path(directory).expanduser()
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        # Owner only: the store holds key and token hashes (and the generated tokens sit beside it).
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise StoreError(f"cannot create store directory {path}: {exc}") from exc
     return await SqliteStore.open(path / _DB_FILE)

@@ -118,6 +118,7 @@ class _Database:
         self._history_limit = history_limit
         # Called on this thread after each committed write; set by the owning store.
         self.on_commit: Callable[[Event], None] = lambda event: None
+        _owner_only(path)
         # Autocommit mode: transactions are explicit, so each write is exactly one of them.
         conn = sqlite3.connect(path, isolation_level=None)
         try:
@@ -491,6 +492,19 @@ class SqliteStore(Store):
             if self._lock >= 0:
                 os.close(self._lock)  # releases the lock
                 self._lock = -1
+
+
+def _owner_only(path: str) -> None:
+    """Make the database and its WAL and shared-memory files mode 0600 — created so if new
+    (SQLite gives the -wal and -shm files the database file's mode), tightened if an older
+    version left them readable by others: they hold API-key and token hashes."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for name in (path, f"{path}-wal", f"{path}-shm", f"{path}.lock"):
+        try:
+            if os.stat(name).st_mode & 0o077:
+                os.chmod(name, 0o600)
+        except FileNotFoundError:
+            continue
 
 
 def _lock_exclusively(path: str) -> int:

@@ -4,8 +4,12 @@ Each route has a token bucket. Every first attempt of a request on the
 route adds `ratio` tokens (0.2 = retries may add 20% on top of first
 attempts); every retry takes one. A retry finding no token is not sent, so
 however many endpoints fail at once, the upstream load the route generates
-stays within (1 + ratio) times its requests, plus a small floor that lets a
-quiet route absorb a short burst.
+stays within (1 + ratio) times its requests, plus the bucket's capacity:
+`CAPACITY` (10) tokens, which is also where a new route starts, so a quiet
+route can still absorb a short burst of failures. (It used to bank up to 100,
+which let a full outage after a quiet spell almost double the upstream load.)
+A retry after a failed *probe* (a half-open or panic probe, see outlier.py)
+costs no token: probing must not starve failover to the healthy endpoints.
 
 Why per route, not per endpoint: keyed by the endpoint a retry goes to, a
 healthy fallback that gets no first attempts of its own could never take
@@ -23,8 +27,7 @@ BUDGET_EXHAUSTED = Counter(
     "megarouter_retry_budget_exhausted_total", "Retries not sent because the route's retry budget was spent",
     ["route"],
 )
-FLOOR_TOKENS = 10.0     # available to a route that has seen no traffic yet
-MAX_TOKENS = 100.0      # a long quiet period does not bank unlimited retries
+CAPACITY = 10.0         # the most a route can bank, and what it starts with
 
 
 class RetryBudgets:
@@ -32,11 +35,11 @@ class RetryBudgets:
         self._tokens: dict[str, float] = {}
 
     def first_attempt(self, route: str, ratio: float) -> None:
-        tokens = self._tokens.get(route, FLOOR_TOKENS)
-        self._tokens[route] = min(MAX_TOKENS, tokens + ratio)
+        tokens = self._tokens.get(route, CAPACITY)
+        self._tokens[route] = min(CAPACITY, tokens + ratio)
 
     def try_retry(self, route: str) -> bool:
-        tokens = self._tokens.get(route, FLOOR_TOKENS)
+        tokens = self._tokens.get(route, CAPACITY)
         if tokens < 1.0:
             BUDGET_EXHAUSTED.labels(route).inc()
             return False
@@ -44,4 +47,4 @@ class RetryBudgets:
         return True
 
     def tokens(self, route: str) -> float:
-        return self._tokens.get(route, FLOOR_TOKENS)
+        return self._tokens.get(route, CAPACITY)

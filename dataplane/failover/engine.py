@@ -20,8 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
-from prometheus_client import Histogram
+import orjson
+from prometheus_client import Counter, Histogram
 
+from dataplane.errors import ApiError, bad_request
 from dataplane.failover.policy import FailoverPolicy
 from dataplane.providers.base import ErrorClass, ProviderError
 from dataplane.stats import ATTEMPTS, EndpointStats
@@ -76,6 +78,8 @@ async def first_success(
     attempts = 0
     last_failure: ProviderError | None = None
     min_context = 0   # after a context-length error, only larger windows
+    verdicts = _Verdicts(stats)
+    free_retry = False  # the last attempt was a probe: moving on costs no retry-budget token
     for endpoint in endpoints:
         remaining = deadline - loop.time()
         if attempts >= policy.max_attempts or remaining <= 0:
@@ -85,12 +89,15 @@ async def first_success(
         if attempts == 0:
             stats.retry_budgets.first_attempt(target.name, policy.retry_budget_ratio)
         else:
-            if not stats.retry_budgets.try_retry(target.name):
+            if free_retry:
+                PROBE_RETRIES.inc()
+            elif not stats.retry_budgets.try_retry(target.name):
                 break  # the route's retries are spent: fail now rather than pile on
             await asyncio.sleep(_backoff(policy, attempts, deadline - loop.time()))
         attempts += 1
         started = loop.time()
-        url, body = build(endpoint)
+        url, body = _build(build, endpoint)
+        free_retry = stats.outliers.is_probe(endpoint.name, stats.health.now())
         stats.started(endpoint.name)
         try:
             response = await send(sessions, endpoint, url, body,
@@ -99,12 +106,13 @@ async def first_success(
             first_chunk = await _first_chunk(response, endpoint, policy, deadline) if stream else b""
         except asyncio.CancelledError:
             stats.record(endpoint.name, "cancelled", loop.time() - started)
+            verdicts.settle(served=False, cancelled=True)
             raise
         except ProviderError as failure:
-            stats.record(endpoint.name, failure.error_class, loop.time() - started,
-                         retry_after_s=failure.retry_after_s)
+            verdicts.failed(endpoint, failure, loop.time() - started)
             if failure.error_class not in policy.retry_on:
                 ATTEMPTS.observe(attempts)
+                verdicts.settle(served=False)
                 if failure.error_class in (ErrorClass.INVALID_REQUEST, ErrorClass.CONTENT_FILTER):
                     raise caller_error(failure) from None
                 raise exhausted_error(failure, attempts) from None
@@ -112,11 +120,79 @@ async def first_success(
                 min_context = max(min_context, endpoint.context_window)
             last_failure = failure
             continue
+        verdicts.settle(served=True)
         ATTEMPTS.observe(attempts)
         FALLBACK_DEPTH.observe(target.tier_of(endpoint))
         return Success(endpoint, response, attempts, started, first_chunk, loop.time())
     ATTEMPTS.observe(max(attempts, 1))
+    if verdicts.settle(served=False):
+        raise suspect_request_error(last_failure, attempts)
     raise exhausted_error(last_failure, attempts)
+
+
+PROBE_RETRIES = Counter("megarouter_probe_retries_total",
+                        "Retries after a failed probe, which the retry budget does not charge")
+# A request whose attempts failed on this many different providers, each of which served
+# other requests within SUSPECT_WINDOW_S, is taken to be the problem itself.
+SUSPECT_PROVIDERS = 2
+SUSPECT_WINDOW_S = 10.0
+SUSPECT_REQUESTS = Counter(
+    "megarouter_suspect_requests_total",
+    "Requests that failed on several providers that were serving other requests meanwhile: their "
+    "failures were not counted against the providers' health")
+
+
+class _Verdicts:
+    """A request's server-side failures, judged once the request's outcome is known.
+
+    A malformed request can make a provider answer 5xx — and then the next provider, and the
+    next: counted as they happen, one client's bad request would eject healthy endpoints.
+    So failures that would count against an endpoint wait for the request to end: if
+    another endpoint served it, they stand (those endpoints failed a request that could be
+    served); if it failed everywhere, on several providers that were each serving other
+    requests within the last few seconds, the request is the common factor and they are
+    dropped. In a real outage nothing else succeeds meanwhile, so they stand too."""
+
+    __slots__ = ("_stats", "_pending")
+
+    def __init__(self, stats: EndpointStats) -> None:
+        self._stats = stats
+        self._pending: list[tuple[EndpointRuntime, ProviderError, float]] = []
+
+    def failed(self, endpoint: EndpointRuntime, failure: ProviderError, latency_s: float) -> None:
+        if failure.error_class in _JUDGED_LATER:
+            self._stats.abandon(endpoint.name)
+            self._pending.append((endpoint, failure, latency_s))
+        else:
+            self._stats.record(endpoint.name, failure.error_class, latency_s, retry_after_s=failure.retry_after_s)
+
+    def settle(self, *, served: bool, cancelled: bool = False) -> bool:
+        """Count or drop the pending failures; True if they were dropped as the request's fault."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return False
+        health = self._stats.health
+        since = health.now() - SUSPECT_WINDOW_S
+        suspect = (not served and not cancelled
+                   and len({endpoint.provider.name for endpoint, _, _ in pending}) >= SUSPECT_PROVIDERS
+                   and all(health.succeeded_since(endpoint.name, since) for endpoint, _, _ in pending))
+        if suspect:
+            SUSPECT_REQUESTS.inc()
+            return True
+        for endpoint, failure, latency_s in pending:
+            self._stats.observe(endpoint.name, failure.error_class, latency_s, retry_after_s=failure.retry_after_s)
+        return False
+
+
+# Failures that would count against an endpoint's health, and so wait for the request's outcome.
+_JUDGED_LATER = frozenset({ErrorClass.RETRYABLE, ErrorClass.TIMEOUT})
+
+
+def suspect_request_error(failure: ProviderError | None, attempts: int) -> ApiError:
+    error = exhausted_error(failure, attempts)
+    error.message += ("; every provider tried failed this request while serving others, so the request itself "
+                      "may be malformed")
+    return error
 
 
 async def _first_chunk(
@@ -140,6 +216,16 @@ async def _first_chunk(
         response.close()
         raise ProviderError(ErrorClass.RETRYABLE, "stream ended before any data", endpoint=endpoint.name)
     return chunk
+
+
+def _build(build: RequestBuilder, endpoint: EndpointRuntime) -> tuple[str, bytes]:
+    """The upstream request, or a 400: JSON the caller could send but no provider body can
+    hold (orjson writes at most 254 levels of nesting; a translator may recurse)."""
+    try:
+        return build(endpoint)
+    except (orjson.JSONEncodeError, RecursionError):
+        raise bad_request("The request is nested too deeply (more than 254 levels of arrays and objects).",
+                          code="nesting_too_deep") from None
 
 
 def _backoff(policy: FailoverPolicy, retry: int, remaining_s: float) -> float:

@@ -1,15 +1,28 @@
-"""Outlier ejection: stop sending to an endpoint that keeps failing.
+"""Outlier ejection: stop sending to an endpoint that keeps failing, and take it back as
+soon as it works again.
 
-An endpoint is ejected after `CONSECUTIVE_FAILURES` failures in a row, or
-when its recent success rate falls far below its peers'. Ejection lasts
-`BASE_EJECTION_S * 2^(n-1)` for its n-th ejection (capped), then the
-endpoint is half-open: live traffic probes it, one success restores it, one
-failure ejects it again for longer. A 429's Retry-After puts the endpoint in
-a cool-down for that long. The router never removes the last usable
-endpoint of a request's path for these reasons (see `router.plan`).
+An endpoint is ejected after `CONSECUTIVE_FAILURES` failures in a row, or when its recent
+success rate falls far below its peers'. Its n-th ejection lasts `base * 2^(n-1)` (capped);
+then it is half-open: live traffic probes it, one success restores it, one failure ejects
+it again for longer. A 429's Retry-After puts the endpoint in a cool-down for that long.
 
-Only failures that say something about the endpoint count: the caller's own
-errors and client disconnects do not.
+What keeps a long outage from outliving itself:
+
+- **Evidence beats the timer.** Any success — a probe, or traffic sent to an ejected
+  endpoint because nothing better was left — restores the endpoint at once.
+- **Only probes grow the multiplier.** Failures of traffic that reached an endpoint while
+  it was ejected (see the router's panic mode) say nothing new and do not lengthen its
+  ejection; only a failed half-open probe does.
+- **The multiplier decays** by one step for every `DECAY_S` without a failure, so an
+  endpoint with many outages in its past starts short again once it has been quiet.
+- **Panic mode** (in the router): when too few endpoints of a tier are usable, ejected
+  ones are tried again as fallbacks, and their ejections are cut to `PANIC_PROBE_S` so a
+  recovered endpoint is found within seconds rather than after its timer.
+- What failed last goes last: `probe_order` ranks unavailable endpoints for panic traffic
+  by whether their last attempt failed, then by how long ago.
+
+Only failures that say something about the endpoint count: the caller's own errors and
+client disconnects do not.
 """
 
 from __future__ import annotations
@@ -23,6 +36,10 @@ from dataplane.providers.base import ErrorClass
 CONSECUTIVE_FAILURES = 5
 BASE_EJECTION_S = 5.0
 MAX_EJECTION_S = 300.0
+# One ejection-multiplier step is forgotten per this long without a failure.
+DECAY_S = 30.0
+# In panic mode an ejected endpoint is probed again this long after its last failure.
+PANIC_PROBE_S = 2.0
 # Success-rate outliers: at least this many recent outcomes, and this far
 # below the mean of the other endpoints.
 MIN_SAMPLES_FOR_RATE = 20
@@ -30,18 +47,26 @@ RATE_GAP = 0.3
 MAX_COOLDOWN_S = 300.0
 
 _EJECTING_CLASSES = frozenset({ErrorClass.RETRYABLE, ErrorClass.TIMEOUT, ErrorClass.ENDPOINT, "stream_interrupted"})
+NOT_THE_ENDPOINTS = frozenset({"cancelled", ErrorClass.INVALID_REQUEST, ErrorClass.CONTENT_FILTER,
+                                ErrorClass.CONTEXT_LENGTH})
 
 EJECTIONS = Counter("megarouter_endpoint_ejections_total", "Outlier ejections", ["endpoint", "reason"])
 EJECTED = Gauge("megarouter_endpoint_ejected", "1 while the endpoint is ejected by this proxy", ["endpoint"])
+RESTORED = Counter("megarouter_endpoint_restored_total",
+                   "Ejected or half-open endpoints taken back after a success", ["endpoint"])
 
 
 @dataclass(slots=True)
 class _State:
     consecutive_failures: int = 0
-    ejections: int = 0
+    ejections: int = 0              # the multiplier: how many ejections count towards the next one
     ejected_until: float = 0.0
     cooldown_until: float = 0.0
-    half_open: bool = False
+    half_open: bool = False         # its ejection ended: the next attempt is a probe
+    last_failure_at: float = 0.0
+    last_attempt_failed: bool = False
+    decayed_at: float = 0.0         # when the multiplier last lost a step (or last failed)
+    probed_at: float = 0.0          # the last panic probe was sent
 
 
 class OutlierDetector:
@@ -69,29 +94,67 @@ class OutlierDetector:
             return f"cooling down {state.cooldown_until - now:.1f}s (Retry-After)"
         return ""
 
+    def panic_probe_due(self, endpoint: str, now: float) -> bool:
+        """In panic mode: has this ejected endpoint been quiet long enough to be probed again?
+        (At most one probe per PANIC_PROBE_S, however many requests arrive.)"""
+        state = self._states.get(endpoint)
+        return state is not None and now >= max(state.last_failure_at, state.probed_at) + PANIC_PROBE_S
+
+    def begin_panic_probe(self, endpoint: str, now: float) -> None:
+        self._state(endpoint).probed_at = now
+
+    def probe_order(self, endpoint: str) -> tuple[bool, float]:
+        """Sort key among endpoints that are not usable: those whose last attempt did not fail
+        first, then the one that failed longest ago (most likely to have recovered)."""
+        state = self._states.get(endpoint)
+        if state is None:
+            return False, 0.0
+        return state.last_attempt_failed, state.last_failure_at
+
+    def is_probe(self, endpoint: str, now: float) -> bool:
+        """Is an attempt now a probe — of a half-open endpoint, or the panic probe of an ejected
+        one? (Not panic fallbacks: those are ordinary attempts on endpoints that failed last.)"""
+        state = self._states.get(endpoint)
+        return state is not None and (state.half_open or (
+            now < state.ejected_until and state.probed_at > state.last_failure_at))
+
     def is_ejected(self, endpoint: str, now: float) -> bool:
         state = self._states.get(endpoint)
         return state is not None and now < state.ejected_until
 
+    def multiplier(self, endpoint: str, now: float) -> int:
+        state = self._states.get(endpoint)
+        if state is None:
+            return 0
+        self._decay(state, now)
+        return state.ejections
+
     def record(self, endpoint: str, outcome: str, now: float, *, retry_after_s: float | None = None,
                success_rate: float | None = None, peer_rate: float | None = None, samples: float = 0.0) -> None:
-        if outcome == "cancelled" or outcome in (ErrorClass.INVALID_REQUEST, ErrorClass.CONTENT_FILTER):
+        if outcome in NOT_THE_ENDPOINTS:
             return
         state = self._state(endpoint)
+        self._decay(state, now)
         if outcome == ErrorClass.RATE_LIMITED:
             if retry_after_s:
                 state.cooldown_until = max(state.cooldown_until, now + min(retry_after_s, MAX_COOLDOWN_S))
             return
         if outcome == "success":
             state.consecutive_failures = 0
-            if state.half_open:  # the probe worked: fully back
+            state.last_attempt_failed = False
+            if state.half_open or now < state.ejected_until:  # a probe, or panic traffic: it works
                 state.half_open = False
                 state.ejected_until = 0.0
-            elif state.ejections and now - state.ejected_until > MAX_EJECTION_S:
-                state.ejections = 0  # healthy for long: the next ejection starts short again
+                EJECTED.labels(endpoint).set(0)
+                RESTORED.labels(endpoint).inc()
             return
         if outcome not in _EJECTING_CLASSES:
             return
+        state.last_failure_at = now
+        state.decayed_at = now
+        state.last_attempt_failed = True
+        if now < state.ejected_until:
+            return  # traffic sent to it while ejected (panic mode): nothing new, nothing longer
         state.consecutive_failures += 1
         if state.half_open:
             self._eject(endpoint, state, now, "probe_failed")
@@ -100,6 +163,14 @@ class OutlierDetector:
         elif (success_rate is not None and peer_rate is not None and samples >= MIN_SAMPLES_FOR_RATE
               and success_rate < peer_rate - RATE_GAP):
             self._eject(endpoint, state, now, "success_rate")
+
+    @staticmethod
+    def _decay(state: _State, now: float) -> None:
+        if state.ejections and state.decayed_at:
+            steps = int((now - state.decayed_at) // DECAY_S)
+            if steps > 0:
+                state.ejections = max(0, state.ejections - steps)
+                state.decayed_at += steps * DECAY_S
 
     def _eject(self, endpoint: str, state: _State, now: float, reason: str) -> None:
         state.ejections += 1
@@ -110,5 +181,7 @@ class OutlierDetector:
         EJECTIONS.labels(endpoint, reason).inc()
         EJECTED.labels(endpoint).set(1)
 
-    def ejected_endpoints(self, now: float) -> list[str]:
-        return [name for name, state in self._states.items() if now < state.ejected_until]
+    def ejected_endpoints(self, since: float) -> list[str]:
+        """Endpoints ejected at any time from `since` until now: a report covering that interval
+        mentions an ejection shorter than the interval too."""
+        return [name for name, state in self._states.items() if since < state.ejected_until]

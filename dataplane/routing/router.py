@@ -36,6 +36,9 @@ DEGRADED_BELOW = 0.5
 DIVERSITY_PROVIDER = 0.1
 DIVERSITY_REGION = 0.05
 CHAT_CAPABILITIES = ("tools", "vision", "json_mode", "streaming")
+# Panic mode (as Envoy's): when fewer than this share of a plan's candidates are usable, the
+# ejected and cooling-down ones stay in the plan as fallbacks instead of being waited out.
+PANIC_THRESHOLD = 0.5
 
 
 @dataclass(slots=True)
@@ -43,6 +46,7 @@ class Candidate:
     endpoint: EndpointRuntime
     tier: int
     excluded: str = ""              # why it was filtered out; "" = eligible
+    fallback: str = ""              # panic mode: why it is only a fallback (or a probe)
     expected_cost: float = 0.0      # USD for this request at catalog prices
     latency_s: float = 0.0          # predicted (TTFT for streams), load-adjusted
     p_success: float = 1.0
@@ -52,6 +56,8 @@ class Candidate:
         item = {"endpoint": self.endpoint.name, "model": self.endpoint.model, "tier": self.tier}
         if self.excluded:
             item["excluded"] = self.excluded
+        elif self.fallback:
+            item["fallback"] = self.fallback
         else:
             item.update(score=round(self.score, 6), cost_usd=round(self.expected_cost, 8),
                         latency_ms=round(self.latency_s * 1000, 1), p_success=round(self.p_success, 4),
@@ -106,8 +112,8 @@ def plan(
             candidate.excluded = _exclusion(endpoint, target, needs, floor)
     if not eligible:
         raise _no_candidate(target, candidates, needs, floor)
-    eligible = _drop_unavailable(eligible, health, outliers, now)
-    if len(eligible) == 1 and not explain:
+    eligible, fallbacks, probe = _split_unavailable(eligible, health, outliers, now)
+    if len(eligible) == 1 and not fallbacks and not explain:
         # Nothing to rank (a model id with one endpoint): skip the scoring.
         return Plan((eligible[0].endpoint,), strategy, candidates, floor)
 
@@ -144,40 +150,65 @@ def plan(
 
     needed = max(floor, needs.needed_quality) if strategy == "cost" else floor
     ordered: list[EndpointRuntime] = []
-    for tier in tiers:
+    if probe is not None:
+        ordered.append(probe.endpoint)
+    for index, tier in enumerate(tiers):
         if tier:
             ranked = _order(strategy, tier, weights, needed, rng)
             if target.prefer_local_region and local_region:
                 # A stable sort keeps the strategy's order within each group.
                 ranked.sort(key=lambda c: c.endpoint.region != local_region)
             ordered.extend(c.endpoint for c in ranked)
+        ordered.extend(c.endpoint for c in fallbacks.get(index, ()))
     return Plan(tuple(ordered), strategy, candidates, needed)
 
 
-def _drop_unavailable(
+def _split_unavailable(
     eligible: list[Candidate], health: HealthRegistry, outliers: OutlierDetector | None, now: float
-) -> list[Candidate]:
-    """Leave out endpoints this proxy ejected or is cooling down, and those
-    the fleet has ejected — unless that would leave nothing: the path's last
-    usable endpoints are never removed for health."""
+) -> tuple[list[Candidate], dict[int, list[Candidate]], Candidate | None]:
+    """(usable, fallbacks by tier, probe): leave out endpoints this proxy ejected or is
+    cooling down, and those the fleet has ejected — while enough others are usable.
+
+    Below PANIC_THRESHOLD usable (a brown-out, or the end of an outage) they are kept, after
+    the usable ones of their tier, in `probe_order`: what did not fail its last attempt
+    first, then what failed longest ago — never the endpoint that just failed fast, which a
+    latency score would rank first. And one ejected endpoint whose panic probe is due leads
+    the plan: a recovered endpoint is back within seconds, not after its ejection timer."""
     own_reason = outliers.unavailable_reason if outliers is not None else None
     fleet_ejected = health.fleet_ejected if health.fleet else None
-    reasons = []
+    down: list[tuple[Candidate, str]] = []
+    usable: list[Candidate] = []
     for candidate in eligible:
         name = candidate.endpoint.name
         reason = own_reason(name, now) if own_reason is not None else ""
         if not reason and fleet_ejected is not None and fleet_ejected(name):
             reason = "ejected by the fleet"
-        reasons.append(reason)
-    if not any(reasons) or all(reasons):
-        return eligible
-    kept = []
-    for candidate, why in zip(eligible, reasons, strict=True):
-        if why:
-            candidate.excluded = why
+        if reason:
+            down.append((candidate, reason))
         else:
-            kept.append(candidate)
-    return kept
+            usable.append(candidate)
+    if not down:
+        return eligible, {}, None
+    if len(usable) >= PANIC_THRESHOLD * len(eligible):
+        for candidate, reason in down:
+            candidate.excluded = reason
+        return usable, {}, None
+    assert outliers is not None or fleet_ejected is not None
+    order = outliers.probe_order if outliers is not None else (lambda name: (False, 0.0))
+    down.sort(key=lambda item: order(item[0].endpoint.name))
+    probe = None
+    if outliers is not None:
+        probe = next((c for c, reason in down if reason.startswith("ejected for")
+                      and outliers.panic_probe_due(c.endpoint.name, now)), None)
+        if probe is not None:
+            outliers.begin_panic_probe(probe.endpoint.name, now)
+            probe.fallback = "panic: probing an ejected endpoint"
+    fallbacks: dict[int, list[Candidate]] = {}
+    for candidate, reason in down:
+        if candidate is not probe:
+            candidate.fallback = f"panic fallback ({reason})"
+            fallbacks.setdefault(candidate.tier, []).append(candidate)
+    return usable, fallbacks, probe
 
 
 def _exclusion(endpoint: EndpointRuntime, target: Target, needs: Needs, floor: int) -> str:
@@ -211,6 +242,13 @@ def _no_candidate(target: Target, candidates: list[Candidate], needs: Needs, flo
         return NoCandidate(400, f"no model behind '{target.name}' meets quality tier {floor}",
                            "quality_floor_not_met", param)
     details = "; ".join(sorted({f"{c.endpoint.name}: {c.excluded}" for c in candidates}))
+    if reasons & {"lacks", "context", "quality"}:
+        # Excluded for several reasons, at least one of them the request's own (what it uses, its
+        # size, the floor it asked for): retrying cannot help, so a 400 — not a 503 the SDKs retry.
+        code = ("model_not_capable" if "lacks" in reasons else
+                "context_length_exceeded" if "context" in reasons else "quality_floor_not_met")
+        return NoCandidate(400, f"no model behind '{target.name}' can serve this request ({details})", code,
+                           "model")
     return NoCandidate(503, f"no endpoint can serve this request for '{target.name}' ({details})",
                        "no_available_endpoint")
 

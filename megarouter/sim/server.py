@@ -59,6 +59,9 @@ async def _gate(request: web.Request, handler: Any) -> web.StreamResponse:
     state.count_kind(wire.kind_of(request.path))
     try:
         resp = _admit(request, state, wire)
+        trigger = state.settings.fail_on_text
+        if resp is None and trigger and trigger.encode() in await request.read():
+            resp = wire.status_error(500, state.settings)
         if resp is None:
             resp = await handler(request)
     except web.HTTPException as exc:

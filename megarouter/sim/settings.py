@@ -44,6 +44,9 @@ class SimSettings:
     seed: int | None = None
     # Context window in tokens (prompt estimate plus requested output); 0 is unlimited.
     context_window: int = 0
+    # Answer 500 to any request whose body contains this text: a provider bug that one
+    # particular input triggers ("" = none).
+    fail_on_text: str = ""
 
     def __post_init__(self) -> None:
         for name, (check, _) in _FIELDS.items():
@@ -73,6 +76,12 @@ def _integer(name: str, value: Any, low: int, high: float = math.inf) -> int:
         raise SettingError(name, f"{name} must be an integer, got {value!r}")
     if not low <= value <= high:
         raise SettingError(name, f"{name} must be between {low} and {high}, got {value!r}")
+    return value
+
+
+def _text(name: str, value: Any) -> str:
+    if not isinstance(value, str) or len(value) > 200:
+        raise SettingError(name, f"{name} must be a string of at most 200 characters, got {value!r}")
     return value
 
 
@@ -114,6 +123,7 @@ _FIELDS: dict[str, tuple[Any, Any]] = {
     "stall_after_chunks": (lambda n, v: _integer(n, v, -1), int),
     "seed": (_seed, _parse_seed),
     "context_window": (lambda n, v: _integer(n, v, 0), int),
+    "fail_on_text": (lambda n, v: _text(n, v), str),
 }
 
 
