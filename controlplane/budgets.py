@@ -159,10 +159,10 @@ class LedgerRecord:
         oldest = min((int(second) for second in self.slots), default=int(now))
         return (oldest + SLIDING_SPAN_S) * 1000
 
-    def reclaim(self, budget: str, now: float) -> None:
+    def reclaim(self, budget: str, now: float, ttl_s: float) -> None:
         """Leases of proxies silent for longer than the TTL: gone, counted as spent."""
         for proxy, seen in list(self.lease_seen.items()):
-            if now - seen <= LEASE_TTL_S:
+            if now - seen <= ttl_s:
                 continue
             lease = self.leases.pop(proxy, 0.0)
             self.lease_seen.pop(proxy, None)
@@ -185,9 +185,10 @@ class LedgerRecord:
 
 
 class BudgetLedger:
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time, lease_ttl_s: float = LEASE_TTL_S) -> None:
         self._store = store
         self._clock = clock
+        self._lease_ttl_s = lease_ttl_s
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def _budget(self, name: str) -> Budget | None:
@@ -209,7 +210,7 @@ class BudgetLedger:
                     record = LedgerRecord(window)   # a new window: nothing spent, old leases void
                 if record.sliding:
                     record.prune(now)
-                record.reclaim(budget.name, now)
+                record.reclaim(budget.name, now, self._lease_ttl_s)
                 change(record, now)
                 self._alerts(budget, record)
                 try:
@@ -269,8 +270,9 @@ class BudgetLedger:
             resets_at = window_of(budget.window, now)[1]
         return budgets_pb2.Grant(
             budget=name, window=grant_id, granted=granted, remaining=max(0.0, remaining),
-            resets_at_unix_ms=resets_at, lease_ttl_s=LEASE_TTL_S,
+            resets_at_unix_ms=resets_at, lease_ttl_s=self._lease_ttl_s,
             use_within_s=USE_WITHIN_S if record.sliding else 0.0,
+            resets_in_ms=max(0, resets_at - int(now * 1000)) if resets_at else 0,
         )
 
     async def settle(self, proxy: str, settlement: budgets_pb2.Settlement, token: str = "") -> str:
@@ -331,7 +333,7 @@ class BudgetLedger:
             record = LedgerRecord.decode(kv.value)
             oldest = int(now) - SLIDING_SPAN_S + 1
             stale = (record.window != window_of(budget.window, now)[0]
-                     or any(now - seen > LEASE_TTL_S for seen in record.lease_seen.values())
+                     or any(now - seen > self._lease_ttl_s for seen in record.lease_seen.values())
                      or any(int(second) < oldest for second in record.slots))
             if stale:
                 await self._update(budget, lambda record, now: None)

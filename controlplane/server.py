@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import time
 from pathlib import Path
 
 import grpc
@@ -16,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from controlplane import rbac
 from controlplane.admin import AdminService, TestHooksService
-from controlplane.budgets import BudgetLedger, BudgetsService
+from controlplane.budgets import LEASE_TTL_S, BudgetLedger, BudgetsService
 from controlplane.discovery import DiscoveryService, ProxyRegistry, SnapshotCache, share_proxies
 from controlplane.fleet import FleetView
 from controlplane.replicas import ReplicaSet
@@ -87,6 +88,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the fleet's proxy credential, read (or written, if absent) at start and installed "
                              "as token 'proxies' if no such token exists [MEGAROUTER_PROXY_TOKEN or "
                              "MEGAROUTER_PROXY_TOKEN_FILE; default <store dir>/proxy-token]")
+    parser.add_argument("--budget-lease-ttl-s", type=float,
+                        default=float(env_default("BUDGET_LEASE_TTL_S", LEASE_TTL_S)),
+                        help="a proxy's budget lease not kept alive this long is reclaimed and counted as "
+                             "spent [MEGAROUTER_BUDGET_LEASE_TTL_S]")
     parser.add_argument("--log-level", default=None)
 
 
@@ -110,7 +115,9 @@ async def serve(args: argparse.Namespace) -> int:
     await _bootstrap_admin_token(store, directory, args)
     await _bootstrap_proxy_token(store, args)
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[rbac.AuthInterceptor(directory)])
-    ledger = BudgetLedger(store)
+    if not 3 <= args.budget_lease_ttl_s <= 3600:
+        raise SystemExit("megarouter controlplane: --budget-lease-ttl-s must be between 3 and 3600")
+    ledger = BudgetLedger(store, clock=_ledger_clock(args), lease_ttl_s=args.budget_lease_ttl_s)
     # Replicas elect a leader through a store lease; it alone sweeps the budget ledger.
     replicas = ReplicaSet(store, jobs=[ledger.sweep_forever], replica_id=args.replica_id or None)
     admin_pb2_grpc.add_AdminServicer_to_server(AdminService(store, snapshots, registry, ledger, replicas), server)
@@ -186,6 +193,17 @@ async def serve(args: argparse.Namespace) -> int:
     await metrics_runner.cleanup()
     await store.close()
     return exit_code
+
+
+def _ledger_clock(args: argparse.Namespace):
+    """The ledger's clock: wall time — shifted by MEGAROUTER_TEST_LEDGER_CLOCK_OFFSET_S only with
+    --enable-test-hooks, so tests can put a calendar-minute edge where they need it."""
+    offset = os.environ.get("MEGAROUTER_TEST_LEDGER_CLOCK_OFFSET_S", "")
+    if not offset or not args.enable_test_hooks:
+        return time.time
+    shift = float(offset)
+    log.warning("test hooks: the budget ledger's clock runs %+.1fs off wall time", shift)
+    return lambda: time.time() + shift
 
 
 async def _bootstrap_admin_token(store, directory: rbac.AccessDirectory, args: argparse.Namespace) -> None:

@@ -13,9 +13,9 @@ reported to the ledger in the background (retried until acknowledged, so a
 control-plane restart loses nothing) and idle leases are handed back.
 
 Leases are kept alive: while a lease holds reservations (a long request) a
-heartbeat settles nothing every `HEARTBEAT_S`, so the ledger reclaims a
+heartbeat settles nothing every third of the TTL, so the ledger reclaims a
 lease only when its proxy is gone. A lease that could not be kept alive is
-not used past `LEASE_TTL_S - LEASE_SAFETY_S` since the last contact: by
+not used past five sixths of the lease TTL since the last contact: by
 then the ledger may have reclaimed it. Rate-limit grants are used within
 the grant's `use_within_s` and the rest is given back (see the ledger's
 sliding windows). When the ledger cannot be reached and a lease is short,
@@ -51,10 +51,11 @@ log = logging.getLogger("megarouter.proxy.budgets")
 LEASE_CHUNK = 0.02
 IDLE_RELEASE_S = 10.0
 FLUSH_INTERVAL_S = 0.5
-# While a lease holds reservations, the ledger hears from this proxy at least this often.
-HEARTBEAT_S = 10.0
-# A lease is not used later than this before its TTL since the last contact with the ledger.
-LEASE_SAFETY_S = 5.0
+# While a lease holds reservations, the ledger hears from this proxy every third of the
+# lease's TTL (10 s of 30); and a lease is not used later than a sixth of the TTL (5 s)
+# before the TTL has passed since the ledger last acknowledged it.
+HEARTBEAT_SHARE = 1 / 3
+SAFETY_SHARE = 1 / 6
 DEFAULT_LEASE_TTL_S = 30.0
 # Rate-limit grants are named "s:<second>" by the ledger; each is used briefly, never renewed.
 SLIDING_GRANT_PREFIX = "s:"
@@ -286,13 +287,14 @@ class BudgetEnforcer:
                 lease.available = 0.0
                 lease.window = grant.window
                 lease.inflight = 0
-                lease.usable_until = sent + (grant.use_within_s or lease.ttl_s - LEASE_SAFETY_S)
+                lease.usable_until = sent + (grant.use_within_s or lease.ttl_s * (1 - SAFETY_SHARE))
             elif not grant.use_within_s:
                 # The ledger saw us: the whole calendar lease is alive again.
-                lease.usable_until = sent + lease.ttl_s - LEASE_SAFETY_S
+                lease.usable_until = sent + lease.ttl_s * (1 - SAFETY_SHARE)
             lease.available += grant.granted
             lease.contact = sent
-            lease.resets_at_unix_ms = grant.resets_at_unix_ms
+            # From the ledger's "resets in", not its absolute time: clocks differ.
+            lease.resets_at_unix_ms = int(time.time() * 1000) + grant.resets_in_ms if grant.resets_in_ms else 0
             lease.fleet_remaining = grant.remaining
 
     def _stub(self) -> budgets_pb2_grpc.BudgetsStub:
@@ -326,7 +328,7 @@ class BudgetEnforcer:
             if lease.available > 0 and now - lease.last_used > IDLE_RELEASE_S and not lease.lock.locked():
                 self._add_pending(name, lease.window, released=lease.available)
                 lease.available = 0.0
-            if lease.inflight and now - lease.contact > HEARTBEAT_S:
+            if lease.inflight and now - lease.contact > lease.ttl_s * HEARTBEAT_SHARE:
                 self._add_pending(name, lease.window)  # nothing to settle: a heartbeat
 
     async def flush(self) -> None:
@@ -358,7 +360,7 @@ class BudgetEnforcer:
             if lease is not None and lease.window == window:
                 lease.contact = sent
                 if not lease.window.startswith(SLIDING_GRANT_PREFIX):  # the ledger saw the calendar lease
-                    lease.usable_until = sent + lease.ttl_s - LEASE_SAFETY_S
+                    lease.usable_until = sent + lease.ttl_s * (1 - SAFETY_SHARE)
 
     async def close(self) -> None:
         # Leases this proxy will no longer use go back before it exits.

@@ -45,8 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=int(env_default("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
                         help="largest accepted request body [MEGAROUTER_MAX_BODY_BYTES]")
     parser.add_argument("--telemetry-interval", type=float,
-                        default=float(env_default("TELEMETRY_INTERVAL", 5.0)),
-                        help="seconds between stats reports [MEGAROUTER_TELEMETRY_INTERVAL]")
+                        default=float(env_default("TELEMETRY_INTERVAL", 2.0)),
+                        help="seconds between stats and usage reports; a killed proxy loses at most this long of usage "
+                             "analytics [MEGAROUTER_TELEMETRY_INTERVAL]")
     parser.add_argument("--ejection-base-s", type=float,
                         default=float(env_default("EJECTION_BASE_S", BASE_EJECTION_S)),
                         help="first outlier ejection lasts this long; each repeat doubles it "

@@ -119,11 +119,12 @@ class System:
             await self.channel.close()
 
 
-async def start_controlplane(tmp: Path, store_dir: Path | None = None) -> Service:
+async def start_controlplane(tmp: Path, store_dir: Path | None = None, *extra: str,
+                             env: dict[str, str] | None = None) -> Service:
     return await start_service("controlplane", [
         "controlplane", "--listen", "127.0.0.1:0", "--store", str(store_dir or tmp / "store"),
-        "--metrics-listen", "127.0.0.1:0", "--enable-test-hooks", "--log-level", "debug",
-    ], tmp / "logs")
+        "--metrics-listen", "127.0.0.1:0", "--enable-test-hooks", "--log-level", "debug", *extra,
+    ], tmp / "logs", env=env)
 
 
 async def start_sim(tmp: Path, name: str = "sim", *flags: str) -> Service:
@@ -146,13 +147,14 @@ Seed = Callable[["System"], Awaitable[int]]
 
 
 async def build_system(tmp: Path, proxies: int = 1, sim_flags: tuple[str, ...] = (), manifest_extra: str = "",
-                       seed: Seed | None = None) -> System:
+                       seed: Seed | None = None, controlplane_flags: tuple[str, ...] = (),
+                       controlplane_env: dict[str, str] | None = None) -> System:
     """A simulator, a control plane with the demo config (plus `manifest_extra`
     and whatever `seed` adds) and the test key, and `proxies` proxies running
     the resulting table."""
     sim = await start_sim(tmp, "sim", *sim_flags)
     try:
-        controlplane = await start_controlplane(tmp)
+        controlplane = await start_controlplane(tmp, None, *controlplane_flags, env=controlplane_env)
     except BaseException:
         await sim.stop()
         raise

@@ -449,6 +449,10 @@ def test_compose_control_planes_proxies_and_simulators(compose):
     # start without it rather than substituting an empty value.
     for name in controlplanes:
         assert services[name]["environment"]["MEGAROUTER_ADMIN_TOKEN"].startswith("${MEGAROUTER_ADMIN_TOKEN:?")
+        assert services[name]["environment"]["MEGAROUTER_PROXY_TOKEN"].startswith("${MEGAROUTER_PROXY_TOKEN:?")
+    # ... and the proxies the same proxy credential, without which the control planes refuse them.
+    for name in proxies:
+        assert "MEGAROUTER_PROXY_TOKEN=${MEGAROUTER_PROXY_TOKEN:?" in " ".join(services[name]["environment"])
 
 
 def test_compose_ports_and_volumes_are_sane(compose):
@@ -591,6 +595,7 @@ async def chat(session: aiohttp.ClientSession, base: str, key: str, model: str) 
 async def test_compose_topology_runs_with_its_own_commands(compose, tmp_path):
     services = compose["services"]
     admin_token = "mr-admin-deploy-test-" + "x" * 24
+    proxy_token = "mr-proxy-deploy-test-" + "y" * 24
     cluster = start_or_skip(3)
     started: list[Service] = []
     try:
@@ -610,7 +615,8 @@ async def test_compose_topology_runs_with_its_own_commands(compose, tmp_path):
         for name in ("controlplane-1", "controlplane-2"):
             argv = localize(services[name]["command"], addresses, tmp_path)
             assert any(arg.startswith("--store=etcd://127.0.0.1:") for arg in argv)
-            cp = await start_service(name, argv, logs, env={"MEGAROUTER_ADMIN_TOKEN": admin_token})
+            cp = await start_service(name, argv, logs, env={"MEGAROUTER_ADMIN_TOKEN": admin_token,
+                                                            "MEGAROUTER_PROXY_TOKEN": proxy_token})
             started.append(cp)
             cp_ports[name] = cp.port
             code, out = await run(healthcheck_argv(services[name], CONTROLPLANE_PORT, cp.port))
@@ -647,8 +653,10 @@ async def test_compose_topology_runs_with_its_own_commands(compose, tmp_path):
         cp_addresses = {**addresses, **{f"{name}:{CONTROLPLANE_PORT}": f"127.0.0.1:{port}"
                                         for name, port in cp_ports.items()}}
         proxy_name = "proxy-us-east"
+        proxy_env = {"MEGAROUTER_PROXY_TOKEN": proxy_token}
         proxy = await start_service(proxy_name, [
-            *localize(services[proxy_name]["command"], cp_addresses, tmp_path), "--telemetry-interval=1"], logs)
+            *localize(services[proxy_name]["command"], cp_addresses, tmp_path), "--telemetry-interval=1"], logs,
+            env=proxy_env)
         started.append(proxy)
         check = healthcheck_argv(services[proxy_name], PROXY_PORT, proxy.port)
 
@@ -686,7 +694,7 @@ async def test_compose_topology_runs_with_its_own_commands(compose, tmp_path):
             # second.
             late = await start_service("proxy-late", [
                 *localize(services[proxy_name]["command"], cp_addresses, tmp_path / "late"),
-                "--node-id=proxy-late"], logs)
+                "--node-id=proxy-late"], logs, env=proxy_env)
             started.append(late)
             await eventually(lambda: served("after-cp-loss", f"http://127.0.0.1:{late.port}"), timeout=30,
                              interval=0.2, what="a proxy whose first control plane is down to serve")
@@ -855,6 +863,8 @@ def test_kubernetes_controlplane(k8s_objects):
     assert pdb["spec"]["minAvailable"] < deployment["spec"]["replicas"], "a drain must be able to proceed"
     token = next(v for v in container["env"] if v["name"] == "MEGAROUTER_ADMIN_TOKEN")
     assert token["valueFrom"]["secretKeyRef"].get("optional") is not True, "a new store needs the token"
+    proxy_token = next(v for v in container["env"] if v["name"] == "MEGAROUTER_PROXY_TOKEN")
+    assert proxy_token["valueFrom"]["secretKeyRef"] == {"name": "megarouter-proxy-token", "key": "token"}
 
 
 def test_kubernetes_proxy(k8s_objects):
@@ -875,8 +885,12 @@ def test_kubernetes_proxy(k8s_objects):
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     cache_volume = mounts[str(Path(args.cache_file).parent)]
     assert "emptyDir" in next(v for v in template["volumes"] if v["name"] == cache_volume)
-    # Provider secrets are referenced, optional, never inline.
-    secret_vars = [v for v in container["env"] if "secretKeyRef" in v.get("valueFrom", {})]
+    # The proxy credential is required (the same Secret the control plane installs); provider
+    # secrets are referenced, optional, never inline.
+    proxy_token = next(v for v in container["env"] if v["name"] == "MEGAROUTER_PROXY_TOKEN")
+    assert proxy_token["valueFrom"]["secretKeyRef"] == {"name": "megarouter-proxy-token", "key": "token"}
+    secret_vars = [v for v in container["env"] if "secretKeyRef" in v.get("valueFrom", {})
+                   and v["name"] != "MEGAROUTER_PROXY_TOKEN"]
     assert {v["name"] for v in secret_vars} >= {"OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY"}
     assert all(v["valueFrom"]["secretKeyRef"]["optional"] is True for v in secret_vars)
     hpa = by_kind(k8s_objects, "HorizontalPodAutoscaler")["megarouter-proxy"]
@@ -925,7 +939,8 @@ def test_kubernetes_megarouter_containers_parse_with_the_real_cli(k8s_objects):
 
 def test_secret_example_holds_only_placeholders(kustomization):
     secrets = load_yaml_documents(K8S / "secret.example.yaml")
-    assert {s["metadata"]["name"] for s in secrets} == {"megarouter-admin-token", "megarouter-provider-keys"}
+    assert {s["metadata"]["name"] for s in secrets} == {"megarouter-admin-token", "megarouter-proxy-token",
+                                                        "megarouter-provider-keys"}
     for secret in secrets:
         assert secret["kind"] == "Secret" and "data" not in secret
         assert all(value == "REPLACE_ME_PLACEHOLDER" for value in secret["stringData"].values())
@@ -1138,7 +1153,8 @@ def test_readme_documents_the_commands_and_files():
     text = (DEPLOY / "README.md").read_text()
     for needle in ("docker build -f deploy/Dockerfile", "docker compose -f deploy/docker-compose.yml",
                    "kubectl apply -k deploy/kubernetes", "MEGAROUTER_ADMIN_TOKEN", "megarouter-provider-keys",
-                   "megarouter-admin-token", "kubernetes-validate"):
+                   "megarouter-admin-token", "MEGAROUTER_PROXY_TOKEN", "megarouter-proxy-token",
+                   "kubernetes-validate"):
         assert needle in text, f"deploy/README.md does not mention {needle}"
     # Every deploy/ path it names exists.
     named = set(re.findall(r"deploy/(?:[\w-]+/)*(?:[\w-]+\.[\w.]+|Dockerfile)", text))

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmegarouter/v1/budgets.proto\x12\rmegarouter.v1\"?\n\x0e\x41\x63quireRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06\x62udget\x18\x02 \x01(\t\x12\x0c\n\x04want\x18\x03 \x01(\x01\"\x91\x01\n\x05Grant\x12\x0e\n\x06\x62udget\x18\x01 \x01(\t\x12\x0e\n\x06window\x18\x02 \x01(\t\x12\x0f\n\x07granted\x18\x03 \x01(\x01\x12\x11\n\tremaining\x18\x04 \x01(\x01\x12\x19\n\x11resets_at_unix_ms\x18\x05 \x01(\x03\x12\x13\n\x0blease_ttl_s\x18\x06 \x01(\x01\x12\x14\n\x0cuse_within_s\x18\x07 \x01(\x01\"P\n\nSettlement\x12\x0e\n\x06\x62udget\x18\x01 \x01(\t\x12\x0e\n\x06window\x18\x02 \x01(\t\x12\x10\n\x08\x63onsumed\x18\x03 \x01(\x01\x12\x10\n\x08released\x18\x04 \x01(\x01\"P\n\rSettleRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12.\n\x0bsettlements\x18\x02 \x03(\x0b\x32\x19.megarouter.v1.Settlement\"C\n\x11SettlementRefusal\x12\x0e\n\x06\x62udget\x18\x01 \x01(\t\x12\x0e\n\x06window\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\">\n\tSettleAck\x12\x31\n\x07refused\x18\x01 \x03(\x0b\x32 .megarouter.v1.SettlementRefusal2\x8b\x01\n\x07\x42udgets\x12>\n\x07\x41\x63quire\x12\x1d.megarouter.v1.AcquireRequest\x1a\x14.megarouter.v1.Grant\x12@\n\x06Settle\x12\x1c.megarouter.v1.SettleRequest\x1a\x18.megarouter.v1.SettleAckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmegarouter/v1/budgets.proto\x12\rmegarouter.v1\"?\n\x0e\x41\x63quireRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06\x62udget\x18\x02 \x01(\t\x12\x0c\n\x04want\x18\x03 \x01(\x01\"\xa7\x01\n\x05Grant\x12\x0e\n\x06\x62udget\x18\x01 \x01(\t\x12\x0e\n\x06window\x18\x02 \x01(\t\x12\x0f\n\x07granted\x18\x03 \x01(\x01\x12\x11\n\tremaining\x18\x04 \x01(\x01\x12\x19\n\x11resets_at_unix_ms\x18\x05 \x01(\x03\x12\x13\n\x0blease_ttl_s\x18\x06 \x01(\x01\x12\x14\n\x0cuse_within_s\x18\x07 \x01(\x01\x12\x14\n\x0cresets_in_ms\x18\x08 \x01(\x03\"P\n\nSettlement\x12\x0e\n\x06\x62udget\x18\x01 \x01(\t\x12\x0e\n\x06window\x18\x02 \x01(\t\x12\x10\n\x08\x63onsumed\x18\x03 \x01(\x01\x12\x10\n\x08released\x18\x04 \x01(\x01\"P\n\rSettleRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12.\n\x0bsettlements\x18\x02 \x03(\x0b\x32\x19.megarouter.v1.Settlement\"C\n\x11SettlementRefusal\x12\x0e\n\x06\x62udget\x18\x01 \x01(\t\x12\x0e\n\x06window\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\">\n\tSettleAck\x12\x31\n\x07refused\x18\x01 \x03(\x0b\x32 .megarouter.v1.SettlementRefusal2\x8b\x01\n\x07\x42udgets\x12>\n\x07\x41\x63quire\x12\x1d.megarouter.v1.AcquireRequest\x1a\x14.megarouter.v1.Grant\x12@\n\x06Settle\x12\x1c.megarouter.v1.SettleRequest\x1a\x18.megarouter.v1.SettleAckb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,15 +34,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACQUIREREQUEST']._serialized_start=46
   _globals['_ACQUIREREQUEST']._serialized_end=109
   _globals['_GRANT']._serialized_start=112
-  _globals['_GRANT']._serialized_end=257
-  _globals['_SETTLEMENT']._serialized_start=259
-  _globals['_SETTLEMENT']._serialized_end=339
-  _globals['_SETTLEREQUEST']._serialized_start=341
-  _globals['_SETTLEREQUEST']._serialized_end=421
-  _globals['_SETTLEMENTREFUSAL']._serialized_start=423
-  _globals['_SETTLEMENTREFUSAL']._serialized_end=490
-  _globals['_SETTLEACK']._serialized_start=492
-  _globals['_SETTLEACK']._serialized_end=554
-  _globals['_BUDGETS']._serialized_start=557
-  _globals['_BUDGETS']._serialized_end=696
+  _globals['_GRANT']._serialized_end=279
+  _globals['_SETTLEMENT']._serialized_start=281
+  _globals['_SETTLEMENT']._serialized_end=361
+  _globals['_SETTLEREQUEST']._serialized_start=363
+  _globals['_SETTLEREQUEST']._serialized_end=443
+  _globals['_SETTLEMENTREFUSAL']._serialized_start=445
+  _globals['_SETTLEMENTREFUSAL']._serialized_end=512
+  _globals['_SETTLEACK']._serialized_start=514
+  _globals['_SETTLEACK']._serialized_end=576
+  _globals['_BUDGETS']._serialized_start=579
+  _globals['_BUDGETS']._serialized_end=718
 # @@protoc_insertion_point(module_scope)

@@ -17,7 +17,7 @@ class AcquireRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., budget: _Optional[str] = ..., want: _Optional[float] = ...) -> None: ...
 
 class Grant(_message.Message):
-    __slots__ = ("budget", "window", "granted", "remaining", "resets_at_unix_ms", "lease_ttl_s", "use_within_s")
+    __slots__ = ("budget", "window", "granted", "remaining", "resets_at_unix_ms", "lease_ttl_s", "use_within_s", "resets_in_ms")
     BUDGET_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     GRANTED_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,7 @@ class Grant(_message.Message):
     RESETS_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_S_FIELD_NUMBER: _ClassVar[int]
     USE_WITHIN_S_FIELD_NUMBER: _ClassVar[int]
+    RESETS_IN_MS_FIELD_NUMBER: _ClassVar[int]
     budget: str
     window: str
     granted: float
@@ -32,7 +33,8 @@ class Grant(_message.Message):
     resets_at_unix_ms: int
     lease_ttl_s: float
     use_within_s: float
-    def __init__(self, budget: _Optional[str] = ..., window: _Optional[str] = ..., granted: _Optional[float] = ..., remaining: _Optional[float] = ..., resets_at_unix_ms: _Optional[int] = ..., lease_ttl_s: _Optional[float] = ..., use_within_s: _Optional[float] = ...) -> None: ...
+    resets_in_ms: int
+    def __init__(self, budget: _Optional[str] = ..., window: _Optional[str] = ..., granted: _Optional[float] = ..., remaining: _Optional[float] = ..., resets_at_unix_ms: _Optional[int] = ..., lease_ttl_s: _Optional[float] = ..., use_within_s: _Optional[float] = ..., resets_in_ms: _Optional[int] = ...) -> None: ...
 
 class Settlement(_message.Message):
     __slots__ = ("budget", "window", "consumed", "released")
