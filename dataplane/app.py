@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
 from dataplane.budgets import BudgetEnforcer
 from dataplane.chat import ChatHandler, parse_body
@@ -21,6 +22,7 @@ from dataplane.http_server import HttpLimits, read_body
 from dataplane.stats import TABLE_VERSION, EndpointStats
 from dataplane.table import KeyInfo, RuntimeTable
 from dataplane.upstream import SessionPool
+from dataplane.workers import MULTIPROC_ENV
 
 log = logging.getLogger("megarouter.proxy")
 
@@ -161,7 +163,14 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(_request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    if os.environ.get(MULTIPROC_ENV):
+        # One of several workers (`--workers`): report all of them, summed by prometheus_client.
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        body = generate_latest(registry)
+    else:
+        body = generate_latest()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def build_app(state: ProxyState, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,

@@ -17,6 +17,7 @@ from dataplane.discovery_client import DiscoveryClient, load_cached_table
 from dataplane.failover.outlier import BASE_EJECTION_S
 from dataplane.http_server import HardenedAppRunner, HttpLimits
 from dataplane.telemetry_client import report_stats
+from dataplane.workers import parse_workers, supervise
 from megarouter import __version__
 from megarouter.grpc_tls import TlsConfigError, add_client_tls_arguments, client_tls_from_args
 from megarouter.runtime import announce_ready, env_default, run_service, setup_logging, stop_event
@@ -52,6 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=float(env_default("EJECTION_BASE_S", BASE_EJECTION_S)),
                         help="first outlier ejection lasts this long; each repeat doubles it "
                              "[MEGAROUTER_EJECTION_BASE_S]")
+    parser.add_argument("--workers", default=env_default("PROXY_WORKERS", "1"),
+                        help="worker processes sharing the port (SO_REUSEPORT), each a fleet member with "
+                             "node id <node-id>-w<i>, restarted if they die; 'auto' = one per CPU "
+                             "[MEGAROUTER_PROXY_WORKERS]")
+    parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set for workers
     limits = HttpLimits()
     parser.add_argument("--header-timeout-s", type=float,
                         default=float(env_default("HEADER_TIMEOUT_S", limits.header_timeout_s)),
@@ -84,6 +90,9 @@ def http_limits(args: argparse.Namespace) -> HttpLimits:
 
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
+    workers = parse_workers(args.workers)
+    if workers > 1:
+        return run_service(supervise(args, workers))
     return run_service(serve(args))
 
 
@@ -113,7 +122,8 @@ async def serve(args: argparse.Namespace) -> int:
     runner = HardenedAppRunner(app, limits, access_log=None, handler_cancellation=True)
     await runner.setup()
     host, _, port = args.listen.rpartition(":")
-    site = web.TCPSite(runner, host or "127.0.0.1", int(port), backlog=1024, reuse_address=True)
+    site = web.TCPSite(runner, host or "127.0.0.1", int(port), backlog=1024, reuse_address=True,
+                       reuse_port=args.reuse_port or None)
     await site.start()
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 

@@ -41,7 +41,8 @@ COST = Counter("megarouter_cost_usd_total", "Cost of served requests at catalog 
 ATTEMPTS = Histogram(
     "megarouter_attempts_per_request", "Upstream attempts per client request", buckets=(1, 2, 3, 4, 5, 10)
 )
-TABLE_VERSION = Gauge("megarouter_table_version", "Version of the routing table in use")
+# With --workers: the oldest table any worker runs.
+TABLE_VERSION = Gauge("megarouter_table_version", "Version of the routing table in use", multiprocess_mode="min")
 TABLE_NACKS = Counter("megarouter_table_nacks_total", "Routing tables rejected by this proxy")
 
 

@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                                              description=COMMANDS[known.command][1])
     module.add_arguments(command_parser)
     args = command_parser.parse_args(argv[1:])
+    args.command_argv = argv[1:]  # as given, for a command that starts copies of itself
     return module.run(args)
 
 

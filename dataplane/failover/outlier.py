@@ -51,7 +51,8 @@ NOT_THE_ENDPOINTS = frozenset({"cancelled", ErrorClass.INVALID_REQUEST, ErrorCla
                                 ErrorClass.CONTEXT_LENGTH})
 
 EJECTIONS = Counter("megarouter_endpoint_ejections_total", "Outlier ejections", ["endpoint", "reason"])
-EJECTED = Gauge("megarouter_endpoint_ejected", "1 while the endpoint is ejected by this proxy", ["endpoint"])
+EJECTED = Gauge("megarouter_endpoint_ejected", "1 while the endpoint is ejected by this proxy (any worker)",
+                ["endpoint"], multiprocess_mode="max")
 RESTORED = Counter("megarouter_endpoint_restored_total",
                    "Ejected or half-open endpoints taken back after a success", ["endpoint"])
 
