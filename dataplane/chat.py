@@ -145,7 +145,7 @@ class ChatHandler:
                                       needs.prompt_tokens, needs.output_tokens or None)
         async with charge:
             success = await first_success(
-                self._sessions, self._stats, target, charge.endpoints, build, stream=stream
+                self._sessions, self._stats, target, charge.endpoints, build, stream=stream, payload=payload
             )
             adapter = success.endpoint.provider.adapter
             model = success.endpoint.model

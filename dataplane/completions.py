@@ -174,7 +174,7 @@ class CompletionsHandler:
         )
         async with charge:
             success = await first_success(self._sessions, self._stats, target, charge.endpoints, build,
-                                          stream=stream)
+                                          stream=stream, payload=payload)
             charge.served_by(success.endpoint.model)
             return await self._relay(request, success, target, stream, include_usage, charge, account)
 

@@ -69,7 +69,7 @@ class EmbeddingsHandler:
         charge = await Charge.reserve(self._budgets, key, task, endpoints, request.get("body_size", 0) // 4, 0)
         async with charge:
             success = await first_success(self._sessions, self._stats, target, charge.endpoints, build,
-                                          stream=False)
+                                          stream=False, payload=payload)
             adapter, model = success.endpoint.provider.adapter, success.endpoint.model
             charge.served_by(model)
             headers = {**success.headers(target), **charge.headers(), **task_headers(request, task)}

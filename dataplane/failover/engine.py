@@ -71,7 +71,9 @@ async def first_success(
     build: RequestBuilder,
     *,
     stream: bool,
+    payload: dict | None = None,
 ) -> Success:
+    """`payload`: the client's request, only to name the field of a too-deeply-nested one."""
     policy: FailoverPolicy = target.policy
     loop = asyncio.get_running_loop()
     deadline = loop.time() + policy.total_timeout_s
@@ -96,7 +98,7 @@ async def first_success(
             await asyncio.sleep(_backoff(policy, attempts, deadline - loop.time()))
         attempts += 1
         started = loop.time()
-        url, body = _build(build, endpoint)
+        url, body = _build(build, endpoint, payload)
         free_retry = stats.outliers.is_probe(endpoint.name, stats.health.now())
         stats.started(endpoint.name)
         try:
@@ -218,14 +220,33 @@ async def _first_chunk(
     return chunk
 
 
-def _build(build: RequestBuilder, endpoint: EndpointRuntime) -> tuple[str, bytes]:
+# orjson writes at most this many levels of arrays and objects (it reads up to 1024).
+MAX_NESTING = 254
+
+
+def _build(build: RequestBuilder, endpoint: EndpointRuntime, payload: dict | None = None) -> tuple[str, bytes]:
     """The upstream request, or a 400: JSON the caller could send but no provider body can
     hold (orjson writes at most 254 levels of nesting; a translator may recurse)."""
     try:
         return build(endpoint)
     except (orjson.JSONEncodeError, RecursionError):
-        raise bad_request("The request is nested too deeply (more than 254 levels of arrays and objects).",
+        raise bad_request(f"The request is nested too deeply (more than {MAX_NESTING} levels of arrays and "
+                          "objects).", param=deepest_field(payload) if payload else None,
                           code="nesting_too_deep") from None
+
+
+def deepest_field(payload: dict) -> str | None:
+    """The top-level field holding the deepest nesting (only computed for the error)."""
+    def depth(value) -> int:
+        deepest, stack = 0, [(value, 1)]
+        while stack:  # iterative: the value may be nested beyond Python's recursion limit
+            item, level = stack.pop()
+            if isinstance(item, dict | list):
+                deepest = max(deepest, level)
+                stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+        return deepest
+    depths = {name: depth(value) for name, value in payload.items()}
+    return max(depths, key=depths.get) if depths else None
 
 
 def _backoff(policy: FailoverPolicy, retry: int, remaining_s: float) -> float:
