@@ -32,7 +32,6 @@ class EndpointHealth:
     failures: float = 0.0
     updated_at: float = 0.0
     measured_at: float = 0.0           # when latency or TTFT last changed
-    last_success_at: float = 0.0       # when an attempt last succeeded (clock of the registry)
 
     def decay_factor(self, now: float) -> float:
         """How much of the counts is left at `now` (halving every DECAY_HALF_LIFE_S)."""
@@ -138,10 +137,6 @@ class HealthRegistry:
     def now(self) -> float:
         return self._clock()
 
-    def succeeded_since(self, endpoint: str, since: float) -> bool:
-        state = self._endpoints.get(endpoint)
-        return state is not None and state.last_success_at >= since
-
     def names(self) -> list[str]:
         return list(self._endpoints)
 
@@ -162,7 +157,6 @@ class HealthRegistry:
         health._decay(now)
         if ok:
             health.successes += 1.0
-            health.last_success_at = now
         else:
             health.failures += 1.0
         if ttft_s is not None:

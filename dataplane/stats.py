@@ -43,6 +43,12 @@ ATTEMPTS = Histogram(
 )
 # With --workers: the oldest table any worker runs.
 TABLE_VERSION = Gauge("megarouter_table_version", "Version of the routing table in use", multiprocess_mode="min")
+SUSPECT_FAILURES = Counter(
+    "megarouter_suspect_failures_total",
+    "Failures of requests that failed on several providers, not counted against an endpoint because it went "
+    "on serving other requests")
+# How long a suspect request's failure waits for the endpoint's next outcome before it counts.
+SUSPECT_HOLD_S = 5.0
 TABLE_NACKS = Counter("megarouter_table_nacks_total", "Routing tables rejected by this proxy")
 
 
@@ -117,6 +123,8 @@ class EndpointStats:
         self._token_children: dict[str, tuple] = {}
         self._client_children: dict[tuple[str, int], object] = {}
         self._usage: dict[UsageKey, UsageCounters] = {}
+        # endpoint -> failures of suspect requests awaiting its next outcome: (at, class, latency, retry-after)
+        self._suspects: dict[str, list[tuple[float, str, float, float | None]]] = {}
 
     def started(self, endpoint: str) -> None:
         """An attempt begins; every attempt ends with exactly one `record`."""
@@ -127,6 +135,27 @@ class EndpointStats:
         class); `details` as for `observe`."""
         self.health.finished(endpoint, None, None, None)
         self.observe(endpoint, outcome, latency_s, **details)
+
+    def hold_suspect(self, endpoint: str, outcome: str, latency_s: float, retry_after_s: float | None) -> None:
+        """A failure of a request that failed on several providers: judged by the endpoint's next
+        outcome — dropped on a success, counted on a failure or after SUSPECT_HOLD_S."""
+        self._suspects.setdefault(endpoint, []).append((self.health.now(), outcome, latency_s, retry_after_s))
+
+    def _judge_suspects(self, endpoint: str, outcome: str) -> None:
+        held = self._suspects.pop(endpoint, None)
+        if held is None:
+            return
+        if outcome == "success":
+            SUSPECT_FAILURES.inc(len(held))  # it serves others: the request was the problem
+            return
+        for _at, failure, latency_s, retry_after_s in held:
+            self.observe(endpoint, failure, latency_s, retry_after_s=retry_after_s)
+
+    def expire_suspects(self, now: float) -> None:
+        """Held failures with no verdict after SUSPECT_HOLD_S count after all."""
+        for endpoint, held in list(self._suspects.items()):
+            if now - held[0][0] >= SUSPECT_HOLD_S:
+                self._judge_suspects(endpoint, "expired")
 
     def abandon(self, endpoint: str) -> None:
         """An attempt ended whose outcome is judged later (`observe`), or never."""
@@ -145,6 +174,8 @@ class EndpointStats:
         retry_after_s: float | None = None,
     ) -> None:
         """An attempt's outcome: health, outliers, counters, metrics (not requests in flight)."""
+        if self._suspects and endpoint in self._suspects and outcome not in NOT_THE_ENDPOINTS:
+            self._judge_suspects(endpoint, outcome)
         # A client hanging up, or the caller's own error, says nothing about the endpoint's health.
         if outcome not in NOT_THE_ENDPOINTS:
             self.health.observe(endpoint, outcome == "success", latency_s, ttft_s)

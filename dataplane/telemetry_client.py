@@ -29,6 +29,7 @@ _EPOCH_DAY = datetime.date(1970, 1, 1).toordinal()
 
 def build_report(stats: EndpointStats, interval_s: float) -> telemetry_pb2.StatsReport:
     report = telemetry_pb2.StatsReport(interval_ms=int(interval_s * 1000))
+    stats.expire_suspects(stats.health.now())
     ejected = set(stats.outliers.ejected_endpoints(stats.health.now() - interval_s))
     drained = stats.drain()
     for endpoint in sorted(set(drained) | ejected):

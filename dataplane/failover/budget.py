@@ -5,9 +5,10 @@ route adds `ratio` tokens (0.2 = retries may add 20% on top of first
 attempts); every retry takes one. A retry finding no token is not sent, so
 however many endpoints fail at once, the upstream load the route generates
 stays within (1 + ratio) times its requests, plus the bucket's capacity:
-`CAPACITY` (10) tokens, which is also where a new route starts, so a quiet
+`CAPACITY` (20) tokens, which is also where a new route starts, so a quiet
 route can still absorb a short burst of failures. (It used to bank up to 100,
-which let a full outage after a quiet spell almost double the upstream load.)
+which let a full outage after a quiet spell almost double the upstream load;
+10 starved failover in `make chaos`'s combined-faults scenario, 20 does not.)
 A retry after a failed *probe* (a half-open or panic probe, see outlier.py)
 costs no token: probing must not starve failover to the healthy endpoints.
 
@@ -27,7 +28,7 @@ BUDGET_EXHAUSTED = Counter(
     "megarouter_retry_budget_exhausted_total", "Retries not sent because the route's retry budget was spent",
     ["route"],
 )
-CAPACITY = 10.0         # the most a route can bank, and what it starts with
+CAPACITY = 20.0         # the most a route can bank, and what it starts with
 
 
 class RetryBudgets:

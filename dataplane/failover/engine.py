@@ -99,7 +99,9 @@ async def first_success(
         attempts += 1
         started = loop.time()
         url, body = _build(build, endpoint, payload)
-        free_retry = stats.outliers.is_probe(endpoint.name, stats.health.now())
+        now = stats.health.now()
+        free_retry = stats.outliers.take_probe(endpoint.name)
+        known_bad = free_retry or stats.outliers.is_ejected(endpoint.name, now)
         stats.started(endpoint.name)
         try:
             response = await send(sessions, endpoint, url, body,
@@ -111,7 +113,7 @@ async def first_success(
             verdicts.settle(served=False, cancelled=True)
             raise
         except ProviderError as failure:
-            verdicts.failed(endpoint, failure, loop.time() - started)
+            verdicts.failed(endpoint, failure, loop.time() - started, judge_later=not known_bad)
             if failure.error_class not in policy.retry_on:
                 ATTEMPTS.observe(attempts)
                 verdicts.settle(served=False)
@@ -134,14 +136,8 @@ async def first_success(
 
 PROBE_RETRIES = Counter("megarouter_probe_retries_total",
                         "Retries after a failed probe, which the retry budget does not charge")
-# A request whose attempts failed on this many different providers, each of which served
-# other requests within SUSPECT_WINDOW_S, is taken to be the problem itself.
+# A request whose attempts failed on this many different providers may be the problem itself.
 SUSPECT_PROVIDERS = 2
-SUSPECT_WINDOW_S = 10.0
-SUSPECT_REQUESTS = Counter(
-    "megarouter_suspect_requests_total",
-    "Requests that failed on several providers that were serving other requests meanwhile: their "
-    "failures were not counted against the providers' health")
 
 
 class _Verdicts:
@@ -151,9 +147,11 @@ class _Verdicts:
     next: counted as they happen, one client's bad request would eject healthy endpoints.
     So failures that would count against an endpoint wait for the request to end: if
     another endpoint served it, they stand (those endpoints failed a request that could be
-    served); if it failed everywhere, on several providers that were each serving other
-    requests within the last few seconds, the request is the common factor and they are
-    dropped. In a real outage nothing else succeeds meanwhile, so they stand too."""
+    served). If it failed on several providers, the request is a suspect, and each of its
+    failures waits for that endpoint's next outcome (`EndpointStats.hold_suspect`): a
+    success — the provider serving others meanwhile — drops it; a failure, or no traffic
+    for a few seconds, counts it. In an outage the next request fails too, so nothing is
+    lost but a moment."""
 
     __slots__ = ("_stats", "_pending")
 
@@ -161,29 +159,30 @@ class _Verdicts:
         self._stats = stats
         self._pending: list[tuple[EndpointRuntime, ProviderError, float]] = []
 
-    def failed(self, endpoint: EndpointRuntime, failure: ProviderError, latency_s: float) -> None:
-        if failure.error_class in _JUDGED_LATER:
+    def failed(self, endpoint: EndpointRuntime, failure: ProviderError, latency_s: float,
+               judge_later: bool = True) -> None:
+        """`judge_later` False: the endpoint was already known bad (ejected, or this was its
+        probe), so its failure says nothing new about the request and counts at once."""
+        if judge_later and failure.error_class in _JUDGED_LATER:
             self._stats.abandon(endpoint.name)
             self._pending.append((endpoint, failure, latency_s))
         else:
             self._stats.record(endpoint.name, failure.error_class, latency_s, retry_after_s=failure.retry_after_s)
 
     def settle(self, *, served: bool, cancelled: bool = False) -> bool:
-        """Count or drop the pending failures; True if they were dropped as the request's fault."""
+        """Count the pending failures, or hold them as a suspect request's; True if held."""
         pending, self._pending = self._pending, []
         if not pending:
             return False
-        health = self._stats.health
-        since = health.now() - SUSPECT_WINDOW_S
         suspect = (not served and not cancelled
-                   and len({endpoint.provider.name for endpoint, _, _ in pending}) >= SUSPECT_PROVIDERS
-                   and all(health.succeeded_since(endpoint.name, since) for endpoint, _, _ in pending))
-        if suspect:
-            SUSPECT_REQUESTS.inc()
-            return True
+                   and len({endpoint.provider.name for endpoint, _, _ in pending}) >= SUSPECT_PROVIDERS)
         for endpoint, failure, latency_s in pending:
-            self._stats.observe(endpoint.name, failure.error_class, latency_s, retry_after_s=failure.retry_after_s)
-        return False
+            if suspect:
+                self._stats.hold_suspect(endpoint.name, failure.error_class, latency_s, failure.retry_after_s)
+            else:
+                self._stats.observe(endpoint.name, failure.error_class, latency_s,
+                                    retry_after_s=failure.retry_after_s)
+        return suspect
 
 
 # Failures that would count against an endpoint's health, and so wait for the request's outcome.
@@ -192,8 +191,8 @@ _JUDGED_LATER = frozenset({ErrorClass.RETRYABLE, ErrorClass.TIMEOUT})
 
 def suspect_request_error(failure: ProviderError | None, attempts: int) -> ApiError:
     error = exhausted_error(failure, attempts)
-    error.message += ("; every provider tried failed this request while serving others, so the request itself "
-                      "may be malformed")
+    error.message += ("; it failed on several providers, which are charged for it only if they fail other "
+                      "requests too: if they keep serving others, this request itself may be malformed")
     return error
 
 

@@ -68,6 +68,7 @@ class _State:
     last_attempt_failed: bool = False
     decayed_at: float = 0.0         # when the multiplier last lost a step (or last failed)
     probed_at: float = 0.0          # the last panic probe was sent
+    probe_token: bool = False       # a probe is due: the next attempt on it is that probe
 
 
 class OutlierDetector:
@@ -90,6 +91,7 @@ class OutlierDetector:
             return f"ejected for {state.ejected_until - now:.1f}s"
         if state.ejected_until and not state.half_open:
             state.half_open = True      # ejection over: the next request probes it
+            state.probe_token = True
             EJECTED.labels(endpoint).set(0)
         if now < state.cooldown_until:
             return f"cooling down {state.cooldown_until - now:.1f}s (Retry-After)"
@@ -102,7 +104,9 @@ class OutlierDetector:
         return state is not None and now >= max(state.last_failure_at, state.probed_at) + PANIC_PROBE_S
 
     def begin_panic_probe(self, endpoint: str, now: float) -> None:
-        self._state(endpoint).probed_at = now
+        state = self._state(endpoint)
+        state.probed_at = now
+        state.probe_token = True
 
     def probe_order(self, endpoint: str) -> tuple[bool, float]:
         """Sort key among endpoints that are not usable: those whose last attempt did not fail
@@ -112,12 +116,15 @@ class OutlierDetector:
             return False, 0.0
         return state.last_attempt_failed, state.last_failure_at
 
-    def is_probe(self, endpoint: str, now: float) -> bool:
-        """Is an attempt now a probe — of a half-open endpoint, or the panic probe of an ejected
-        one? (Not panic fallbacks: those are ordinary attempts on endpoints that failed last.)"""
+    def take_probe(self, endpoint: str) -> bool:
+        """Is the attempt about to be sent this endpoint's probe — the first attempt since it
+        turned half-open, or its panic probe? True once per probe: other attempts that reach it
+        meanwhile (panic fallbacks, concurrent requests) are ordinary attempts."""
         state = self._states.get(endpoint)
-        return state is not None and (state.half_open or (
-            now < state.ejected_until and state.probed_at > state.last_failure_at))
+        if state is None or not state.probe_token:
+            return False
+        state.probe_token = False
+        return True
 
     def is_ejected(self, endpoint: str, now: float) -> bool:
         state = self._states.get(endpoint)
@@ -143,6 +150,7 @@ class OutlierDetector:
         if outcome == "success":
             state.consecutive_failures = 0
             state.last_attempt_failed = False
+            state.probe_token = False
             if state.half_open or now < state.ejected_until:  # a probe, or panic traffic: it works
                 state.half_open = False
                 state.ejected_until = 0.0

@@ -152,25 +152,27 @@ def plan(
     ordered: list[EndpointRuntime] = []
     if probe is not None:
         ordered.append(probe.endpoint)
-    for index, tier in enumerate(tiers):
+    for tier in tiers:
         if tier:
             ranked = _order(strategy, tier, weights, needed, rng)
             if target.prefer_local_region and local_region:
                 # A stable sort keeps the strategy's order within each group.
                 ranked.sort(key=lambda c: c.endpoint.region != local_region)
             ordered.extend(c.endpoint for c in ranked)
-        ordered.extend(c.endpoint for c in fallbacks.get(index, ()))
+    # Panic fallbacks after every usable endpoint, whatever their tier: a healthy fallback tier
+    # serves before an ejected primary is tried again.
+    ordered.extend(c.endpoint for c in fallbacks)
     return Plan(tuple(ordered), strategy, candidates, needed)
 
 
 def _split_unavailable(
     eligible: list[Candidate], health: HealthRegistry, outliers: OutlierDetector | None, now: float
-) -> tuple[list[Candidate], dict[int, list[Candidate]], Candidate | None]:
-    """(usable, fallbacks by tier, probe): leave out endpoints this proxy ejected or is
-    cooling down, and those the fleet has ejected — while enough others are usable.
+) -> tuple[list[Candidate], list[Candidate], Candidate | None]:
+    """(usable, fallbacks, probe): leave out endpoints this proxy ejected or is cooling down,
+    and those the fleet has ejected — while enough others are usable.
 
     Below PANIC_THRESHOLD usable (a brown-out, or the end of an outage) they are kept, after
-    the usable ones of their tier, in `probe_order`: what did not fail its last attempt
+    every usable one, in `probe_order`: what did not fail its last attempt
     first, then what failed longest ago — never the endpoint that just failed fast, which a
     latency score would rank first. And one ejected endpoint whose panic probe is due leads
     the plan: a recovered endpoint is back within seconds, not after its ejection timer."""
@@ -188,11 +190,11 @@ def _split_unavailable(
         else:
             usable.append(candidate)
     if not down:
-        return eligible, {}, None
+        return eligible, [], None
     if len(usable) >= PANIC_THRESHOLD * len(eligible):
         for candidate, reason in down:
             candidate.excluded = reason
-        return usable, {}, None
+        return usable, [], None
     assert outliers is not None or fleet_ejected is not None
     order = outliers.probe_order if outliers is not None else (lambda name: (False, 0.0))
     down.sort(key=lambda item: order(item[0].endpoint.name))
@@ -203,11 +205,11 @@ def _split_unavailable(
         if probe is not None:
             outliers.begin_panic_probe(probe.endpoint.name, now)
             probe.fallback = "panic: probing an ejected endpoint"
-    fallbacks: dict[int, list[Candidate]] = {}
+    fallbacks = []
     for candidate, reason in down:
         if candidate is not probe:
             candidate.fallback = f"panic fallback ({reason})"
-            fallbacks.setdefault(candidate.tier, []).append(candidate)
+            fallbacks.append(candidate)
     return usable, fallbacks, probe
 
 
