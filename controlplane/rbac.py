@@ -18,6 +18,8 @@ and an operator token cannot forge spend or health.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import hashlib
 import inspect
@@ -283,28 +285,26 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         authorization = _single_authorization(details.invocation_metadata)
         directory = self._directory
 
-        async def authorize(context) -> Principal:
+        async def authorize() -> Principal:
+            """The caller's principal, or _Refused."""
             if authorization is _DUPLICATE:
-                REFUSED.labels(plane, "duplicate_credential").inc()
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "more than one authorization header")
+                raise _Refused(plane, "duplicate_credential", grpc.StatusCode.UNAUTHENTICATED,
+                               "more than one authorization header")
             principal = await directory.authenticate(authorization)
             if principal is None:
-                REFUSED.labels(plane, "unauthenticated").inc()
                 what = "admin token" if plane == "admin" else "proxy token"
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                    f"missing or unknown {what}: send 'authorization: Bearer <token>'")
+                raise _Refused(plane, "unauthenticated", grpc.StatusCode.UNAUTHENTICATED,
+                               f"missing or unknown {what}: send 'authorization: Bearer <token>'")
             if plane == "admin" and not principal.operator:
-                REFUSED.labels(plane, "proxy_credential").inc()
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                    f"token {principal.token!r} is a proxy credential; the admin API refuses it")
+                raise _Refused(plane, "proxy_credential", grpc.StatusCode.PERMISSION_DENIED,
+                               f"token {principal.token!r} is a proxy credential; the admin API refuses it")
             # System-wide permissions need a global binding; org-scoped ones
             # are checked here for being held somewhere, and by the handler for where.
             held = (principal.allows(permission, None) if permission in GLOBAL_PERMISSIONS
                     else permission in principal.permissions()) if permission is not None else True
             if not held:
-                REFUSED.labels(plane, "permission").inc()
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                    f"token {principal.token!r} lacks permission {permission!r} for {method}")
+                raise _Refused(plane, "permission", grpc.StatusCode.PERMISSION_DENIED,
+                               f"token {principal.token!r} lacks permission {permission!r} for {method}")
             return principal
 
         return _guarded_handler(handler, authorize)
@@ -325,16 +325,41 @@ def _single_authorization(metadata) -> object:
     return values[0] if values else None
 
 
+class _Refused(Exception):
+    def __init__(self, plane: str, reason: str, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.plane, self.reason, self.code, self.message = plane, reason, code, message
+
+
+# A refused streaming caller's first message is awaited this long before the refusal is sent.
+_REFUSAL_DRAIN_S = 1.0
+
+
 def _guarded_handler(handler, authorize):
-    """The same RPC handler with `authorize(context)` run first and the principal set in
+    """The same RPC handler with `authorize()` run first and the principal set in
     `current_principal` for the handler's whole run, for each of the four RPC shapes."""
     serializers = {"request_deserializer": handler.request_deserializer,
                    "response_serializer": handler.response_serializer}
+    request_streaming = handler.request_streaming
+
+    async def admit(request, context) -> Principal:
+        try:
+            return await authorize()
+        except _Refused as refused:
+            REFUSED.labels(refused.plane, refused.reason).inc()
+            if request_streaming:
+                # A client stream writes first (a proxy's hello, a report). Refused before that
+                # write lands, the client's write fails and grpc reports "Internal error from
+                # Core" instead of the refusal: take the first message, then refuse.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(anext(aiter(request)), _REFUSAL_DRAIN_S)
+            await context.abort(refused.code, refused.message)
+            raise AssertionError("unreachable") from None  # abort always raises
 
     def wrap(behavior):
         if inspect.isasyncgenfunction(behavior):
             async def streaming(request, context):
-                reset = current_principal.set(await authorize(context))
+                reset = current_principal.set(await admit(request, context))
                 try:
                     async for response in behavior(request, context):
                         yield response
@@ -343,7 +368,7 @@ def _guarded_handler(handler, authorize):
             return streaming
 
         async def unary(request, context):
-            reset = current_principal.set(await authorize(context))
+            reset = current_principal.set(await admit(request, context))
             try:
                 return await behavior(request, context)
             finally:
