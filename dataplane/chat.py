@@ -25,7 +25,7 @@ from dataplane.errors import ApiError, bad_request, model_not_found
 from dataplane.failover.engine import first_success
 from dataplane.relay import relay_json, relay_stream
 from dataplane.routing import router
-from dataplane.routing.complexity import estimate
+from dataplane.routing.complexity import estimate, quality_decision
 from dataplane.routing.controls import explanation, read_controls
 from dataplane.routing.needs import chat_needs
 from dataplane.stats import EndpointStats, UsageAccount
@@ -126,8 +126,17 @@ class ChatHandler:
         stream = payload.get("stream") is True
         strategy = controls.strategy or key.default_strategy or target.strategy or table.default_strategy
         needs = chat_needs(payload, controls.min_quality, request.get("body_size", 0))
+        decision = None
         if strategy == "cost":
-            needs = replace(needs, needed_quality=estimate(payload).needed_quality)
+            complexity = estimate(payload)
+            quality_target = controls.quality_target or target.cost_quality_target
+            if quality_target:
+                # "Keep this share of the flagship's quality": flagship or cheapest, by the
+                # calibrated threshold; the needed-quality tiers step aside.
+                decision = quality_decision(complexity, quality_target)
+                needs = replace(needs, flagship=decision.flagship)
+            else:
+                needs = replace(needs, needed_quality=complexity.needed_quality)
         try:
             route_plan = router.plan(target, needs, strategy, self._stats.health,
                                      target.weights or table.default_weights, outliers=self._stats.outliers,
@@ -152,6 +161,10 @@ class ChatHandler:
             charge.served_by(model)
             headers = {**success.headers(target, strategy), **charge.headers(), **task_headers(request, task)}
             if controls.explain:
+                if decision is not None:
+                    best = max((c.endpoint.quality_tier for c in route_plan.candidates if not c.excluded),
+                               default=0)
+                    route_plan.quality_target = decision.explain(success.endpoint.quality_tier >= best)
                 for candidate in route_plan.candidates:
                     if not candidate.excluded and candidate.endpoint not in charge.endpoints:
                         candidate.excluded = "model quota spent"

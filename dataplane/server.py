@@ -16,6 +16,7 @@ from dataplane.control_plane import ControlPlaneLink, CredentialError, resolve_p
 from dataplane.discovery_client import DiscoveryClient, load_cached_table
 from dataplane.failover.outlier import BASE_EJECTION_S
 from dataplane.http_server import HardenedAppRunner, HttpLimits
+from dataplane.routing import complexity
 from dataplane.telemetry_client import report_stats
 from dataplane.workers import parse_workers, supervise
 from megarouter import __version__
@@ -58,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "node id <node-id>-w<i>, restarted if they die; 'auto' = one per CPU "
                              "[MEGAROUTER_PROXY_WORKERS]")
     parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set for workers
+    parser.add_argument("--complexity-model", default=env_default("COMPLEXITY_MODEL", ""),
+                        help="weights of the cost strategy's complexity estimate (default: the shipped "
+                             "dataplane/routing/complexity_model.json; retrain with scripts/train_complexity.py) "
+                             "[MEGAROUTER_COMPLEXITY_MODEL]")
     limits = HttpLimits()
     parser.add_argument("--header-timeout-s", type=float,
                         default=float(env_default("HEADER_TIMEOUT_S", limits.header_timeout_s)),
@@ -90,6 +95,12 @@ def http_limits(args: argparse.Namespace) -> HttpLimits:
 
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
+    # Read (and check) the complexity weights before serving: a broken file is a start-up error
+    # with what to fix, never a silent fallback on the first cost-routed request.
+    try:
+        complexity.use_model(args.complexity_model or None)
+    except complexity.ModelError as exc:
+        raise SystemExit(f"megarouter proxy: {exc}") from None
     workers = parse_workers(args.workers)
     if workers > 1:
         return run_service(supervise(args, workers))

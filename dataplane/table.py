@@ -100,6 +100,9 @@ class Target:
     weights: Weights | None = None
     allowed_regions: frozenset[str] | None = None
     prefer_local_region: bool = False
+    # Cost strategy: keep at least this share of the flagship's quality (0 = not set; a route's
+    # setting, model ids have none). A request's x-megarouter-quality-target overrides it.
+    cost_quality_target: float = 0.0
 
     @property
     def endpoints(self) -> tuple[EndpointRuntime, ...]:
@@ -211,6 +214,9 @@ class RuntimeTable:
                 raise TableError(f"route {name!r} has the same name as a model")
             if not route.tiers:
                 raise TableError(f"route {name!r} has an empty degradation path")
+            if not (route.cost_quality_target == 0 or 0 < route.cost_quality_target <= 1):  # NaN fails both
+                raise TableError(f"route {name!r} has cost_quality_target {route.cost_quality_target!r}; "
+                                 "expected 0 (not set) or a number in (0, 1]")
             tiers: list[tuple[EndpointRuntime, ...]] = []
             for tier in route.tiers:
                 members: list[EndpointRuntime] = []
@@ -229,6 +235,7 @@ class RuntimeTable:
                 weights=Weights.from_proto(route.weights),
                 allowed_regions=frozenset(route.allowed_regions) or None,
                 prefer_local_region=route.prefer_local_region,
+                cost_quality_target=route.cost_quality_target,
             )
 
         chains = _node_chains(table)

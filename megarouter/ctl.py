@@ -28,7 +28,13 @@ from google.protobuf.message import Message
 
 from megarouter.admin_client import admin_channel
 from megarouter.grpc_tls import TlsConfigError, add_client_tls_arguments, client_tls_from_args
-from megarouter.manifest import ManifestError, apply_resources, describe_rpc_error, parse_manifest
+from megarouter.manifest import (
+    ROUTE_CALIBRATION_KEY,
+    ManifestError,
+    apply_resources,
+    describe_rpc_error,
+    parse_manifest,
+)
 from megarouter.resources import proto_to_dict
 from megarouter.runtime import env_default
 from megarouter.v1 import admin_pb2, admin_pb2_grpc
@@ -76,12 +82,39 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def print_items(items: list[dict[str, Any]], columns: list[str], output: str) -> None:
+_CALIBRATION_COMMENT = "  # from the shipped complexity model, not stored (apply ignores it)"
+
+
+def route_calibration(route: dict[str, Any]) -> dict[str, Any] | None:
+    """What a route's cost_quality_target means with the shipped complexity model, or None."""
+    target = route.get("cost_quality_target") or 0
+    if not target:
+        return None
+    from dataplane.routing.complexity import quality_calibration  # loads the model: only when asked
+    return quality_calibration(target)
+
+
+def routes_yaml(items: list[dict[str, Any]]) -> str:
+    """Routes as YAML documents, each with its read-only `calibration` block when it has a
+    cost_quality_target."""
+    documents = []
+    for item in items:
+        text = yaml.safe_dump(item, sort_keys=False)
+        calibration = route_calibration(item)
+        if calibration is not None:
+            block = yaml.safe_dump({ROUTE_CALIBRATION_KEY: calibration}, sort_keys=False)
+            head, _, rest = block.partition("\n")
+            text += head + _CALIBRATION_COMMENT + "\n" + rest
+        documents.append(text)
+    return "---\n".join(documents)
+
+
+def print_items(items: list[dict[str, Any]], columns: list[str], output: str, kind: str = "") -> None:
     if output == "json":
         print(json.dumps(items, indent=2))
         return
     if output == "yaml":
-        print(yaml.safe_dump_all(items, sort_keys=False), end="")
+        print(routes_yaml(items) if kind == "routes" else yaml.safe_dump_all(items, sort_keys=False), end="")
         return
     rows = [[c.upper() for c in columns]] + [[_cell(item.get(c, "")) for c in columns] for item in items]
     widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
@@ -114,7 +147,7 @@ async def cmd_get(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -> i
     else:
         response = await getattr(stub, list_method)(admin_pb2.ListRequest())
         items = [_as_dict(item) for item in response.items]
-    print_items(items, columns, args.output)
+    print_items(items, columns, args.output, kind)
     return 0
 
 

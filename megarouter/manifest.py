@@ -15,6 +15,10 @@ level, either one resource or a list of them:
 Applying is idempotent and ordered by dependency (providers and models,
 then endpoints, then routes, then the fleet-wide `defaults`) whatever the
 order in the file.
+
+A route's `calibration` block, which `megarouterctl get route NAME -o yaml`
+adds (what its `cost_quality_target` means with the shipped complexity
+model), is read-only: applying ignores it, so edited `get` output applies.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import yaml
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from megarouter.resources import dict_to_proto
+from megarouter.resources import check_cost_quality_target, dict_to_proto
 from megarouter.v1 import admin_pb2_grpc, routing_pb2
 
 
@@ -54,6 +58,10 @@ _BY_NAME = {name: t for t in RESOURCE_TYPES for name in (t.singular, t.plural)}
 
 class ManifestError(ValueError):
     pass
+
+
+# Read-only block of `get route -o yaml` output; never sent.
+ROUTE_CALIBRATION_KEY = "calibration"
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,15 @@ def _depth(resource: Resource, parents: dict[str, str]) -> int:
 def _to_message(rtype: ResourceType, item: Any, where: str) -> Message:
     if not isinstance(item, dict):
         raise ManifestError(f"{where}: a {rtype.singular} must be a mapping")
+    if rtype.singular == "route":
+        item = {key: value for key, value in item.items() if key != ROUTE_CALIBRATION_KEY}
+        if "cost_quality_target" in item:
+            # Checked here, on the YAML value: once in a proto, `true` and "0.9" are already
+            # numbers the admin API cannot tell apart from 1.0 and 0.9.
+            try:
+                check_cost_quality_target(item["cost_quality_target"])
+            except ValueError as exc:
+                raise ManifestError(f"{where}: {exc}") from None
     try:
         return dict_to_proto(item, rtype.message)
     except json_format.ParseError as exc:

@@ -9,6 +9,7 @@ operators write (`openai`).
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -225,6 +226,22 @@ class BalancedWeights(_Resource):
     availability: float = Field(0, ge=0, le=1000)
 
 
+QUALITY_TARGET_HINT = "0.95 keeps 95% of the flagship's quality"
+
+
+def check_cost_quality_target(value: Any) -> float:
+    """A route's `cost_quality_target`: 0 (not set) or a real number in (0, 1].
+
+    Strict: a bool, a string (even "0.9"), NaN or an infinity is an error, not
+    a coercion — `true` must not quietly mean "keep all of the quality".
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not (value == 0 or 0 < value <= 1):
+        raise ValueError(f"cost_quality_target must be a number in (0, 1] ({QUALITY_TARGET_HINT}; "
+                         f"0 = not set), got {value!r}")
+    return float(value)
+
+
 class Route(_Resource):
     name: Name
     strategy: StrategyName = "unspecified"
@@ -235,6 +252,14 @@ class Route(_Resource):
     weights: BalancedWeights = BalancedWeights()
     allowed_regions: list[Annotated[str, Field(min_length=1, max_length=64)]] = []
     prefer_local_region: bool = False
+    # With the cost strategy: keep at least this share of the flagship's quality, as cheaply
+    # as possible (0 = not set). A request's x-megarouter-quality-target overrides it.
+    cost_quality_target: float = 0.0
+
+    @field_validator("cost_quality_target", mode="before")
+    @classmethod
+    def _quality_target(cls, value: Any) -> float:
+        return check_cost_quality_target(value)
 
     @field_validator("tiers")
     @classmethod

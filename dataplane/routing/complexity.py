@@ -85,6 +85,8 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any
 
+from dataplane.routing.embedding import EmbeddingError, Segmenter
+
 try:  # orjson is a runtime dependency of the project; json is the fallback
     import orjson as _orjson
 except ImportError:  # pragma: no cover
@@ -93,11 +95,16 @@ except ImportError:  # pragma: no cover
 __all__ = [
     "Complexity",
     "MODEL_PATH",
+    "ModelError",
     "TASKS",
     "estimate",
     "estimate_prompt_tokens",
     "features",
     "load_model",
+    "QualityDecision",
+    "quality_calibration",
+    "quality_decision",
+    "use_model",
 ]
 
 TASKS: tuple[str, ...] = ("chat", "summarisation", "classification", "extraction", "code", "maths", "reasoning")
@@ -106,8 +113,11 @@ MODEL_PATH = Path(__file__).with_name("complexity_model.json")
 
 # Work caps: n-grams and cue regexes read at most this much of the last user
 # message (its head and its tail); lengths are measured on everything.
-_HEAD_CHARS = 2000
-_TAIL_CHARS = 1000
+_HEAD_CHARS = 1500
+_TAIL_CHARS = 500
+# ... and the embedding reads at most this much (its mean settles within a few hundred pieces).
+_EMBED_HEAD_CHARS = 600
+_EMBED_TAIL_CHARS = 300
 _SYSTEM_CUE_CHARS = 1000
 
 _IMAGE_TOKENS = 85
@@ -131,6 +141,7 @@ class Complexity:
     task: str             # one of TASKS
     prompt_tokens: int    # estimate: ≈ chars/4 (see the module docstring)
     needed_quality: int   # 1..5, the quality tier this request needs
+    exam_like: float = 0.0  # the gate: P(the request looks like an exam question rather than open chat)
 
 
 # ---------------------------------------------------------------------------
@@ -420,6 +431,13 @@ def features(payload: Any) -> _Features:
     return _Features(ngrams, dense, task, parsed, trivial, fmt_type == "json_schema")
 
 
+def embedding_text(user: str) -> str:
+    """The part of the last user message the embedding reads (head and tail)."""
+    if len(user) > _EMBED_HEAD_CHARS + _EMBED_TAIL_CHARS:
+        return user[:_EMBED_HEAD_CHARS] + "\n" + user[-_EMBED_TAIL_CHARS:]
+    return user
+
+
 def dense_names() -> list[str]:
     """Names of the dense feature vector as `features()` lays it out."""
     split = list(DENSE_NAMES[:_SPLIT])
@@ -430,46 +448,93 @@ def dense_names() -> list[str]:
 # Model
 
 
+class ModelError(RuntimeError):
+    """The weights file is missing, corrupt or from another feature layout: the message says
+    which and how to fix it. Raised at proxy start-up (`load_model()`), never per request."""
+
+
 class _Model:
-    __slots__ = ("strong", "weak", "dense_s", "dense_w", "bias_s", "bias_w", "platt_a", "platt_b", "thresholds", "meta")
+    __slots__ = ("strong", "weak", "chat", "dense_s", "dense_w", "bias_s", "bias_w", "chat_dense", "chat_bias",
+                 "gate_dense", "gate_bias", "segmenter", "piece_chat", "piece_gate", "piece_exam", "platt_a", "platt_b",
+                 "thresholds", "quality_targets", "meta")
 
     def __init__(self, data: dict[str, Any]) -> None:
-        names = data["dense_names"]
-        if names != dense_names():
-            raise ValueError("complexity weights do not match this feature layout; retrain "
-                             "with scripts/train_complexity.py")
+        if data.get("format") != "megarouter-complexity/2":
+            raise ValueError(f"format {data.get('format')!r}, expected 'megarouter-complexity/2'")
+        if data["dense_names"] != dense_names():
+            raise ValueError("the weights do not match this feature layout")
+        exam = data["exam"]
         self.strong: dict[str, float] = {}
         self.weak: dict[str, float] = {}
-        for key, (ws, ww) in data["ngrams"].items():
+        self.chat: dict[str, float] = {}
+        for key, (ws, ww, wc) in exam["ngrams"].items():
             if ws:
                 self.strong[key] = float(ws)
             if ww:
                 self.weak[key] = float(ww)
-        self.dense_s: list[float] = [float(x) for x in data["dense"]["strong"]]
-        self.dense_w: list[float] = [float(x) for x in data["dense"]["weak"]]
-        self.bias_s = float(data["bias"]["strong"])
-        self.bias_w = float(data["bias"]["weak"])
+            if wc:
+                self.chat[key] = float(wc)
+        n_dense = len(data["dense_names"])
+        self.dense_s = _floats(exam["dense"]["strong"], n_dense, "exam.dense.strong")
+        self.dense_w = _floats(exam["dense"]["weak"], n_dense, "exam.dense.weak")
+        self.bias_s = float(exam["bias"]["strong"])
+        self.bias_w = float(exam["bias"]["weak"])
+        self.chat_dense = _floats(data["chat"]["dense"], n_dense, "chat.dense")
+        self.chat_bias = float(data["chat"]["bias"])
+        self.gate_dense = _floats(data["gate"]["dense"], n_dense, "gate.dense")
+        self.gate_bias = float(data["gate"]["bias"])
+        pieces = data["pieces"]
+        if not isinstance(pieces, list) or not all(isinstance(p, str) for p in pieces):
+            raise ValueError("pieces must be a list of strings")
+        self.segmenter = Segmenter(pieces)
+        self.piece_chat = _floats(data["piece_weights"]["chat"], len(pieces), "piece_weights.chat")
+        self.piece_gate = _floats(data["piece_weights"]["gate"], len(pieces), "piece_weights.gate")
+        # Exam heads trained with the embedding block (train_complexity.py --exam-embed-scale).
+        self.piece_exam = None
+        if "strong" in data["piece_weights"]:
+            self.piece_exam = (_floats(data["piece_weights"]["strong"], len(pieces), "piece_weights.strong"),
+                               _floats(data["piece_weights"]["weak"], len(pieces), "piece_weights.weak"))
         self.platt_a = float(data["platt"]["a"])
         self.platt_b = float(data["platt"]["b"])
         self.thresholds: list[float] = [float(x) for x in data["thresholds"]]
         if len(self.thresholds) != 4 or self.thresholds != sorted(self.thresholds):
-            raise ValueError("complexity weights: thresholds must be 4 ascending numbers")
-        self.meta: dict[str, Any] = {k: v for k, v in data.items()
-                                     if k not in ("ngrams", "dense", "bias", "platt", "thresholds")}
+            raise ValueError("thresholds must be 4 ascending numbers")
+        self.quality_targets: list[dict[str, Any]] = sorted(data["quality_targets"], key=lambda r: r["target"])
+        if not self.quality_targets or not all(0 < float(r["target"]) < 1 and isinstance(r["threshold"], float)
+                                               for r in self.quality_targets):
+            raise ValueError("quality_targets must be rows with a target in (0, 1) and a threshold")
+        self.meta: dict[str, Any] = {k: data[k] for k in ("about", "trained_on", "hyperparameters", "cv_tune")
+                                     if k in data}
 
-    def gain(self, f: _Features) -> float:
-        """P(strong right | x) - P(weak right | x) from the two logistic heads."""
+    def parts(self, f: _Features) -> tuple[float, float, float]:
+        """(exam gain, chat gain, P(exam-like)) of a request; see the module docstring."""
         zs, zw = self.bias_s, self.bias_w
+        chat, gate = self.chat_bias, self.gate_bias
         keys = f.ngrams
         if keys:
             norm = 1.0 / math.sqrt(len(keys))
             zs += sum(map(self.strong.get, keys, repeat(0.0))) * norm
             zw += sum(map(self.weak.get, keys, repeat(0.0))) * norm
-        for x, a, b in zip(f.dense, self.dense_s, self.dense_w, strict=True):
+            chat += sum(map(self.chat.get, keys, repeat(0.0))) * norm
+        for x, a, b, c, g in zip(f.dense, self.dense_s, self.dense_w, self.chat_dense, self.gate_dense, strict=True):
             if x:
                 zs += a * x
                 zw += b * x
-        return _sigmoid(zs) - _sigmoid(zw)
+                chat += c * x
+                gate += g * x
+        ids = self.segmenter.pieces(embedding_text(f.parsed.user))
+        if ids:
+            n = len(ids)
+            chat += sum(map(self.piece_chat.__getitem__, ids)) / n
+            gate += sum(map(self.piece_gate.__getitem__, ids)) / n
+            if self.piece_exam is not None:
+                zs += sum(map(self.piece_exam[0].__getitem__, ids)) / n
+                zw += sum(map(self.piece_exam[1].__getitem__, ids)) / n
+        return _sigmoid(zs) - _sigmoid(zw), chat, _sigmoid(gate)
+
+    def gain(self, f: _Features) -> float:
+        exam, chat, exam_like = self.parts(f)
+        return exam_like * exam + (1.0 - exam_like) * chat
 
     def score(self, gain: float) -> float:
         return 0.01 + 0.98 * _sigmoid(self.platt_a * gain + self.platt_b)
@@ -480,6 +545,20 @@ class _Model:
             if score >= t:
                 tier += 1
         return tier
+
+    def quality_row(self, target: float) -> dict[str, Any] | None:
+        """The calibration row for a quality target: the smallest calibrated target >= it
+        (None above the largest: only the flagship keeps that share)."""
+        for row in self.quality_targets:
+            if row["target"] >= target - 1e-9:
+                return row
+        return None
+
+
+def _floats(values: Any, n: int, name: str) -> list[float]:
+    if not isinstance(values, list) or len(values) != n:
+        raise ValueError(f"{name} must be a list of {n} numbers")
+    return [float(x) for x in values]
 
 
 def _sigmoid(z: float) -> float:
@@ -492,14 +571,82 @@ def _sigmoid(z: float) -> float:
 _MODEL: _Model | None = None
 
 
+def _read_model(path: Path) -> _Model:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ModelError(f"cannot read the complexity weights {path}: {exc.strerror}; reinstall MegaRouter or "
+                         "retrain with scripts/train_complexity.py") from None
+    try:
+        return _Model(json.loads(text))
+    except (ValueError, KeyError, TypeError, EmbeddingError) as exc:
+        raise ModelError(f"the complexity weights {path} are corrupt or from another version ({exc}); reinstall "
+                         "MegaRouter or retrain with scripts/train_complexity.py") from None
+
+
 def load_model(path: Path | str | None = None) -> _Model:
-    """Read the weights file (the shipped one by default; cached after the first call)."""
+    """Read the weights file (the shipped one by default; cached after the first call).
+    Raises ModelError with what to fix. The proxy calls this at start-up."""
     global _MODEL
     if path is not None:
-        return _Model(json.loads(Path(path).read_text(encoding="utf-8")))
+        return _read_model(Path(path))
     if _MODEL is None:
-        _MODEL = _Model(json.loads(MODEL_PATH.read_text(encoding="utf-8")))
+        _MODEL = _read_model(MODEL_PATH)
     return _MODEL
+
+
+def use_model(path: Path | str | None = None) -> _Model:
+    """Read a weights file (the shipped one by default) and make it the process's model."""
+    global _MODEL
+    _MODEL = _read_model(Path(path) if path else MODEL_PATH)
+    return _MODEL
+
+
+@dataclass(frozen=True, slots=True)
+class QualityDecision:
+    """What a quality target decides for one request (cost strategy)."""
+
+    target: float             # what was asked: keep this share of the flagship's quality
+    calibrated_target: float  # the calibration row used (the smallest calibrated target >= target)
+    threshold: float          # score at or above which the flagship serves
+    score: float
+    flagship: bool
+
+    def explain(self, chosen_is_flagship: bool) -> dict[str, Any]:
+        """For x-megarouter-explain. `predicted_win_rate`: P(the chosen model's answer is as good
+        as the flagship's) — 1 for the flagship itself, else 1 - score, where score is
+        calibrated as P(a Mixtral-8x7B-class answer is worse than a GPT-4-class one)."""
+        return {"target": self.target, "calibrated_target": self.calibrated_target,
+                "score": round(self.score, 4), "threshold": round(self.threshold, 4),
+                "decision": "flagship" if self.flagship else "cheapest",
+                "predicted_win_rate": 1.0 if chosen_is_flagship else round(1.0 - self.score, 4)}
+
+
+def quality_decision(complexity: Complexity, target: float) -> QualityDecision:
+    """Flagship or cheapest, for a request of this complexity under a quality target in (0, 1]."""
+    row = load_model().quality_row(target)
+    if row is None:   # above every calibrated target: only the flagship keeps that share
+        return QualityDecision(target, 1.0, 0.0, complexity.score, True)
+    threshold = float(row["threshold"])
+    return QualityDecision(target, float(row["target"]), threshold, complexity.score,
+                           complexity.score >= threshold)
+
+
+def quality_calibration(target: float) -> dict[str, Any]:
+    """What a quality target means with the shipped model: the score threshold above which the
+    flagship serves, and what that threshold kept on each kind of traffic of the tune split
+    (out-of-fold): the quality share (1 - P(the cheaper answer is worse than the flagship's),
+    averaged) and the share of requests sent to the flagship."""
+    if not (isinstance(target, (int, float)) and not isinstance(target, bool) and 0 < target <= 1):
+        raise ValueError("a quality target is a number in (0, 1]")
+    row = load_model().quality_row(float(target))
+    if row is None:
+        return {"cost_quality_target": target, "score_threshold": 0.0, "calibrated_target": 1.0,
+                "measured": {}, "note": "above the largest calibrated target: every request goes to the flagship"}
+    return {"cost_quality_target": target, "score_threshold": row["threshold"], "calibrated_target": row["target"],
+            "measured": row["measured"],
+            "measured_on": "tune split, out-of-fold (scripts/train_complexity.py); held-out figures in "
+                           "bench/RESULTS.md"}
 
 
 def _priors(f: _Features, payload: dict, prompt_tokens: int) -> float:
@@ -533,6 +680,8 @@ def estimate(payload: dict) -> Complexity:
     tokens = _tokens_of(f.parsed)
     if f.trivial:
         return Complexity(score=0.0, task="chat", prompt_tokens=tokens, needed_quality=1)
-    gain = model.gain(f) + _priors(f, payload, tokens)
+    exam, chat, exam_like = model.parts(f)
+    gain = exam_like * exam + (1.0 - exam_like) * chat + _priors(f, payload, tokens)
     score = model.score(gain)
-    return Complexity(score=score, task=f.task, prompt_tokens=tokens, needed_quality=model.quality(score))
+    return Complexity(score=score, task=f.task, prompt_tokens=tokens, needed_quality=model.quality(score),
+                      exam_like=exam_like)

@@ -18,6 +18,9 @@ class Needs:
     output_tokens: int             # what the caller allows (max_tokens); 0 = not said
     min_quality: int = 0           # explicit floor from the request (x-megarouter-min-quality)
     needed_quality: int = 0        # from the complexity estimate, for the cost strategy
+    # A quality target's decision (cost strategy): the flagship — the best quality tier among
+    # the usable candidates — must serve; otherwise the cheapest one above the floor may.
+    flagship: bool = False
 
 
 def approx_prompt_tokens(messages: Any) -> int:

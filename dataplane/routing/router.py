@@ -71,6 +71,7 @@ class Plan:
     strategy: str
     candidates: list[Candidate] = field(default_factory=list)
     needed_quality: int = 0
+    quality_target: dict | None = None   # the quality target's decision, for the explanation
 
 
 class NoCandidate(Exception):
@@ -149,6 +150,8 @@ def plan(
         candidate.latency_s = optimistic
 
     needed = max(floor, needs.needed_quality) if strategy == "cost" else floor
+    if strategy == "cost" and needs.flagship:
+        needed = max(floor, max(c.endpoint.quality_tier for c in eligible))
     ordered: list[EndpointRuntime] = []
     if probe is not None:
         ordered.append(probe.endpoint)
