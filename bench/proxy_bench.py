@@ -46,6 +46,8 @@ REPO_DIR = BENCH_DIR.parent
 
 API_KEY = "sk-mr-bench-0123456789abcdef"
 MODEL = "bench-model"                       # served by the OpenAI-format provider, passed through
+COST_ROUTE = "bench-cost"                   # strategy cost over MODEL and LARGE_MODEL (same upstream)
+LARGE_MODEL = "bench-model-large"
 CLAUDE_MODEL = "bench-claude"               # served by the Anthropic-format provider, translated
 CLAUDE_UPSTREAM_MODEL = "claude-sonnet-4-5"
 CHAT_PATH = "/v1/chat/completions"
@@ -66,6 +68,7 @@ class Workload:
     direct_path: str
     direct_model: str
     passthrough: str | None = None  # adapter workloads: the pass-through workload they are compared with
+    cost: bool = False    # a cost-strategy route over two models: the planner and the complexity estimate run
 
 
 WORKLOADS = {w.name: w for w in (
@@ -77,6 +80,8 @@ WORKLOADS = {w.name: w for w in (
              LUA_DIR / "messages_json.lua", MESSAGES_PATH, CLAUDE_UPSTREAM_MODEL, passthrough="json"),
     Workload("stream-anthropic", True, LUA_DIR / "chat_stream.lua", CLAUDE_MODEL, True,
              LUA_DIR / "messages_stream.lua", MESSAGES_PATH, CLAUDE_UPSTREAM_MODEL, passthrough="stream"),
+    Workload("json-cost", False, LUA_DIR / "chat_json.lua", COST_ROUTE, False,
+             LUA_DIR / "chat_json.lua", CHAT_PATH, MODEL, cost=True),
 )}
 
 READY_TIMEOUT_S = 30.0  # a service that has not announced itself by then is broken
@@ -92,6 +97,7 @@ TARGET_RSS_MB = 80.0       # VmHWM
 # this much proxy CPU per request, relative to pass-through (same workload
 # shape, same connections).
 TARGET_ADAPTER_CPU_RATIO = 1.5
+TARGET_COST_RPS_LOSS = 0.15  # the cost strategy (planner + complexity estimate) may cost this share of json's req/s
 
 PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
@@ -232,9 +238,15 @@ models:
      quality_tier: 2, capabilities: {{streaming: true}}}}
   - {{name: {CLAUDE_MODEL}, input_price_per_mtok: 3, output_price_per_mtok: 15, context_window: 200000,
      quality_tier: 4, capabilities: {{streaming: true}}}}
+  - {{name: {LARGE_MODEL}, input_price_per_mtok: 2.5, output_price_per_mtok: 10, context_window: 128000,
+     quality_tier: 4, capabilities: {{streaming: true}}}}
+---
+routes:
+  - {{name: {COST_ROUTE}, strategy: cost, tiers: [{{models: [{MODEL}, {LARGE_MODEL}]}}]}}
 ---
 endpoints:
   - {{name: bench-endpoint, model: {MODEL}, provider: bench-upstream}}
+  - {{name: bench-large-endpoint, model: {LARGE_MODEL}, provider: bench-upstream}}
   - {{name: bench-claude-endpoint, model: {CLAUDE_MODEL}, provider: bench-anthropic,
      upstream_model: {CLAUDE_UPSTREAM_MODEL}}}
 """
@@ -567,7 +579,7 @@ def check_targets(runs: list[Run]) -> list[dict]:
     they were set for, and the adapter's CPU relative to pass-through. A
     target whose runs were not selected (--workloads) is left out."""
     proxy = [r for r in runs if r.target == "proxy"]
-    passthrough = [r for r in proxy if WORKLOADS[r.workload].passthrough is None]
+    passthrough = [r for r in proxy if WORKLOADS[r.workload].passthrough is None and not WORKLOADS[r.workload].cost]
     checks = []
     if passthrough:
         busy = [r for r in passthrough if r.connections == max(CONNECTIONS)]
@@ -586,6 +598,14 @@ def check_targets(runs: list[Run]) -> list[dict]:
              "measured": ", ".join(f"{r.workload} {r.added_p50_ms:.3f} ms" for r in single),
              "pass": all((r.added_p50_ms or 0) <= TARGET_ADDED_P50_MS for r in single)},
         ]
+    rps = {(r.workload, r.connections): r.rps for r in proxy}
+    for connections in CONNECTIONS:
+        cost, plain = rps.get(("json-cost", connections)), rps.get(("json", connections))
+        if cost is not None and plain:
+            checks.append({"target": f"cost strategy throughput vs json at {connections} conn",
+                           "required": f">= {1 - TARGET_COST_RPS_LOSS:.0%} of json's req/s",
+                           "measured": f"{cost:,.0f} vs {plain:,.0f} req/s ({cost / plain:.0%})",
+                           "pass": cost >= (1 - TARGET_COST_RPS_LOSS) * plain})
     pairs = adapter_ratios(runs)
     if pairs:
         worst = max(pairs, key=lambda p: float("inf") if p["ratio"] is None else p["ratio"])

@@ -450,6 +450,10 @@ def _timing_payloads() -> dict[str, list[dict]]:
         doc.append(law[i % len(law)])
         i += 1
     long_text = "Summarise the following case file in ten bullet points:\n\n" + "\n\n".join(doc)
+    while sum(map(len, doc)) < 32_800:
+        doc.append(law[i % len(law)])
+        i += 1
+    longer_text = "Summarise the following case file in ten bullet points:\n\n" + "\n\n".join(doc)
     tools = [{"type": "function", "function": {"name": f"tool_{k}", "description": "Look something up.",
                                                 "parameters": {"type": "object",
                                                                "properties": {"q": {"type": "string"}}}}}
@@ -476,6 +480,7 @@ def _timing_payloads() -> dict[str, list[dict]]:
         "GSM8K (held-out sample)": [payload_of(it.prompt) for it in gsm8k[::step_g]],
         "chat/tools/JSON/code": chat,
         "long (~4k tokens)": [{"messages": [{"role": "user", "content": long_text}]}],
+        "long (~8k tokens)": [{"messages": [{"role": "user", "content": longer_text}]}],
     }
 
 
@@ -513,6 +518,23 @@ def timing(repeat: int) -> None:
     everything.sort()
     print(f"| all | | | {statistics.median(everything):.0f} | {everything[int(0.99 * (len(everything) - 1))]:.0f} | "
           f"{everything[-1]:.0f} |")
+    print(f"\nResident memory of the loaded model: {_model_rss_mb():.1f} MB (VmRSS of a fresh interpreter after "
+          "importing the proxy's app module, before and after reading the weights; one estimate run in both).")
+
+
+def _model_rss_mb() -> float:
+    import subprocess
+
+    code = ("import dataplane.app\n"
+            "from dataplane.routing import complexity\n"
+            "def rss():\n"
+            "    for line in open('/proc/self/status'):\n"
+            "        if line.startswith('VmRSS:'): return int(line.split()[1])\n"
+            "before = rss(); complexity.use_model(); complexity.estimate({'messages': [{'role': 'user', "
+            "'content': 'hello world, how are you?'}]}); print((rss() - before) / 1024)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return float(done.stdout.strip())
 
 
 def main() -> int:

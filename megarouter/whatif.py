@@ -412,7 +412,8 @@ def profile_workload(profile: Profile, samples: int = DEFAULT_SAMPLES, seed: int
                                                                ("stream", task.stream)) if p)
         assumptions.append(
             f"{task.task} {task.share:.0%} of requests: prompt {task.prompt_tokens.describe()}; completion "
-            f"{task.completion_tokens.describe()}; needed quality {quality}" + (f"; {extras}" if extras else ""))
+            f"{task.completion_tokens.describe()}; needed quality (assumed by the profile, not measured) {quality}"
+            + (f"; {extras}" if extras else ""))
     stated = {"tokens_per_month": profile.tokens_per_month, "requests_per_month": profile.requests_per_month,
               "input_share": profile.input_share}
     return Workload(f"profile {profile.name}", profile.description, requests, assumptions,
@@ -880,7 +881,42 @@ def render_table(report: Report) -> str:
                  + (" or the control plane's admin models" if report.route else "")
                  + "; no cached-input, batch or negotiated discounts; long-context tiers apply above their threshold")
     lines += [f"  - {text}" for text in w.assumptions + report.notes]
+    lines += ["", *measured_quality_target(report)]
     return "\n".join(lines)
+
+
+MEASURED_TARGET = 0.95
+
+
+def measured_quality_target(report: Report, target: float = MEASURED_TARGET) -> list[str]:
+    """What a route with `cost_quality_target` would save on this workload's volume if its traffic
+    looked like each evaluation set: the share of requests the calibrated router sent to the
+    flagship there (measured, not assumed) applied to the flagship and the cheapest pool model."""
+    from dataplane.routing.complexity import quality_calibration
+    from dataplane.table import _pricing
+
+    calibration = quality_calibration(target)
+    requests = report.workload.requests
+
+    def monthly(model: PoolModel) -> float:
+        pricing = _pricing(model.proto)
+        return sum(cost_usd(pricing, r.prompt_tokens, r.completion_tokens) * r.weight for r in requests)
+
+    flagship_cost = report.result(FLAGSHIP_ONLY).cost_usd
+    cheapest = min(report.pool, key=monthly)
+    cheap_cost = monthly(cheapest)
+    lines = [f"Measured: a cost route with cost_quality_target {target} between {report.flagship} and "
+             f"{cheapest.name} (the cheapest pool model for these requests), at this workload's volume:"]
+    for dataset, measured in calibration["measured"].items():
+        share = measured["strong_share"]
+        cost = share * flagship_cost + (1 - share) * cheap_cost
+        saved = (1 - cost / flagship_cost) * 100 if flagship_cost else 0.0
+        lines.append(f"  - traffic like {dataset}: flagship serves {share:.0%}, ${cost:,.2f}/month, {saved:.1f}% "
+                     f"saved vs flagship-only, {measured['quality_share']:.1%} of the flagship's quality kept")
+    lines.append(f"  (shares measured by the shipped complexity model on the evaluation data — "
+                 f"{calibration['measured_on']}; quality as defined there — not assumed by the profile; the "
+                 "strategy rows above use the profile's assumed needed-quality mix instead)")
+    return lines
 
 
 def report_dict(report: Report) -> dict[str, Any]:

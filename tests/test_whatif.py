@@ -420,3 +420,27 @@ routes:
         assert missing.returncode == 1 and "not found" in missing.stderr
     finally:
         await controlplane.stop()
+
+
+def test_the_seed_example_profile_and_the_measured_quality_target_savings() -> None:
+    from dataplane.routing.complexity import quality_calibration
+
+    profile = whatif.load_profile("seed-example")
+    assert profile.tokens_per_month == 1_000_000_000 and profile.input_share == 0.25
+    workload = profile_workload(profile, samples=2_000)
+    assert "needed quality (assumed by the profile, not measured)" in "\n".join(workload.assumptions)
+
+    # Hand-computable: big $10 / $30, small $1 / $2 per Mtok; one request of 1,000 + 500 tokens, weight 100.
+    pool = [pool_model("big", "pa", 10, 30, 5), pool_model("small", "pb", 1, 2, 3)]
+    report = simulate(Workload("test", "hand-computed", [request(1_000, 500, needed=3, weight=100)]), pool)
+    lines = whatif.measured_quality_target(report, 0.95)
+    measured = quality_calibration(0.95)["measured"]
+    assert set(measured) == {"chat", "mmlu", "gsm8k"}
+    flagship, cheap = 100 * 0.025, 100 * 0.002
+    for dataset, values in measured.items():
+        (line,) = [text for text in lines if f"traffic like {dataset}:" in text]
+        cost = values["strong_share"] * flagship + (1 - values["strong_share"]) * cheap
+        assert f"${cost:,.2f}/month" in line
+        assert f"{(1 - cost / flagship) * 100:.1f}% saved" in line
+    assert "between big and small" in lines[0]
+    assert "measured" in lines[-1] and "not assumed" in lines[-1]

@@ -573,12 +573,14 @@ _MODEL: _Model | None = None
 
 def _read_model(path: Path) -> _Model:
     try:
-        text = path.read_text(encoding="utf-8")
+        # Bytes straight into orjson: a str of the file would take four bytes per character
+        # (it holds non-Latin-1 pieces) and stay in the heap's high-water mark.
+        raw = path.read_bytes()
     except OSError as exc:
         raise ModelError(f"cannot read the complexity weights {path}: {exc.strerror}; reinstall MegaRouter or "
                          "retrain with scripts/train_complexity.py") from None
     try:
-        return _Model(json.loads(text))
+        return _Model(_orjson.loads(raw) if _orjson is not None else json.loads(raw))
     except (ValueError, KeyError, TypeError, EmbeddingError) as exc:
         raise ModelError(f"the complexity weights {path} are corrupt or from another version ({exc}); reinstall "
                          "MegaRouter or retrain with scripts/train_complexity.py") from None
