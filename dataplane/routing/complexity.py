@@ -1,78 +1,68 @@
 """Fast offline complexity estimate of a chat request.
 
-`estimate(payload)` answers, for an OpenAI chat request dict, how likely a
-cheap model fails where a capable one succeeds, so the cost-routing strategy
-can send only the requests that need it to an expensive model. It runs in
-pure Python (no numpy, nothing downloaded, nothing loaded from a hub) in well
-under a millisecond: the text it reads is capped (`_HEAD_CHARS` +
-`_TAIL_CHARS` of the last user message) while lengths are counted over the
-whole request.
+`estimate(payload)` answers, for an OpenAI chat request dict, how likely a cheap model's
+answer is worse than a capable one's, so the cost strategy can send only the requests that
+need it to an expensive model. It runs in pure Python (no numpy, nothing downloaded) in
+well under a millisecond: the text it reads is capped (`_HEAD_CHARS` + `_TAIL_CHARS` of the
+last user message for n-grams and cues, `_EMBED_*_CHARS` for the embedding) while lengths
+are counted over the whole request.
 
 How the score is made
 ---------------------
 1. Features of the request (`features()`):
-   - binary word unigrams and bigrams of the last user message (lower-cased,
-     numbers kept as tokens), L2-normalised (each present n-gram counts
-     1/sqrt(number of distinct n-grams));
-   - dense structure features: log prompt length (whole request and last user
-     message), lines, numbers, question marks, sentences, capitalised names,
-     code-symbol density, multiple-choice layout, and the detected task
-     (one-hot). The length/structure features are split by layout (multiple
-     choice or not), so each layout gets its own slopes.
-2. Two logistic heads trained on the RouteLLM data (scripts/train_complexity.py,
-   weights in complexity_model.json): P(strong model right | x) and
-   P(weak model right | x). Their difference `gain` = E[strong − weak
-   correctness | x] is the expected quality gained by paying for the capable
-   model: ranking by it is what maximises quality for a given share of
-   strong calls.
-3. Request-level priors the evaluation data cannot teach (every RouteLLM
-   prompt is one user message without tools): tools, JSON-schema output, a
-   large requested output (`max_tokens` / `max_completion_tokens`), images,
-   long conversations and very long contexts add a small documented amount
-   to `gain` (`_PRIOR_*` below). They are judgement, not measured, and never
-   fire on the evaluation data. The task itself is a learned feature.
-4. `score` = 0.01 + 0.98·sigmoid(a·gain + b), with (a, b) fitted (Platt
-   scaling) on out-of-fold predictions of the tune split against the event
-   "weak model wrong and strong model right". So `score` is strictly monotone
-   in `gain` (no ties are created) and calibrated ≈ P(weak model fails where
-   the strong one succeeds) on data like the training data; it is a monotone
-   score, not a calibrated probability, for traffic unlike it. Trivial
-   requests (empty, or a short greeting/thanks as the last user message of a
-   request under 1,000 estimated tokens, without tools or media) get 0.0.
+   - binary word unigrams and bigrams of the last user message (lower-cased, numbers kept
+     as tokens), L2-normalised (each present n-gram counts 1/sqrt(number of distinct));
+   - dense structure features: log prompt length (whole request and last user message),
+     lines, numbers, question marks, sentences, capitalised names, code-symbol density,
+     multiple-choice layout, and the detected task (one-hot); the length/structure
+     features are split by layout (multiple choice or not);
+   - the mean WordLlama token embedding of the message (see embedding.py): every head is
+     linear in it, so it is shipped folded into one weight per vocabulary piece per head.
+2. A mixture of experts (scripts/train_complexity.py, weights in complexity_model.json):
+   - exam expert (MMLU + GSM8K correctness): two logistic heads P(strong right | x),
+     P(weak right | x); exam gain = their difference;
+   - chat expert (AlpacaEval judge verdicts, 8 cheaper models pooled, length-controlled):
+     a ridge regression predicting chat gain = P(strong preferred) - P(weak preferred);
+   - gate: g = P(the prompt looks like an exam question rather than open chat).
+   gain = g · exam gain + (1 - g) · chat gain: both experts estimate P(strong strictly
+   better) - P(weak strictly better), so the mixture is in one unit.
+3. Request-level priors the evaluation data cannot teach (every evaluation prompt is one
+   user message without tools): tools, JSON-schema output, a large requested output,
+   images, long conversations and very long contexts add a small documented amount to
+   `gain` (`_PRIOR_*` below). Judgement, not measured.
+4. `score` = 0.01 + 0.98·sigmoid(a·gain + b), (a, b) fitted (Platt scaling) on out-of-fold
+   gains of the tune split against P(GPT-4's answer strictly better than Mixtral's), each
+   dataset weighted equally. So `score` is strictly monotone in `gain` and calibrated ≈
+   P(a Mixtral-class answer is worse than a GPT-4-class one) on traffic like the training
+   data; a monotone score, not a calibrated probability, for traffic unlike it. Trivial
+   requests (empty, or a short greeting/thanks under 1,000 estimated tokens, without tools
+   or media) get 0.0.
 
-`needed_quality` (1..5, the catalog's quality_tier scale) maps `score` with
-the thresholds stored in the weights file (chosen on out-of-fold predictions
-of the tune split only; see scripts/train_complexity.py):
+`needed_quality` (1..5, the catalog's quality_tier scale) maps `score` with the thresholds
+stored in the weights file (chosen on out-of-fold predictions of the tune split only):
     score <  t[0]            -> 1   (trivial; greetings get 1 whatever)
     t[0] <= score < t[1]     -> 2
     t[1] <= score < t[2]     -> 3   (a cheap model suffices)
-    t[2] <= score < t[3]     -> 4   (default threshold for a capable model:
-                                     the tune split reaches PGR >= 80 % on
-                                     each of MMLU and GSM8K)
-    score >= t[3]            -> 5   (the top of the ranking that gives the
-                                     first 50 % of the recoverable quality)
-t[0] and t[1] are fixed conventions (P(gain) 5 % and 10 %); t[2], t[3] are
-tuned.
+    t[2] <= score < t[3]     -> 4   (the tune split reaches PGR >= 80 % on every dataset)
+    score >= t[3]            -> 5   (... PGR >= 50 % with tier 5 alone)
+t[0] and t[1] are fixed conventions (0.05, 0.10); t[2], t[3] are tuned.
 
-`prompt_tokens` is an estimate: ceil(characters / 4) of every text part of
-every message, + 4 per message, + ceil(characters / 4) of the JSON of
-`tools`/`functions`/`response_format`'s schema, + 85 per image/audio/file
-part (OpenAI's low-detail image cost, a lower bound). No tokenizer.
+Quality targets (`quality_decision`, `quality_calibration`): a table of score thresholds,
+one per target share 0.50..0.99 of the flagship's quality (1 - P(the served answer is worse
+than the flagship's)), calibrated on the tune split out of fold; the most demanding dataset
+sets each threshold.
 
-Measured (bench/routellm_eval.py, held-out half of the RouteLLM data, never
-used for training or thresholds): APGR 0.683 on MMLU (95 % bootstrap CI
-0.653-0.715; prompt length alone 0.597, random 0.500) and 0.599 on GSM8K
-(CI 0.544-0.674; length alone 0.567). The issue's target of 0.70 is not
-reached: on MMLU most of the learnable signal is the subject (knowing the
-exact MMLU domain alone gives ≈ 0.655 in cross-validation), and on GSM8K the
-strong model is right on 83-91 % of problems in every length decile of the
-tune split, so the gain is whether the weak model slips, which cheap prompt
-features barely predict beyond length.
-Timing: ≈ 0.1 ms median on MMLU/GSM8K prompts, ≈ 0.4 ms for a 4k-token
-prompt (text caps), one core, CPython 3.11.
+`prompt_tokens` is an estimate: ceil(characters / 4) of every text part of every message,
++ 4 per message, + ceil(characters / 4) of the JSON of `tools`/`functions`/
+`response_format`'s schema, + 85 per image/audio/file part. No tokenizer.
 
-Zero data retention: nothing here logs, stores or caches prompt text; the
-only state is the weights file, read once on the first estimate.
+Measured (bench/routellm_eval.py, held-out halves never used for training or thresholds):
+APGR 0.54 on open chat (AlpacaEval), 0.685 on MMLU, 0.60 on GSM8K; trained without the
+evaluated kind of traffic 0.45 / 0.57 / 0.51 (see bench/RESULTS.md). Timing ≈ 0.16 ms
+median, 0.73 ms p99, one core, CPython 3.11; about 24 MB of resident memory.
+
+Zero data retention: nothing here logs, stores or caches prompt text; the only state is
+the weights file, read once at start-up (`use_model`) or on the first estimate.
 """
 
 from __future__ import annotations
