@@ -20,17 +20,21 @@ import orjson
 from aiohttp import web
 
 from dataplane import validation
-from dataplane.budgets import BudgetEnforcer, Charge
+from dataplane.budgets import BudgetEnforcer, BudgetExhausted, Charge
 from dataplane.errors import ApiError, bad_request, model_not_found
 from dataplane.failover.engine import first_success
 from dataplane.relay import relay_json, relay_stream
 from dataplane.routing import router
-from dataplane.routing.complexity import estimate, quality_decision
+from dataplane.routing.cascade import judge
+from dataplane.routing.complexity import Complexity, estimate, quality_decision
 from dataplane.routing.controls import explanation, read_controls
-from dataplane.routing.needs import chat_needs
+from dataplane.routing.needs import Needs, chat_needs
 from dataplane.stats import EndpointStats, UsageAccount
 from dataplane.table import EndpointRuntime, KeyInfo, RuntimeTable, Target
 from dataplane.upstream import SessionPool
+
+CASCADE_HEADER = "x-megarouter-cascade"
+CASCADE_REASON_HEADER = "x-megarouter-cascade-reason"
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -137,6 +141,14 @@ class ChatHandler:
                 needs = replace(needs, flagship=decision.flagship)
             else:
                 needs = replace(needs, needed_quality=complexity.needed_quality)
+        cascade_note = None
+        if strategy == "cost" and target.cascade:
+            if stream:
+                cascade_note = "skipped (streaming)"
+            elif decision is not None and decision.flagship:
+                cascade_note = "skipped (the quality target needs the flagship)"
+            else:
+                return await self._cascade(request, table, key, payload, account, target, needs, complexity)
         try:
             route_plan = router.plan(target, needs, strategy, self._stats.health,
                                      target.weights or table.default_weights, outliers=self._stats.outliers,
@@ -160,6 +172,8 @@ class ChatHandler:
             model = success.endpoint.model
             charge.served_by(model)
             headers = {**success.headers(target, strategy), **charge.headers(), **task_headers(request, task)}
+            if cascade_note is not None:
+                headers[CASCADE_HEADER] = cascade_note
             if controls.explain:
                 if decision is not None:
                     best = max((c.endpoint.quality_tier for c in route_plan.candidates if not c.excluded),
@@ -175,3 +189,69 @@ class ChatHandler:
                 return await relay_stream(request, self._stats, success, translator, headers, charge.on_usage, account)
             return await relay_json(self._stats, success, lambda raw: adapter.chat_response(raw, model), headers,
                                     charge.on_usage, account)
+
+    async def _cascade(self, request: web.Request, table: RuntimeTable, key: KeyInfo, payload: dict[str, Any],
+                       account: UsageAccount, target: Target, needs: Needs, complexity: Complexity) -> web.Response:
+        """`cost_mode: cascade`: the cheapest qualifying model first; the flagship only when
+        `cascade.judge` rejects that answer. Each call is planned, charged against the budgets
+        and counted on its own; the client gets one answer. The rejected answer is dropped
+        unread by anything but the judge."""
+        weights = target.weights or table.default_weights
+        task = request["task"]
+
+        def build(endpoint: EndpointRuntime) -> tuple[str, bytes]:
+            return endpoint.chat_url, endpoint.provider.adapter.chat_request(payload, endpoint.upstream_model)
+
+        async def call(flagship: bool) -> tuple[web.Response, EndpointRuntime, int]:
+            try:
+                plan = router.plan(target, replace(needs, needed_quality=0, flagship=flagship), "cost",
+                                   self._stats.health, weights, outliers=self._stats.outliers,
+                                   local_region=self._region)
+            except router.NoCandidate as exc:
+                raise ApiError(exc.status, exc.message, code=exc.code, param=exc.param,
+                               type="invalid_request_error" if exc.status < 500 else "server_error") from None
+            # The escalation is to the flagship tier only: a cheaper fallback would repeat the first call.
+            endpoints = tuple(e for e in plan.endpoints if e.quality_tier >= plan.needed_quality) if flagship \
+                else plan.endpoints
+            charge = await Charge.reserve(self._budgets, key, task, endpoints, needs.prompt_tokens,
+                                          needs.output_tokens or None)
+            async with charge:
+                success = await first_success(self._sessions, self._stats, target, charge.endpoints, build,
+                                              stream=False, payload=payload)
+                adapter, model = success.endpoint.provider.adapter, success.endpoint.model
+                charge.served_by(model)
+                headers = {**success.headers(target, "cost"), **charge.headers(), **task_headers(request, task)}
+                response = await relay_json(self._stats, success, lambda raw: adapter.chat_response(raw, model),
+                                            headers, charge.on_usage, account)
+            best = max((c.endpoint.quality_tier for c in plan.candidates if not c.excluded), default=0)
+            return response, success.endpoint, best
+
+        cheap, endpoint, best = await call(flagship=False)
+        if endpoint.quality_tier >= best:   # the cheapest qualifying model is (or failed over to) the best one
+            cheap.headers[CASCADE_HEADER] = "accepted (served by the flagship)"
+            return cheap
+        verdict = judge(payload, orjson.loads(cheap.body), complexity)
+        if verdict.accepted:
+            cheap.headers[CASCADE_HEADER] = "accepted"
+            return cheap
+        try:
+            strong, _, _ = await call(flagship=True)
+        except BudgetExhausted:
+            # Budgets first: the second call would overshoot one, so the first answer stands.
+            cheap.headers[CASCADE_HEADER] = "kept (a budget refused the escalation)"
+            cheap.headers[CASCADE_REASON_HEADER] = verdict.reason
+            return cheap
+        except ApiError as exc:
+            if exc.status < 500:
+                raise
+            # The flagship is down or failing: an answer the check doubted beats none.
+            cheap.headers[CASCADE_HEADER] = "kept (the escalation failed)"
+            cheap.headers[CASCADE_REASON_HEADER] = verdict.reason
+            return cheap
+        strong.headers[CASCADE_HEADER] = "escalated"
+        strong.headers[CASCADE_REASON_HEADER] = verdict.reason
+        strong.headers["x-megarouter-cascade-first-model"] = endpoint.model
+        # Both calls were charged and counted; the client sees what the request cost in all.
+        total = float(cheap.headers["x-megarouter-cost-usd"]) + float(strong.headers["x-megarouter-cost-usd"])
+        strong.headers["x-megarouter-cost-usd"] = f"{total:.8f}"
+        return strong

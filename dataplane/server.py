@@ -16,7 +16,7 @@ from dataplane.control_plane import ControlPlaneLink, CredentialError, resolve_p
 from dataplane.discovery_client import DiscoveryClient, load_cached_table
 from dataplane.failover.outlier import BASE_EJECTION_S
 from dataplane.http_server import HardenedAppRunner, HttpLimits
-from dataplane.routing import complexity
+from dataplane.routing import cascade, complexity
 from dataplane.telemetry_client import report_stats
 from dataplane.workers import parse_workers, supervise
 from megarouter import __version__
@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     # with what to fix, never a silent fallback on the first cost-routed request.
     try:
         complexity.use_model(args.complexity_model or None)
-    except complexity.ModelError as exc:
+        cascade.use_model()
+    except (complexity.ModelError, cascade.CascadeModelError) as exc:
         raise SystemExit(f"megarouter proxy: {exc}") from None
     workers = parse_workers(args.workers)
     if workers > 1:

@@ -103,6 +103,7 @@ class Target:
     # Cost strategy: keep at least this share of the flagship's quality (0 = not set; a route's
     # setting, model ids have none). A request's x-megarouter-quality-target overrides it.
     cost_quality_target: float = 0.0
+    cascade: bool = False             # cost_mode: cascade (cost strategy, non-streaming requests)
 
     @property
     def endpoints(self) -> tuple[EndpointRuntime, ...]:
@@ -214,6 +215,8 @@ class RuntimeTable:
                 raise TableError(f"route {name!r} has the same name as a model")
             if not route.tiers:
                 raise TableError(f"route {name!r} has an empty degradation path")
+            if route.cost_mode not in ("", "cascade"):
+                raise TableError(f"route {name!r} has cost_mode {route.cost_mode!r}; expected '' or 'cascade'")
             if not (route.cost_quality_target == 0 or 0 < route.cost_quality_target <= 1):  # NaN fails both
                 raise TableError(f"route {name!r} has cost_quality_target {route.cost_quality_target!r}; "
                                  "expected 0 (not set) or a number in (0, 1]")
@@ -236,6 +239,7 @@ class RuntimeTable:
                 allowed_regions=frozenset(route.allowed_regions) or None,
                 prefer_local_region=route.prefer_local_region,
                 cost_quality_target=route.cost_quality_target,
+                cascade=route.cost_mode == "cascade",
             )
 
         chains = _node_chains(table)

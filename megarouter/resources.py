@@ -255,6 +255,9 @@ class Route(_Resource):
     # With the cost strategy: keep at least this share of the flagship's quality, as cheaply
     # as possible (0 = not set). A request's x-megarouter-quality-target overrides it.
     cost_quality_target: float = 0.0
+    # With the cost strategy, "cascade": the cheapest model first, the flagship when its answer
+    # fails the acceptance check (dataplane/routing/cascade.py). "" = pick one model per request.
+    cost_mode: Literal["", "cascade"] = ""
 
     @field_validator("cost_quality_target", mode="before")
     @classmethod

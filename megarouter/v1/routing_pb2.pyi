@@ -188,7 +188,7 @@ class BalancedWeights(_message.Message):
     def __init__(self, cost: _Optional[float] = ..., latency: _Optional[float] = ..., quality: _Optional[float] = ..., availability: _Optional[float] = ...) -> None: ...
 
 class Route(_message.Message):
-    __slots__ = ("name", "strategy", "tiers", "retry", "quality_floor", "description", "weights", "allowed_regions", "prefer_local_region", "cost_quality_target")
+    __slots__ = ("name", "strategy", "tiers", "retry", "quality_floor", "description", "weights", "allowed_regions", "prefer_local_region", "cost_quality_target", "cost_mode")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     TIERS_FIELD_NUMBER: _ClassVar[int]
@@ -199,6 +199,7 @@ class Route(_message.Message):
     ALLOWED_REGIONS_FIELD_NUMBER: _ClassVar[int]
     PREFER_LOCAL_REGION_FIELD_NUMBER: _ClassVar[int]
     COST_QUALITY_TARGET_FIELD_NUMBER: _ClassVar[int]
+    COST_MODE_FIELD_NUMBER: _ClassVar[int]
     name: str
     strategy: Strategy
     tiers: _containers.RepeatedCompositeFieldContainer[Tier]
@@ -209,7 +210,8 @@ class Route(_message.Message):
     allowed_regions: _containers.RepeatedScalarFieldContainer[str]
     prefer_local_region: bool
     cost_quality_target: float
-    def __init__(self, name: _Optional[str] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., tiers: _Optional[_Iterable[_Union[Tier, _Mapping]]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., quality_floor: _Optional[int] = ..., description: _Optional[str] = ..., weights: _Optional[_Union[BalancedWeights, _Mapping]] = ..., allowed_regions: _Optional[_Iterable[str]] = ..., prefer_local_region: _Optional[bool] = ..., cost_quality_target: _Optional[float] = ...) -> None: ...
+    cost_mode: str
+    def __init__(self, name: _Optional[str] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., tiers: _Optional[_Iterable[_Union[Tier, _Mapping]]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., quality_floor: _Optional[int] = ..., description: _Optional[str] = ..., weights: _Optional[_Union[BalancedWeights, _Mapping]] = ..., allowed_regions: _Optional[_Iterable[str]] = ..., prefer_local_region: _Optional[bool] = ..., cost_quality_target: _Optional[float] = ..., cost_mode: _Optional[str] = ...) -> None: ...
 
 class OrgNode(_message.Message):
     __slots__ = ("name", "parent", "kind", "display_name", "metadata", "default_strategy")
