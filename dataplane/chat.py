@@ -148,7 +148,8 @@ class ChatHandler:
             elif decision is not None and decision.flagship:
                 cascade_note = "skipped (the quality target needs the flagship)"
             else:
-                return await self._cascade(request, table, key, payload, account, target, needs, complexity)
+                return await self._cascade(request, table, key, payload, account, target, needs, complexity,
+                                           controls.explain)
         try:
             route_plan = router.plan(target, needs, strategy, self._stats.health,
                                      target.weights or table.default_weights, outliers=self._stats.outliers,
@@ -191,7 +192,8 @@ class ChatHandler:
                                     charge.on_usage, account)
 
     async def _cascade(self, request: web.Request, table: RuntimeTable, key: KeyInfo, payload: dict[str, Any],
-                       account: UsageAccount, target: Target, needs: Needs, complexity: Complexity) -> web.Response:
+                       account: UsageAccount, target: Target, needs: Needs, complexity: Complexity,
+                       explain: bool) -> web.Response:
         """`cost_mode: cascade`: the cheapest qualifying model first; the flagship only when
         `cascade.judge` rejects that answer. Each call is planned, charged against the budgets
         and counted on its own; the client gets one answer. The rejected answer is dropped
@@ -206,7 +208,7 @@ class ChatHandler:
             try:
                 plan = router.plan(target, replace(needs, needed_quality=0, flagship=flagship), "cost",
                                    self._stats.health, weights, outliers=self._stats.outliers,
-                                   local_region=self._region)
+                                   explain=explain, local_region=self._region)
             except router.NoCandidate as exc:
                 raise ApiError(exc.status, exc.message, code=exc.code, param=exc.param,
                                type="invalid_request_error" if exc.status < 500 else "server_error") from None
@@ -221,6 +223,8 @@ class ChatHandler:
                 adapter, model = success.endpoint.provider.adapter, success.endpoint.model
                 charge.served_by(model)
                 headers = {**success.headers(target, "cost"), **charge.headers(), **task_headers(request, task)}
+                if explain:
+                    headers["x-megarouter-explain"] = explanation(plan)
                 response = await relay_json(self._stats, success, lambda raw: adapter.chat_response(raw, model),
                                             headers, charge.on_usage, account)
             best = max((c.endpoint.quality_tier for c in plan.candidates if not c.excluded), default=0)

@@ -80,6 +80,19 @@ async def test_free_text_is_judged_by_its_length(system: System) -> None:
     assert headers["x-megarouter-cascade-reason"] == verdict.reason
 
 
+async def test_explain_describes_the_call_that_answered(system: System) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(system.base_url() + "/chat/completions",
+                                json={"model": "cascade", "max_tokens": 4,
+                                      "messages": [{"role": "user", "content": QUESTION}]},
+                                headers={"Authorization": f"Bearer {API_KEY}", "x-megarouter-explain": "1"}) as r:
+            assert r.status == 200
+            explained = json.loads(r.headers["x-megarouter-explain"])
+    assert r.headers["x-megarouter-cascade"] == "escalated"
+    assert explained["strategy"] == "cost" and explained["needed_quality"] == 4   # the flagship tier
+    assert {c["endpoint"] for c in explained["candidates"]} >= {"medium-sim"}
+
+
 async def test_a_stream_is_served_without_a_cascade_and_says_so(system: System) -> None:
     status, headers, body = await _post(system, {"messages": [{"role": "user", "content": QUESTION}],
                                                  "stream": True})
@@ -155,3 +168,13 @@ async def test_an_unknown_cost_mode_is_refused_naming_the_field(system: System) 
                                                       tiers=[routing_pb2.Tier(models=["demo-small"])]))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "cost_mode" in caught.value.details()
+
+
+def test_a_missing_or_corrupt_acceptance_model_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(cascade.CascadeModelError, match="cannot read the cascade model"):
+        cascade.use_model(tmp_path / "absent.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "megarouter-cascade/1"}')
+    with pytest.raises(cascade.CascadeModelError, match="corrupt.*scripts/train_cascade.py"):
+        cascade.use_model(bad)
+    cascade.use_model()   # the shipped one again, for the other tests
