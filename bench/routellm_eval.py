@@ -455,27 +455,15 @@ def generalisation() -> None:
         rows = heldout & (data.dataset == ds)
         a, p, length = report(rows, full.gain(data, rows))
         print(f"| {ds} | all three (as shipped) | {int(rows.sum())} | {a:.3f} | {p:.3f} | {length:.3f} |")
-    for ds in DATASETS:
-        rows = heldout & (data.dataset == ds)
-        others = [o for o in DATASETS if o != ds]
-        fitted = train.fit(data, tune & np.isin(data.dataset, others))
-        a, p, length = report(rows, fitted.gain(data, rows))
-        print(f"| {ds} | {' + '.join(others)} (leave-one-dataset-out) | {int(rows.sum())} | {a:.3f} | {p:.3f} "
-              f"| {length:.3f} |")
-    # MMLU leave-subjects-out: 5 groups of subjects (by the subject name's hash); each group's
-    # held-out questions are scored by a model trained without any question of its subjects.
-    subjects = sorted(set(data.domain[data.dataset == "mmlu"]))
-    group = {s: _hash(s) % 5 for s in subjects}
-    gain = np.zeros(len(data.items))
-    mmlu_heldout = heldout & (data.dataset == "mmlu")
-    for g in range(5):
-        unseen = np.isin(data.domain, [s for s in subjects if group[s] == g]) & (data.dataset == "mmlu")
-        fitted = train.fit(data, tune & ~unseen)
-        rows = mmlu_heldout & unseen
-        gain[rows] = fitted.gain(data, rows)
-    a, p, length = report(mmlu_heldout, gain[mmlu_heldout])
-    print(f"| mmlu, subjects unseen (leave-subjects-out, 5 groups of {len(subjects)} subjects) | everything else "
-          f"| {int(mmlu_heldout.sum())} | {a:.3f} | {p:.3f} | {length:.3f} |")
+    subjects = len(set(data.domain[data.dataset == "mmlu"]))
+    for kind, ds, rows, gain in train.left_out_runs(data, heldout):
+        a, p, length = report(rows, gain)
+        if kind == "leave-one-dataset-out":
+            evaluated, trained = ds, " + ".join(o for o in DATASETS if o != ds) + f" ({kind})"
+        else:
+            evaluated = f"{ds}, subjects unseen ({kind}, {train.SUBJECT_GROUPS} groups of {subjects} subjects)"
+            trained = "everything else"
+        print(f"| {evaluated} | {trained} | {int(rows.sum())} | {a:.3f} | {p:.3f} | {length:.3f} |")
 
 
 def _timing_payloads() -> dict[str, list[dict]]:

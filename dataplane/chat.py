@@ -150,13 +150,7 @@ class ChatHandler:
             else:
                 return await self._cascade(request, table, key, payload, account, target, needs, complexity,
                                            controls.explain)
-        try:
-            route_plan = router.plan(target, needs, strategy, self._stats.health,
-                                     target.weights or table.default_weights, outliers=self._stats.outliers,
-                                     explain=controls.explain, local_region=self._region)
-        except router.NoCandidate as exc:
-            raise ApiError(exc.status, exc.message, code=exc.code, param=exc.param,
-                           type="invalid_request_error" if exc.status < 500 else "server_error") from None
+        route_plan = self._plan(table, target, needs, strategy, controls.explain)
 
         def build(endpoint: EndpointRuntime) -> tuple[str, bytes]:
             body = endpoint.provider.adapter.chat_request(payload, endpoint.upstream_model)
@@ -177,9 +171,8 @@ class ChatHandler:
                 headers[CASCADE_HEADER] = cascade_note
             if controls.explain:
                 if decision is not None:
-                    best = max((c.endpoint.quality_tier for c in route_plan.candidates if not c.excluded),
-                               default=0)
-                    route_plan.quality_target = decision.explain(success.endpoint.quality_tier >= best)
+                    route_plan.quality_target = decision.explain(
+                        success.endpoint.quality_tier >= route_plan.best_quality)
                 for candidate in route_plan.candidates:
                     if not candidate.excluded and candidate.endpoint not in charge.endpoints:
                         candidate.excluded = "model quota spent"
@@ -191,6 +184,15 @@ class ChatHandler:
             return await relay_json(self._stats, success, lambda raw: adapter.chat_response(raw, model), headers,
                                     charge.on_usage, account)
 
+    def _plan(self, table: RuntimeTable, target: Target, needs: Needs, strategy: str, explain: bool) -> router.Plan:
+        """The router's plan, or the request's error in OpenAI's shape when nothing can serve it."""
+        try:
+            return router.plan(target, needs, strategy, self._stats.health, target.weights or table.default_weights,
+                               outliers=self._stats.outliers, explain=explain, local_region=self._region)
+        except router.NoCandidate as exc:
+            raise ApiError(exc.status, exc.message, code=exc.code, param=exc.param,
+                           type="invalid_request_error" if exc.status < 500 else "server_error") from None
+
     async def _cascade(self, request: web.Request, table: RuntimeTable, key: KeyInfo, payload: dict[str, Any],
                        account: UsageAccount, target: Target, needs: Needs, complexity: Complexity,
                        explain: bool) -> web.Response:
@@ -198,20 +200,13 @@ class ChatHandler:
         `cascade.judge` rejects that answer. Each call is planned, charged against the budgets
         and counted on its own; the client gets one answer. The rejected answer is dropped
         unread by anything but the judge."""
-        weights = target.weights or table.default_weights
         task = request["task"]
 
         def build(endpoint: EndpointRuntime) -> tuple[str, bytes]:
             return endpoint.chat_url, endpoint.provider.adapter.chat_request(payload, endpoint.upstream_model)
 
         async def call(flagship: bool) -> tuple[web.Response, EndpointRuntime, int]:
-            try:
-                plan = router.plan(target, replace(needs, needed_quality=0, flagship=flagship), "cost",
-                                   self._stats.health, weights, outliers=self._stats.outliers,
-                                   explain=explain, local_region=self._region)
-            except router.NoCandidate as exc:
-                raise ApiError(exc.status, exc.message, code=exc.code, param=exc.param,
-                               type="invalid_request_error" if exc.status < 500 else "server_error") from None
+            plan = self._plan(table, target, replace(needs, needed_quality=0, flagship=flagship), "cost", explain)
             # The escalation is to the flagship tier only: a cheaper fallback would repeat the first call.
             endpoints = tuple(e for e in plan.endpoints if e.quality_tier >= plan.needed_quality) if flagship \
                 else plan.endpoints
@@ -227,8 +222,7 @@ class ChatHandler:
                     headers["x-megarouter-explain"] = explanation(plan)
                 response = await relay_json(self._stats, success, lambda raw: adapter.chat_response(raw, model),
                                             headers, charge.on_usage, account)
-            best = max((c.endpoint.quality_tier for c in plan.candidates if not c.excluded), default=0)
-            return response, success.endpoint, best
+            return response, success.endpoint, plan.best_quality
 
         cheap, endpoint, best = await call(flagship=False)
         if endpoint.quality_tier >= best:   # the cheapest qualifying model is (or failed over to) the best one

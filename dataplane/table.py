@@ -217,7 +217,7 @@ class RuntimeTable:
                 raise TableError(f"route {name!r} has an empty degradation path")
             if route.cost_mode not in ("", "cascade"):
                 raise TableError(f"route {name!r} has cost_mode {route.cost_mode!r}; expected '' or 'cascade'")
-            if not (route.cost_quality_target == 0 or 0 < route.cost_quality_target <= 1):  # NaN fails both
+            if not 0 <= route.cost_quality_target <= 1:  # NaN fails
                 raise TableError(f"route {name!r} has cost_quality_target {route.cost_quality_target!r}; "
                                  "expected 0 (not set) or a number in (0, 1]")
             tiers: list[tuple[EndpointRuntime, ...]] = []

@@ -9,7 +9,6 @@ operators write (`openai`).
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -235,8 +234,7 @@ def check_cost_quality_target(value: Any) -> float:
     Strict: a bool, a string (even "0.9"), NaN or an infinity is an error, not
     a coercion — `true` must not quietly mean "keep all of the quality".
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not (value == 0 or 0 < value <= 1):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:  # NaN fails
         raise ValueError(f"cost_quality_target must be a number in (0, 1] ({QUALITY_TARGET_HINT}; "
                          f"0 = not set), got {value!r}")
     return float(value)

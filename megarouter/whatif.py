@@ -893,13 +893,13 @@ def measured_quality_target(report: Report, target: float = MEASURED_TARGET) -> 
     looked like each evaluation set: the share of requests the calibrated router sent to the
     flagship there (measured, not assumed) applied to the flagship and the cheapest pool model."""
     from dataplane.routing.complexity import quality_calibration
-    from dataplane.table import _pricing
 
     calibration = quality_calibration(target)
     requests = report.workload.requests
+    table, _ = build_table(report.pool)
 
     def monthly(model: PoolModel) -> float:
-        pricing = _pricing(model.proto)
+        pricing = table.resolve(model.name).endpoints[0].pricing
         return sum(cost_usd(pricing, r.prompt_tokens, r.completion_tokens) * r.weight for r in requests)
 
     flagship_cost = report.result(FLAGSHIP_ONLY).cost_usd

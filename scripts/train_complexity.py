@@ -463,6 +463,29 @@ def export(data: Corpus, rows: np.ndarray, final: Fitted, calibration: dict, cv:
     }
 
 
+SUBJECT_GROUPS = 5   # MMLU leave-subjects-out: subjects in groups by the hash of their name
+
+
+def left_out_runs(data: Corpus, scored: np.ndarray):
+    """Yield (kind, dataset, rows, gain) for each generalisation split: the whole model retrained
+    on the tune rows outside what is left out, scoring the `scored` rows of what is left out.
+    Leave-one-dataset-out per dataset, then MMLU leave-subjects-out (each group of subjects
+    scored by a model trained without any question of its subjects)."""
+    tune = data.split == "tune"
+    for ds in ev.DATASETS:
+        left_out = data.dataset == ds
+        rows = scored & left_out
+        yield "leave-one-dataset-out", ds, rows, fit(data, tune & ~left_out).gain(data, rows)
+    mmlu = data.dataset == "mmlu"
+    subjects = sorted(set(data.domain[mmlu]))
+    rows = scored & mmlu
+    gain = np.zeros(len(data.items))
+    for g in range(SUBJECT_GROUPS):
+        unseen = mmlu & np.isin(data.domain, [s for s in subjects if ev._hash(s) % SUBJECT_GROUPS == g])
+        gain[rows & unseen] = fit(data, tune & ~unseen).gain(data, rows & unseen)
+    yield "leave-subjects-out", "mmlu", rows, gain[rows]
+
+
 def generalisation_dev(data: Corpus) -> None:
     """Development versions of bench/routellm_eval.py's generalisation table, inside the tune
     split only (train on the tune half of the rest, score the tune half of what is left out):
@@ -470,19 +493,9 @@ def generalisation_dev(data: Corpus) -> None:
     rows = data.rows()
     cv = per_dataset(data, rows, out_of_fold(data, rows))
     print("in-distribution 5-fold CV: " + "  ".join(f"{ds} {v['apgr']:.4f}" for ds, v in cv.items()))
-    for ds in ev.DATASETS:
-        left_out = data.dataset == ds
-        gain = fit(data, rows & ~left_out).gain(data, left_out)
-        m = ev.metrics(list(gain), list(data.strong[left_out]), list(data.weak[left_out]))
-        print(f"leave-one-dataset-out {ds}: APGR {m['apgr']:.4f}")
-    subjects = sorted(set(data.domain[data.dataset == "mmlu"]))
-    gain = np.zeros(len(data.items))
-    mmlu = data.dataset == "mmlu"
-    for g in range(5):
-        unseen = mmlu & np.isin(data.domain, [s for s in subjects if ev._hash(s) % 5 == g])
-        gain[unseen] = fit(data, rows & ~unseen).gain(data, unseen)
-    m = ev.metrics(list(gain[mmlu]), list(data.strong[mmlu]), list(data.weak[mmlu]))
-    print(f"leave-subjects-out mmlu: APGR {m['apgr']:.4f}")
+    for kind, ds, scored, gain in left_out_runs(data, rows):
+        m = ev.metrics(list(gain), list(data.strong[scored]), list(data.weak[scored]))
+        print(f"{kind} {ds}: APGR {m['apgr']:.4f}")
 
 
 def main() -> int:

@@ -10,7 +10,6 @@ import math
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 
 import aiohttp
 import grpc
@@ -25,7 +24,7 @@ from megarouter import ctl
 from megarouter.manifest import ManifestError, parse_manifest
 from megarouter.resources import Route, proto_to_dict, resource_to_proto
 from megarouter.v1 import admin_pb2, routing_pb2
-from tests.conftest import API_KEY, System, build_system
+from tests.conftest import API_KEY, System
 
 INVALID_HEADER_VALUES = ["0", "-0.1", "1.01", "abc", "nan", "inf", "", "-1", "1.5", "0.0", "1e-1", " ", "0x1",
                          "Infinity", "+0.5", "0,5", "\u0660.\u0665"]
@@ -178,13 +177,7 @@ def test_get_yaml_adds_a_read_only_calibration_block(monkeypatch) -> None:
 
 # ------------------------------------------------- against a running system
 
-@pytest.fixture(scope="module")
-async def system(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[System]:
-    built = await build_system(tmp_path_factory.mktemp("quality-target"))
-    try:
-        yield built
-    finally:
-        await built.close()
+# `system` (tests/conftest.py) is module-scoped: the routes these tests add stay in this module's system.
 
 
 def _ctl(system: System, *args: str) -> subprocess.CompletedProcess:

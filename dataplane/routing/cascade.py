@@ -116,12 +116,12 @@ def judge(payload: dict[str, Any], answer: Any, complexity: Complexity) -> Verdi
     if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
         return _judge_json(content, fmt)
     model = load_model()
-    logprobs = (choice.get("logprobs") or {}).get("content") if isinstance(choice.get("logprobs"), dict) else None
-    if isinstance(logprobs, list) and logprobs:
-        values = [t.get("logprob") for t in logprobs if isinstance(t, dict)]
-        values = [v for v in values if isinstance(v, (int, float))]
-        if values and sum(values) / len(values) < model.min_mean_logprob:
-            return Verdict(False, "low confidence (logprobs)")
+    logprobs = choice.get("logprobs")
+    tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
+    values = [t["logprob"] for t in tokens if isinstance(t, dict) and isinstance(t.get("logprob"), (int, float))] \
+        if isinstance(tokens, list) else []
+    if values and sum(values) / len(values) < model.min_mean_logprob:
+        return Verdict(False, "low confidence (logprobs)")
     p = model.p_worse(len(content), complexity)
     if p >= model.reject_p:
         return Verdict(False, "length suggests a weaker answer", p)

@@ -522,10 +522,6 @@ class _Model:
                 zw += sum(map(self.piece_exam[1].__getitem__, ids)) / n
         return _sigmoid(zs) - _sigmoid(zw), chat, _sigmoid(gate)
 
-    def gain(self, f: _Features) -> float:
-        exam, chat, exam_like = self.parts(f)
-        return exam_like * exam + (1.0 - exam_like) * chat
-
     def score(self, gain: float) -> float:
         return 0.01 + 0.98 * _sigmoid(self.platt_a * gain + self.platt_b)
 

@@ -72,6 +72,7 @@ class Plan:
     candidates: list[Candidate] = field(default_factory=list)
     needed_quality: int = 0
     quality_target: dict | None = None   # the quality target's decision, for the explanation
+    best_quality: int = 0                # the best quality tier among the usable candidates (the flagship's)
 
 
 class NoCandidate(Exception):
@@ -116,7 +117,8 @@ def plan(
     eligible, fallbacks, probe = _split_unavailable(eligible, health, outliers, now)
     if len(eligible) == 1 and not fallbacks and not explain:
         # Nothing to rank (a model id with one endpoint): skip the scoring.
-        return Plan((eligible[0].endpoint,), strategy, candidates, floor)
+        return Plan((eligible[0].endpoint,), strategy, candidates, floor,
+                    best_quality=eligible[0].endpoint.quality_tier)
 
     output_tokens = needs.output_tokens or DEFAULT_EXPECTED_OUTPUT_TOKENS
     # Only what the strategy scores is computed (explanations ask for all).
@@ -149,9 +151,10 @@ def plan(
     for candidate in unknown:
         candidate.latency_s = optimistic
 
+    best = max(c.endpoint.quality_tier for c in eligible)
     needed = max(floor, needs.needed_quality) if strategy == "cost" else floor
     if strategy == "cost" and needs.flagship:
-        needed = max(floor, max(c.endpoint.quality_tier for c in eligible))
+        needed = max(floor, best)
     ordered: list[EndpointRuntime] = []
     if probe is not None:
         ordered.append(probe.endpoint)
@@ -165,7 +168,7 @@ def plan(
     # Panic fallbacks after every usable endpoint, whatever their tier: a healthy fallback tier
     # serves before an ejected primary is tried again.
     ordered.extend(c.endpoint for c in fallbacks)
-    return Plan(tuple(ordered), strategy, candidates, needed)
+    return Plan(tuple(ordered), strategy, candidates, needed, best_quality=best)
 
 
 def _split_unavailable(
