@@ -264,3 +264,28 @@ def test_routes_can_prefer_the_proxys_own_region() -> None:
     assert plan(route, needs, "cost", health, DEFAULT_WEIGHTS, local_region="ap").endpoints[0].name == "far"
     neutral = Target("r", "route", ((far, near),))
     assert plan(neutral, needs, "cost", health, DEFAULT_WEIGHTS, local_region="eu").endpoints[0].name == "far"
+
+
+class _EverythingEjected:
+    """An outlier detector in a full outage: every endpoint ejected, no probe due."""
+
+    def unavailable_reason(self, name: str, now: float) -> str:
+        return "ejected for 5xx"
+
+    def probe_order(self, name: str) -> tuple[bool, float]:
+        return (False, 0.0)
+
+    def panic_probe_due(self, name: str, now: float) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("flagship", [False, True])
+def test_a_full_outage_still_plans_and_names_the_flagship_tier(flagship: bool) -> None:
+    # Regression: the flagship's tier was taken over the usable candidates only, none in an outage.
+    cheap, best = endpoint("cheap", quality=2, price=0.1), endpoint("best", quality=5, price=10)
+    needs = Needs(frozenset(), 100, 50, flagship=flagship)
+    routed = plan(target((cheap, best)), needs, "cost", HealthRegistry(), DEFAULT_WEIGHTS,
+                  outliers=_EverythingEjected())
+    assert sorted(e.name for e in routed.endpoints) == ["best", "cheap"]   # both kept, as panic fallbacks
+    assert routed.best_quality == 5
+    assert routed.needed_quality == (5 if flagship else 0)

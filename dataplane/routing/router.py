@@ -114,11 +114,13 @@ def plan(
             candidate.excluded = _exclusion(endpoint, target, needs, floor)
     if not eligible:
         raise _no_candidate(target, candidates, needs, floor)
+    # Over every eligible candidate, ejected ones too: in a full outage none is usable, and the
+    # flagship's tier is still what a quality target asks for (the best one left serves).
+    best = max(c.endpoint.quality_tier for c in eligible)
     eligible, fallbacks, probe = _split_unavailable(eligible, health, outliers, now)
     if len(eligible) == 1 and not fallbacks and not explain:
         # Nothing to rank (a model id with one endpoint): skip the scoring.
-        return Plan((eligible[0].endpoint,), strategy, candidates, floor,
-                    best_quality=eligible[0].endpoint.quality_tier)
+        return Plan((eligible[0].endpoint,), strategy, candidates, floor, best_quality=best)
 
     output_tokens = needs.output_tokens or DEFAULT_EXPECTED_OUTPUT_TOKENS
     # Only what the strategy scores is computed (explanations ask for all).
@@ -151,7 +153,6 @@ def plan(
     for candidate in unknown:
         candidate.latency_s = optimistic
 
-    best = max(c.endpoint.quality_tier for c in eligible)
     needed = max(floor, needs.needed_quality) if strategy == "cost" else floor
     if strategy == "cost" and needs.flagship:
         needed = max(floor, best)
