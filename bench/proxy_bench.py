@@ -7,10 +7,14 @@ each workload x connections (1, 32) runs wrk against the upstream directly
 (the baseline) and through the proxy. Workloads: `json` and `stream` are
 OpenAI pass-through; `json-anthropic` and `stream-anthropic` send the same
 OpenAI requests to a model served by an Anthropic-format upstream, so the
-proxy translates request, response and stream. Prints the machine, the CPU
-placement, a results table, the adapter's CPU cost next to pass-through and
-the issue's targets on stdout, ready to paste into bench/RESULTS.md;
-`--json PATH` also writes the raw numbers.
+proxy translates request, response and stream. The `messages-*` workloads are
+Anthropic Messages clients (`POST /v1/messages`): `messages-anthropic`
+(-stream) for the Anthropic-format model, passed through natively;
+`messages-openai` (-stream) for the OpenAI-format model, translated to chat
+and back. Prints the machine, the CPU placement, a results table, the
+adapters' CPU cost next to pass-through and the issue's targets on stdout,
+ready to paste into bench/RESULTS.md; `--json PATH` also writes the raw
+numbers.
 
     .venv/bin/python bench/proxy_bench.py [--quick | --duration S] [--upstream static|sim]
                                           [--workloads json,stream,...] [--json PATH]
@@ -48,7 +52,7 @@ API_KEY = "sk-mr-bench-0123456789abcdef"
 MODEL = "bench-model"                       # served by the OpenAI-format provider, passed through
 COST_ROUTE = "bench-cost"                   # strategy cost over MODEL and LARGE_MODEL (same upstream)
 LARGE_MODEL = "bench-model-large"
-CLAUDE_MODEL = "bench-claude"               # served by the Anthropic-format provider, translated
+CLAUDE_MODEL = "bench-claude"               # served by the Anthropic-format provider
 CLAUDE_UPSTREAM_MODEL = "claude-sonnet-4-5"
 CHAT_PATH = "/v1/chat/completions"
 MESSAGES_PATH = "/v1/messages"
@@ -61,14 +65,20 @@ class Workload:
     directly for the baseline."""
     name: str
     stream: bool
-    script: Path          # wrk script for the proxy: an OpenAI chat request
+    script: Path          # wrk script for the proxy: a request in the format `path` speaks
     model: str            # the model the client asks the proxy for
-    anthropic: bool       # served by the Anthropic-format provider (translated)
+    anthropic: bool       # served by the Anthropic-format provider (its upstream speaks Messages)
     direct_script: Path   # wrk script for the upstream-direct baseline
     direct_path: str
     direct_model: str
     passthrough: str | None = None  # adapter workloads: the pass-through workload they are compared with
     cost: bool = False    # a cost-strategy route over two models: the planner and the complexity estimate run
+    path: str = CHAT_PATH  # the proxy's input API: CHAT_PATH (OpenAI chat) or MESSAGES_PATH (Anthropic)
+
+    @property
+    def messages_client(self) -> bool:
+        """The client speaks Anthropic's Messages API (and expects its answers)."""
+        return self.path == MESSAGES_PATH
 
 
 WORKLOADS = {w.name: w for w in (
@@ -82,7 +92,38 @@ WORKLOADS = {w.name: w for w in (
              LUA_DIR / "messages_stream.lua", MESSAGES_PATH, CLAUDE_UPSTREAM_MODEL, passthrough="stream"),
     Workload("json-cost", False, LUA_DIR / "chat_json.lua", COST_ROUTE, False,
              LUA_DIR / "chat_json.lua", CHAT_PATH, MODEL, cost=True),
+    # Anthropic Messages clients. To the Anthropic-format model the proxy
+    # relays the body natively (only `model` rewritten), so proxy and baseline
+    # send the very same script; to the OpenAI-format model it translates
+    # Messages -> chat and the answer back, and the baseline is the chat
+    # request it sends (chat_json.lua is what messages_json.lua becomes).
+    Workload("messages-anthropic", False, LUA_DIR / "messages_json.lua", CLAUDE_MODEL, True,
+             LUA_DIR / "messages_json.lua", MESSAGES_PATH, CLAUDE_UPSTREAM_MODEL, path=MESSAGES_PATH),
+    Workload("messages-anthropic-stream", True, LUA_DIR / "messages_stream.lua", CLAUDE_MODEL, True,
+             LUA_DIR / "messages_stream.lua", MESSAGES_PATH, CLAUDE_UPSTREAM_MODEL, path=MESSAGES_PATH),
+    Workload("messages-openai", False, LUA_DIR / "messages_json.lua", MODEL, False,
+             LUA_DIR / "chat_json.lua", CHAT_PATH, MODEL, passthrough="messages-anthropic", path=MESSAGES_PATH),
+    Workload("messages-openai-stream", True, LUA_DIR / "messages_stream.lua", MODEL, False,
+             LUA_DIR / "chat_stream.lua", CHAT_PATH, MODEL, passthrough="messages-anthropic-stream",
+             path=MESSAGES_PATH),
 )}
+
+
+def held_to_passthrough_targets(workload: Workload) -> bool:
+    """Whether the issue's absolute targets (req/s, CPU/req, added p50) apply.
+
+    Adapter workloads are held to the CPU ratio instead, and json-cost to its
+    req/s loss against json. messages-anthropic(-stream) counts: it is a
+    pass-through (the client's body goes to the upstream with only `model`
+    rewritten, the answer or stream comes back byte for byte), and the targets
+    are the proxy's budget per relayed request, not per wire format — Claude
+    Code and Anthropic-SDK clients take this path and get the same promise.
+    Leaving it out would also let the native path slow down unnoticed, and
+    it is the denominator of messages-openai's ratio, where a slower base
+    would make the translation look cheaper. The measured column names each
+    workload, so an OpenAI-only reading stays possible (`--workloads`)."""
+    return workload.passthrough is None and not workload.cost
+
 
 READY_TIMEOUT_S = 30.0  # a service that has not announced itself by then is broken
 STOP_TIMEOUT_S = 10.0   # then SIGKILL
@@ -341,20 +382,51 @@ def preflight_upstream(base_url: str, workload: Workload) -> None:
         raise RuntimeError(f"{what} preflight: unexpected body {body[:300]!r}")
 
 
+def _is_message(body: bytes) -> bool:
+    """An Anthropic Messages answer: a `message` with content and usage."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return False
+    return (isinstance(answer, dict) and answer.get("type") == "message"
+            and isinstance(answer.get("content"), list) and isinstance(answer.get("usage"), dict))
+
+
+def _is_message_stream(body: bytes) -> bool:
+    """An Anthropic event stream: `message_start` first, `message_stop` last, no error event."""
+    events = [e.strip() for e in body.replace(b"\r\n", b"\n").split(b"\n\n") if e.strip()]
+    return (len(events) > 1 and events[0].startswith(b"event: message_start")
+            and events[-1].startswith(b"event: message_stop")
+            and not any(e.startswith(b"event: error") for e in events))
+
+
 def preflight_proxy(base_url: str, workload: Workload) -> None:
-    """One request of the workload through the proxy must come back as an
-    OpenAI answer — a chat.completion, or a chunk stream ending in
-    `data: [DONE]` — whatever format the upstream speaks: a bench that
-    measures fast 401s (or untranslated bodies) is worse than none."""
+    """One request of the workload through the proxy must come back in the
+    client's format whatever format the upstream speaks: for an OpenAI client
+    a chat.completion, or a chunk stream ending in `data: [DONE]`; for a
+    Messages client a `message` with usage, or an event stream ending in
+    `message_stop`. A bench that measures fast 401s (or untranslated bodies)
+    is worse than none."""
     what = f"proxy {workload.name}"
-    payload: dict = {"model": workload.model, "messages": [{"role": "system", "content": "Be brief."},
-                                                          {"role": "user", "content": "hi"}]}
-    if workload.stream:
-        payload.update(stream=True, stream_options={"include_usage": True})
-    body = _post(base_url + CHAT_PATH, payload, {"Authorization": f"Bearer {API_KEY}"}, what)
-    if not (_is_chat_stream(body) if workload.stream else _is_chat_completion(body)):
-        raise RuntimeError(f"{what} preflight: not an OpenAI {'stream' if workload.stream else 'chat.completion'}: "
-                           f"{body[:300]!r}")
+    if workload.messages_client:
+        payload: dict = {"model": workload.model, "max_tokens": 64, "system": "Be brief.",
+                         "messages": [{"role": "user", "content": "hi"}]}
+        headers = {"x-api-key": API_KEY, "anthropic-version": "2023-06-01"}
+        if workload.stream:
+            payload["stream"] = True
+        expected = "Anthropic event stream" if workload.stream else "Anthropic message"
+        valid = _is_message_stream if workload.stream else _is_message
+    else:
+        payload = {"model": workload.model, "messages": [{"role": "system", "content": "Be brief."},
+                                                         {"role": "user", "content": "hi"}]}
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        if workload.stream:
+            payload.update(stream=True, stream_options={"include_usage": True})
+        expected = "OpenAI stream" if workload.stream else "OpenAI chat.completion"
+        valid = _is_chat_stream if workload.stream else _is_chat_completion
+    body = _post(base_url + workload.path, payload, headers, what)
+    if not valid(body):
+        raise RuntimeError(f"{what} preflight: not an {expected}: {body[:300]!r}")
 
 
 # ------------------------------------------------------------------ measuring
@@ -427,7 +499,7 @@ def measure(base_url: str, workload: Workload, connections: int, args: argparse.
         target, url = "upstream", base_url + workload.direct_path
         script, model = workload.direct_script, workload.direct_model
     else:
-        target, url = "proxy", base_url + CHAT_PATH
+        target, url = "proxy", base_url + workload.path
         script, model = workload.script, workload.model
     run_wrk(url, script, model, connections, args.warmup, load_cpu)
     cpu_before = cpu_seconds(proxy.pid) if proxy else 0.0
@@ -462,11 +534,11 @@ def run_scenarios(upstreams: dict[bool, Service], proxy: Service, workloads: lis
         upstream = upstreams[workload.anthropic]
         for connections in CONNECTIONS:
             direct = measure(f"http://127.0.0.1:{upstream.port}", workload, connections, args, load_cpu)
-            log(f"{workload.name:16} c={connections:<2} upstream: {direct.rps:9,.0f} req/s  "
+            log(f"{workload.name:25} c={connections:<2} upstream: {direct.rps:9,.0f} req/s  "
                 f"p50 {direct.p50_ms:.3f} ms")
             through = measure(f"http://127.0.0.1:{proxy.port}", workload, connections, args, load_cpu, proxy)
             through.added_p50_ms = through.p50_ms - direct.p50_ms
-            log(f"{workload.name:16} c={connections:<2} proxy:    {through.rps:9,.0f} req/s  "
+            log(f"{workload.name:25} c={connections:<2} proxy:    {through.rps:9,.0f} req/s  "
                 f"p50 {through.p50_ms:.3f} ms  CPU {through.cpu_ms_per_request or 0:.3f} ms/req")
             runs += [direct, through]
     return runs
@@ -579,7 +651,7 @@ def check_targets(runs: list[Run]) -> list[dict]:
     they were set for, and the adapter's CPU relative to pass-through. A
     target whose runs were not selected (--workloads) is left out."""
     proxy = [r for r in runs if r.target == "proxy"]
-    passthrough = [r for r in proxy if WORKLOADS[r.workload].passthrough is None and not WORKLOADS[r.workload].cost]
+    passthrough = [r for r in proxy if held_to_passthrough_targets(WORKLOADS[r.workload])]
     checks = []
     if passthrough:
         busy = [r for r in passthrough if r.connections == max(CONNECTIONS)]
@@ -662,7 +734,7 @@ def report(machine: dict, settings: dict, where: dict[str, str], runs: list[Run]
     lines += ["", f"Upstream headroom (upstream-direct req/s / proxy req/s): {ratios}."]
     pairs = adapter_ratios(runs)
     if pairs:
-        lines += ["", "## Adapter: OpenAI clients, Anthropic upstream (proxy CPU per request)", ""]
+        lines += ["", "## Adapters: translated vs pass-through (proxy CPU per request)", ""]
         lines += adapter_table(pairs)
         lines += ["", f"Required: adapter CPU ms/req <= {TARGET_ADAPTER_CPU_RATIO:g}x the pass-through "
                       "workload's at the same connection count."]
@@ -789,6 +861,12 @@ def bench(args: argparse.Namespace, services: Services, tmp: Path) -> int:
                    f"Anthropic-format provider (upstream model {CLAUDE_UPSTREAM_MODEL}), translated both ways; "
                    f"their upstream-direct rows POST the equivalent Anthropic body to {MESSAGES_PATH} "
                    "(static upstream stream: 22 SSE events)",
+        "messages": f"messages-*: an Anthropic Messages client (POST {MESSAGES_PATH}, x-api-key, "
+                    "anthropic-version; bench/lua/messages_json.lua / messages_stream.lua). messages-anthropic"
+                    f"(-stream): model {CLAUDE_MODEL}, passed through natively (only model rewritten); baseline "
+                    f"the same request to the upstream's {MESSAGES_PATH}. messages-openai(-stream): model {MODEL}, "
+                    f"translated to chat and back; baseline the equivalent chat request to {CHAT_PATH}; "
+                    "adapter ratio against messages-anthropic(-stream)",
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
     }
     text, targets = report(machine, settings, where, runs)

@@ -6,21 +6,36 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
 from dataplane.budgets import BudgetEnforcer
-from dataplane.chat import ChatHandler, parse_body
-from dataplane.completions import CompletionsHandler
 from dataplane.control_plane import ControlPlaneLink
-from dataplane.embeddings import EmbeddingsHandler
-from dataplane.errors import ApiError
+from dataplane.errors import (
+    ANTHROPIC_ERRORS,
+    OPENAI_ERRORS,
+    ApiError,
+    ClientError,
+    ErrorFormat,
+    bad_request,
+    error_format_for,
+)
 from dataplane.failover.outlier import BASE_EJECTION_S, OutlierDetector
 from dataplane.http_server import HttpLimits, read_body
+from dataplane.operations.chat import ChatOperation
+from dataplane.operations.completions import CompletionsOperation
+from dataplane.operations.count_tokens import count_tokens
+from dataplane.operations.embeddings import EmbeddingsOperation
+from dataplane.operations.messages import MessagesOperation
+from dataplane.operations.responses import ResponsesOperation
+from dataplane.pipeline.exchange import Operation
+from dataplane.pipeline.run import Pipeline
 from dataplane.stats import TABLE_VERSION, EndpointStats
 from dataplane.table import KeyInfo, RuntimeTable
+from dataplane.translate.responses_chat import not_retained_error
 from dataplane.upstream import SessionPool
 from dataplane.workers import MULTIPROC_ENV
 
@@ -40,9 +55,7 @@ class ProxyState:
         self.sessions = SessionPool()
         self.stats = EndpointStats(outliers=OutlierDetector(ejection_base_s))
         self.budgets = BudgetEnforcer(node_id, link)
-        self.chat = ChatHandler(self.sessions, self.stats, self.budgets, region)
-        self.embeddings = EmbeddingsHandler(self.sessions, self.stats, self.budgets)
-        self.completions = CompletionsHandler(self.sessions, self.stats, self.budgets)
+        self.pipeline = Pipeline(self.sessions, self.stats, self.budgets, region)
 
     def install(self, table: RuntimeTable) -> None:
         self.table = table
@@ -61,88 +74,145 @@ def _table(request: web.Request) -> RuntimeTable:
     return table
 
 
-def authenticate(request: web.Request, table: RuntimeTable) -> KeyInfo:
+def parse_body(raw: bytes) -> dict:
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"We could not parse the JSON body of your request: {exc.msg}") from None
+    if not isinstance(payload, dict):
+        raise bad_request("The request body must be a JSON object.")
+    return payload
+
+
+def _credential(request: web.Request, x_api_key: bool) -> str:
+    """The API key the request carries: `Authorization: Bearer <key>`, or (Anthropic's APIs)
+    `x-api-key: <key>` — Claude Code sends either, depending on how it is configured."""
     headers = request.headers.getall("Authorization", ())
     if len(headers) > 1:
         # Which one would win is the server's accident; a client sending two is refused.
-        raise ApiError(400, "Send one Authorization header, not several.", param="Authorization",
-                       code="duplicate_header")
-    header = headers[0] if headers else ""
-    scheme, _, secret = header.partition(" ")
+        raise ClientError(400, "Send one Authorization header, not several.", param="Authorization",
+                          code="duplicate_header")
+    if x_api_key:
+        keys = request.headers.getall("x-api-key", ())
+        if len(keys) > 1:
+            raise ClientError(400, "Send one x-api-key header, not several.", param="x-api-key",
+                              code="duplicate_header")
+        if keys and keys[0].strip():
+            if headers:
+                raise ClientError(400, "Send the API key once: as x-api-key or as Authorization, not both.",
+                                  param="x-api-key", code="duplicate_header")
+            return keys[0].strip()
+    scheme, _, secret = (headers[0] if headers else "").partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
-        raise ApiError(
-            401,
-            "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
-            code="missing_api_key",
-        )
-    key = table.keys.get(hashlib.sha256(secret.strip().encode()).hexdigest())
+        how = "'x-api-key: <key>' or 'Authorization: Bearer <key>'" if x_api_key else "'Authorization: Bearer <key>'"
+        raise ApiError(401, f"You didn't provide an API key. Send it as {how}.", code="missing_api_key")
+    return secret.strip()
+
+
+def authenticate(request: web.Request, table: RuntimeTable, x_api_key: bool = False) -> KeyInfo:
+    secret = _credential(request, x_api_key)
+    key = table.keys.get(hashlib.sha256(secret.encode()).hexdigest())
     if key is None:
         # Like OpenAI, show only the key's first characters.
-        shown = secret.strip()[:8] + "…"
+        shown = secret[:8] + "…"
         raise ApiError(401, f"Incorrect API key provided: {shown}", code="invalid_api_key")
     if key.expires_at_unix_ms and time.time() * 1000 >= key.expires_at_unix_ms:
         raise ApiError(401, f"API key '{key.name}' has expired.", code="expired_api_key")
     return key
 
 
-def _api(handler: str):
-    """The aiohttp handler for a JSON API: table, auth and body, then `handler`."""
+async def _body(request: web.Request) -> dict:
+    state = request.app[STATE]
+    raw = await read_body(request, request.app._client_max_size, state.limits.body_timeout_s)
+    request["body_size"] = len(raw)
+    return parse_body(raw)
+
+
+def _api(operation: Operation):
+    """The aiohttp handler for one API: table, auth and body, then the pipeline."""
+    x_api_key = operation.errors is ANTHROPIC_ERRORS
 
     async def handle(request: web.Request) -> web.StreamResponse:
         table = _table(request)
-        key = authenticate(request, table)
-        state = request.app[STATE]
-        raw = await read_body(request, request.app._client_max_size, state.limits.body_timeout_s)
-        request["body_size"] = len(raw)
-        payload = parse_body(raw)
-        return await getattr(request.app[STATE], handler).handle(request, table, key, payload)
+        key = authenticate(request, table, x_api_key)
+        payload = await _body(request)
+        return await request.app[STATE].pipeline.run(operation, request, table, key, payload)
 
     return handle
 
 
-def _openai_errors(api: str, handler):
-    """Every failure leaves as an OpenAI error body; never a stack trace.
+def _models_errors(request: web.Request) -> ErrorFormat:
+    return ANTHROPIC_ERRORS if "anthropic-version" in request.headers else OPENAI_ERRORS
+
+
+def _guarded(api: str, errors: ErrorFormat | Callable[[web.Request], ErrorFormat], handler):
+    """Every failure leaves in the API's own error shape (`errors`, or the one it picks for
+    the request); never a stack trace.
 
     A wrapper per route rather than an aiohttp middleware: middlewares cost a
     few percent of the proxy's CPU per request, measured (bench/RESULTS.md).
     """
 
     async def guarded(request: web.Request) -> web.StreamResponse:
+        shape = errors(request) if callable(errors) else errors
         try:
             response = await handler(request)
         except ApiError as error:
-            response = error.response()
+            response = shape.response(error)
         except web.HTTPRequestEntityTooLarge:
             limit = request.app._client_max_size
-            response = ApiError(
-                413, f"Request body too large: the limit is {limit} bytes.", code="request_too_large"
-            ).response()
+            response = shape.response(ApiError(
+                413, f"Request body too large: the limit is {limit} bytes.", code="request_too_large"))
         except Exception:
             # The traceback goes to our log (it holds no request content);
             # the client gets a generic message.
             log.exception("unhandled error on %s %s", request.method, request.path)
-            response = ApiError(500, "internal gateway error", type="server_error", code="internal_error").response()
+            response = shape.response(
+                ApiError(500, "internal gateway error", type="server_error", code="internal_error"))
         request.app[STATE].stats.client_response(api, response.status)
         return response
 
     return guarded
 
 
+async def _count_tokens(request: web.Request) -> web.Response:
+    table = _table(request)
+    key = authenticate(request, table, x_api_key=True)
+    payload = await _body(request)
+    return await count_tokens(request.app[STATE].pipeline, request, table, key, payload)
+
+
+async def _not_retained(request: web.Request) -> web.Response:
+    """`GET /v1/responses/{id}` and friends: this gateway stores no response to find."""
+    authenticate(request, _table(request))
+    raise not_retained_error(request.match_info["response_id"])
+
+
 async def unknown_url(request: web.Request) -> web.Response:
-    return ApiError(404, f"Invalid URL ({request.method} {request.path})", code="unknown_url").response()
+    return error_format_for(request.path).response(
+        ApiError(404, f"Invalid URL ({request.method} {request.path})", code="unknown_url"))
 
 
 async def list_models(request: web.Request) -> web.Response:
+    """The routes and models this key may use — in Anthropic's list shape when the client
+    speaks Anthropic's API (it sends `anthropic-version`), else OpenAI's."""
     table = _table(request)
-    key = authenticate(request, table)
+    anthropic = "anthropic-version" in request.headers
+    key = authenticate(request, table, x_api_key=anthropic)
     created = table.proto.generated_at_unix_ms // 1000
-    data = []
-    for name in (*table.route_names, *table.model_names):
-        target = table.resolve(name)
-        if target is not None and target.endpoints and key.may_use(name):
-            owner = "megarouter-route" if target.kind == "route" else "megarouter"
-            data.append({"id": name, "object": "model", "created": created, "owned_by": owner})
-    return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")
+    names = [name for name in (*table.route_names, *table.model_names)
+             if (target := table.resolve(name)) is not None and target.endpoints and key.may_use(name)]
+    if anthropic:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
+        data = [{"type": "model", "id": name, "display_name": name, "created_at": stamp} for name in names]
+        body = {"data": data, "has_more": False, "first_id": names[0] if names else None,
+                "last_id": names[-1] if names else None}
+    else:
+        body = {"object": "list", "data": [
+            {"id": name, "object": "model", "created": created,
+             "owned_by": "megarouter-route" if table.resolve(name).kind == "route" else "megarouter"}
+            for name in names]}
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -178,10 +248,17 @@ def build_app(state: ProxyState, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     app = web.Application(client_max_size=max_body_bytes)
     state.limits = limits or HttpLimits()
     app[STATE] = state
-    app.router.add_post("/v1/chat/completions", _openai_errors("chat", _api("chat")))
-    app.router.add_post("/v1/completions", _openai_errors("completions", _api("completions")))
-    app.router.add_post("/v1/embeddings", _openai_errors("embeddings", _api("embeddings")))
-    app.router.add_get("/v1/models", _openai_errors("models", list_models))
+    for path, operation in (("/v1/chat/completions", ChatOperation()), ("/v1/completions", CompletionsOperation()),
+                            ("/v1/embeddings", EmbeddingsOperation()), ("/v1/responses", ResponsesOperation()),
+                            ("/v1/messages", MessagesOperation())):
+        app.router.add_post(path, _guarded(operation.api, operation.errors, _api(operation)))
+    app.router.add_post("/v1/messages/count_tokens", _guarded("count_tokens", ANTHROPIC_ERRORS, _count_tokens))
+    stored = _guarded("responses", OPENAI_ERRORS, _not_retained)
+    app.router.add_get("/v1/responses/{response_id}", stored)
+    app.router.add_delete("/v1/responses/{response_id}", stored)
+    app.router.add_get("/v1/responses/{response_id}/input_items", stored)
+    app.router.add_post("/v1/responses/{response_id}/cancel", stored)
+    app.router.add_get("/v1/models", _guarded("models", _models_errors, list_models))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

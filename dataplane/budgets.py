@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 import grpc
 
 from dataplane.control_plane import ControlPlaneLink
-from dataplane.errors import ApiError
+from dataplane.errors import BudgetError
 from dataplane.table import KeyInfo
 from megarouter.catalog import cost_usd
 from megarouter.v1 import budgets_pb2, budgets_pb2_grpc, routing_pb2
@@ -109,7 +109,7 @@ class Reservation:
     watched: list[BudgetRule]                      # alert-only budgets: report, never refuse
 
 
-class BudgetExhausted(ApiError):
+class BudgetExhausted(BudgetError):
     def __init__(self, rule: BudgetRule, resets_at_unix_ms: int, needed: float | None = None) -> None:
         scope = f"key {rule.key!r}" if rule.key else f"node {rule.node!r}"
         retry_after = {"Retry-After": str(max(1, math.ceil(resets_at_unix_ms / 1000 - time.time())))} \
@@ -135,7 +135,7 @@ class BudgetExhausted(ApiError):
         )
 
 
-class BudgetUnavailable(ApiError):
+class BudgetUnavailable(BudgetError):
     """The ledger could not be asked for more lease: not the client's limit, our outage."""
 
     def __init__(self, rule: BudgetRule) -> None:

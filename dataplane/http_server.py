@@ -33,7 +33,7 @@ import aiohttp.web_response
 from aiohttp import http_exceptions, web, web_protocol, web_server
 from prometheus_client import Counter
 
-from dataplane.errors import ApiError
+from dataplane.errors import ApiError, ClientError, error_format_for
 
 log = logging.getLogger("megarouter.proxy.http")
 
@@ -132,7 +132,7 @@ class HardenedRequestHandler(web_protocol.RequestHandler):
             log.error("HTTP server error %d (%s); request content is not logged", status,
                       type(exc).__name__ if exc is not None else "no exception")
             error = ApiError(status, "internal gateway error", type="server_error", code="internal_error")
-        response = error.response()
+        response = error_format_for(request.path).response(error)
         response.force_close()
         return response
 
@@ -165,7 +165,7 @@ async def read_body(request: web.Request, max_bytes: int, pause_s: float) -> byt
     """The whole body, refusing one that pauses longer than `pause_s` between reads (408), is
     larger than `max_bytes` (413), or whose Content-Encoding does not decode (400)."""
     if request.content_length is not None and request.content_length > max_bytes:
-        raise ApiError(413, f"Request body too large: the limit is {max_bytes} bytes.", code="request_too_large",
+        raise ClientError(413, f"Request body too large: the limit is {max_bytes} bytes.", code="request_too_large",
                        close=True)
     body = bytearray()
     loop = asyncio.get_running_loop()
@@ -174,13 +174,13 @@ async def read_body(request: web.Request, max_bytes: int, pause_s: float) -> byt
             while chunk := await request.content.readany():
                 body += chunk
                 if len(body) > max_bytes:
-                    raise ApiError(413, f"Request body too large: the limit is {max_bytes} bytes.",
+                    raise ClientError(413, f"Request body too large: the limit is {max_bytes} bytes.",
                                    code="request_too_large", close=True)
                 deadline.reschedule(loop.time() + pause_s)
     except TimeoutError:
         request.content.feed_eof()  # nothing more is read from it: close once answered, no lingering
         CLOSED.labels("body_timeout").inc()
-        raise ApiError(408, f"The request body stopped arriving for {pause_s:g}s.", code="request_timeout",
+        raise ClientError(408, f"The request body stopped arriving for {pause_s:g}s.", code="request_timeout",
                        close=True) from None
     except (web_protocol.RequestPayloadError, http_exceptions.HttpProcessingError) as exc:
         # The rest of this body is unreadable: end it here, so the server does not try to drain
@@ -189,8 +189,8 @@ async def read_body(request: web.Request, max_bytes: int, pause_s: float) -> byt
         cause = exc.__cause__ or exc
         kind = type(cause).__name__
         if isinstance(cause, http_exceptions.ContentEncodingError) or "encoding" in str(cause).lower():
-            raise ApiError(400, f"The request body does not match its Content-Encoding ({kind}).",
+            raise ClientError(400, f"The request body does not match its Content-Encoding ({kind}).",
                            param="Content-Encoding", code="invalid_content_encoding", close=True) from None
-        raise ApiError(400, f"The request body could not be read ({kind}).", code="malformed_request",
+        raise ClientError(400, f"The request body could not be read ({kind}).", code="malformed_request",
                        close=True) from None
     return bytes(body)

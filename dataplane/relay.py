@@ -2,8 +2,9 @@
 
 JSON is read whole and translated once. Streams are translated piece by
 piece as they arrive; a stream that breaks, stalls past the read timeout or
-ends without its terminal marker is finished with an OpenAI-style error
-event and no `[DONE]`, so a client never takes half an answer for a whole
+ends without its terminal marker is finished with an error event in the
+client API's shape and no clean end (`[DONE]`, `message_stop`,
+`response.completed`), so a client never takes half an answer for a whole
 one. Stats are recorded here, once per request, with the usage the
 upstream reported and its cost at catalog prices (also in the
 `x-megarouter-cost-usd` header of JSON responses; a stream's headers leave
@@ -99,12 +100,15 @@ async def relay_stream(
     headers: dict[str, str],
     on_usage: UsageCallback | None = None,
     account: UsageAccount | None = None,
+    interrupted: Callable[[StreamTranslator], bytes] | None = None,
 ) -> web.StreamResponse:
+    """`interrupted`: the events, in the client API's shape, that end a broken stream (given
+    the stream's translator, which may number them); OpenAI's error chunk by default."""
     loop = asyncio.get_running_loop()
     response = web.StreamResponse(
         status=200, headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
-    interrupted = False
+    broke = False
     async with success.response as upstream:
         try:
             out = translator.feed(success.first_chunk)
@@ -128,18 +132,18 @@ async def relay_stream(
                 account.served(success.endpoint.model)
             raise
         except (aiohttp.ClientError, TimeoutError, asyncio.IncompleteReadError):
-            interrupted = True  # the upstream broke or went silent
+            broke = True  # the upstream broke or went silent
     outcome = "success"
     if translator.error is not None:
         outcome = str(translator.error.error_class)  # the upstream's own error event was relayed
-    elif interrupted or not translator.complete:
+    elif broke or not translator.complete:
         outcome = "stream_interrupted"
     ttft = success.first_chunk_at - success.started
     _record(stats, success.endpoint, outcome, loop.time() - success.started, ttft, translator.usage, on_usage,
             account)
     try:
         if outcome == "stream_interrupted":
-            await _write(response, request, STREAM_INTERRUPTED)
+            await _write(response, request, interrupted(translator) if interrupted else STREAM_INTERRUPTED)
         await response.write_eof()
     except (_ClientGone, ConnectionResetError):
         pass  # the client left as the stream ended; nothing more to tell it

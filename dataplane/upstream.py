@@ -12,9 +12,9 @@ import asyncio
 import aiohttp
 import orjson
 
-from dataplane.errors import ApiError, error_body
+from dataplane.errors import ClientError, NoEndpointError, UpstreamError, error_body
 from dataplane.providers.base import ErrorClass, ProviderError
-from dataplane.table import EndpointRuntime
+from dataplane.translate.base import Translator, UpstreamRequest
 
 
 class SessionPool:
@@ -45,28 +45,31 @@ class SessionPool:
 
 async def send(
     sessions: SessionPool,
-    endpoint: EndpointRuntime,
-    url: str,
-    body: bytes,
+    translator: Translator,
+    upstream: UpstreamRequest,
     *,
     timeout_s: float,
     read_timeout_s: float | None = None,
 ) -> aiohttp.ClientResponse:
-    """POST `body` to `url` at the endpoint's provider; return the open 200 response or raise.
+    """Send `upstream` (the translator's request) to its endpoint's provider; return the open
+    200 response or raise the ProviderError the translator classifies.
 
     Without `read_timeout_s` the whole call (a JSON response) must finish
     within `timeout_s`. With it (streams), the response headers must arrive
     within `timeout_s` and afterwards no read may wait longer than
     `read_timeout_s` — the stall timeout.
     """
+    endpoint = translator.endpoint
     provider = endpoint.provider
+    headers = {**provider.headers, **upstream.headers} if upstream.headers else provider.headers
     timeout = (
         aiohttp.ClientTimeout(total=timeout_s)
         if read_timeout_s is None
         else aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=read_timeout_s)
     )
     try:
-        request = sessions.get(provider.name).post(url, data=body, headers=provider.headers, timeout=timeout)
+        request = sessions.get(provider.name).post(upstream.url, data=upstream.body, headers=headers,
+                                                   timeout=timeout)
         # Streams: the stall timeout applies to reads of the body; waiting
         # for the headers is bounded by the per-try timeout.
         if read_timeout_s is None:
@@ -88,12 +91,12 @@ async def send(
         error = b""
     finally:
         response.release()
-    failure = provider.adapter.classify_error(response.status, response.headers, error)
+    failure = translator.error(response.status, response.headers, error)
     failure.endpoint = endpoint.name
     raise failure
 
 
-def caller_error(failure: ProviderError) -> ApiError:
+def caller_error(failure: ProviderError) -> ClientError:
     """A provider's verdict on the caller's own request, in OpenAI's shape."""
     status = failure.status if 400 <= failure.status < 500 else 400
     code = failure.code
@@ -101,25 +104,27 @@ def caller_error(failure: ProviderError) -> ApiError:
         code = code or "context_length_exceeded"
     elif failure.error_class is ErrorClass.CONTENT_FILTER:
         code = code or "content_filter"
-    return ApiError(status, failure.message, param=failure.param, code=code)
+    return ClientError(status, failure.message, param=failure.param, code=code)
 
 
-def exhausted_error(failure: ProviderError | None, attempts: int) -> ApiError:
+def exhausted_error(failure: ProviderError | None, attempts: int) -> ClientError | NoEndpointError | UpstreamError:
     """The error for a request none of whose attempts succeeded."""
     if failure is None:
-        return ApiError(
+        return NoEndpointError(
             503, "no healthy endpoint is available for this model", type="server_error", code="no_available_endpoint"
         )
     message = f"upstream failed after {attempts} attempt(s); last: {failure}"
     if failure.error_class is ErrorClass.TIMEOUT:
-        return ApiError(504, message, type="server_error", code="upstream_timeout")
+        return UpstreamError(504, message, type="server_error", code="upstream_timeout",
+                             error_class=failure.error_class)
     if failure.error_class is ErrorClass.RATE_LIMITED:
         # Every candidate is rate-limited: tell the caller when to come back.
         headers = {"Retry-After": str(max(1, round(failure.retry_after_s)))} if failure.retry_after_s else {}
-        return ApiError(429, message, type="requests", code="rate_limit_exceeded", headers=headers)
+        return UpstreamError(429, message, type="requests", code="rate_limit_exceeded", headers=headers,
+                             error_class=failure.error_class)
     if failure.error_class is ErrorClass.CONTEXT_LENGTH:
         return caller_error(failure)
-    return ApiError(502, message, type="server_error", code="upstream_error")
+    return UpstreamError(502, message, type="server_error", code="upstream_error", error_class=failure.error_class)
 
 
 STREAM_INTERRUPTED = b"data: " + error_body(

@@ -192,6 +192,15 @@ _RESPONSE_FORMAT = fields({"type": one_of("text", "json_object", "json_schema"),
                                                   "description": string}, required=("name",))},
                           required=("type",))
 
+def _logit_bias(value: Any, param: str) -> None:
+    """Token ids (as strings, JSON has no integer keys) to a bias in [-100, 100]."""
+    obj(value, param)
+    for token, bias in value.items():
+        if not token.isdigit():
+            raise bad_request(f"Invalid key in '{param}': {token!r} is not a token id.", param)
+        number(-100, 100)(bias, f"{param}.{token}")
+
+
 CHAT_FIELDS: dict[str, Check] = {
     "messages": array_of(_message, 1),
     "temperature": number(0, 2),
@@ -204,7 +213,7 @@ CHAT_FIELDS: dict[str, Check] = {
     "frequency_penalty": number(-2, 2),
     "seed": integer(),
     "user": string,
-    "logit_bias": obj,
+    "logit_bias": _logit_bias,
     "logprobs": boolean,
     "top_logprobs": integer(0, 20),
     "stream": boolean,
@@ -228,6 +237,14 @@ def check_chat_request(payload: dict[str, Any]) -> None:
     if payload.get("messages") is None:
         raise bad_request("Missing required parameter: 'messages'.", "messages")
     check_fields(payload, CHAT_FIELDS)
+    choice = payload.get("tool_choice")
+    if isinstance(choice, dict):
+        declared = {tool["function"]["name"] for tool in payload.get("tools") or ()}
+        if choice["function"]["name"] not in declared:
+            raise bad_request(f"Invalid value for 'tool_choice.function.name': {choice['function']['name']!r} is "
+                              "not one of the request's tools.", "tool_choice.function.name")
+    elif choice == "required" and not payload.get("tools"):
+        raise bad_request("Invalid value for 'tool_choice': 'required' needs 'tools'.", "tool_choice")
 
 
 # ------------------------------------------------------------------ legacy completions
@@ -248,7 +265,7 @@ COMPLETIONS_FIELDS: dict[str, Check] = {
     "presence_penalty": number(-2, 2),
     "frequency_penalty": number(-2, 2),
     "best_of": integer(1, 20),
-    "logit_bias": obj,
+    "logit_bias": _logit_bias,
     "user": string,
     "seed": integer(),
 }

@@ -13,7 +13,7 @@ import importlib
 import sys
 
 from megarouter import __version__
-from megarouter.runtime import die_with_parent
+from megarouter.runtime import die_with_parent, exit_quietly_on_closed_stdout
 
 # Subcommand -> module with add_arguments(parser) and run(args) -> int.
 # Imported lazily so `megarouter sim` does not load gRPC, and so on.
@@ -27,7 +27,12 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     die_with_parent()
-    argv = sys.argv[1:] if argv is None else argv
+    # `megarouter --help | head -1`, `megarouter up | head -3`: a closed stdout ends the command quietly,
+    # with status 141 like a Unix tool killed by SIGPIPE (megarouter.runtime.CLOSED_STDOUT_EXIT says why).
+    return exit_quietly_on_closed_stdout(lambda: _main(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="megarouter", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"megarouter {__version__}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import sys
 import time
@@ -36,7 +37,7 @@ from megarouter.manifest import (
     parse_manifest,
 )
 from megarouter.resources import proto_to_dict
-from megarouter.runtime import env_default
+from megarouter.runtime import env_default, exit_quietly_on_closed_stdout
 from megarouter.v1 import admin_pb2, admin_pb2_grpc
 
 # kind (any accepted spelling) -> (Get, List, Delete method names, table columns)
@@ -61,6 +62,20 @@ _ALIASES = {
 
 class CtlError(Exception):
     pass
+
+
+# The commands that run a plane's code, and the module each runs. megarouter is the base the planes
+# stand on and never imports them (tests/test_layering.py checks); these are resolved by name when the
+# command runs, as `megarouter proxy` resolves its plane in megarouter/cli.py's COMMANDS, so every other
+# command works without the planes loaded (or installed).
+PLANE_MODULES = {
+    "whatif": "dataplane.whatif_replay",            # replays a workload through the data-plane router
+    "calibration": "dataplane.routing.complexity",  # what a cost_quality_target means with the shipped model
+}
+
+
+def _plane_module(use: str) -> Any:
+    return importlib.import_module(PLANE_MODULES[use])
 
 
 def _kind(name: str) -> str:
@@ -90,8 +105,7 @@ def route_calibration(route: dict[str, Any]) -> dict[str, Any] | None:
     target = route.get("cost_quality_target") or 0
     if not target:
         return None
-    from dataplane.routing.complexity import quality_calibration  # loads the model: only when asked
-    return quality_calibration(target)
+    return _plane_module("calibration").quality_calibration(target)  # loads the model: only when asked
 
 
 def routes_yaml(items: list[dict[str, Any]]) -> str:
@@ -342,11 +356,11 @@ async def cmd_table(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) ->
 
 
 async def cmd_whatif(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -> int:
-    from megarouter import whatif  # imported here: it loads the data-plane router
+    from megarouter.whatif import WhatIfError
 
     try:
-        return await whatif.run(stub, args)
-    except whatif.WhatIfError as exc:
+        return await _plane_module("whatif").run(stub, args)  # loaded here: it loads the data-plane router
+    except WhatIfError as exc:
         raise CtlError(str(exc)) from None
 
 
@@ -482,6 +496,12 @@ def _with_timeout(method, timeout: float):
 
 
 def main(argv: list[str] | None = None) -> int:
+    # `megarouterctl get models | head -1`: a closed stdout ends the command quietly, with status 141
+    # like a Unix tool killed by SIGPIPE (megarouter.runtime.CLOSED_STDOUT_EXIT says why that status).
+    return exit_quietly_on_closed_stdout(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return asyncio.run(_run(args))

@@ -11,9 +11,10 @@ import asyncio
 import json
 import logging
 import os
+import select
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 
@@ -106,3 +107,52 @@ def die_with_parent() -> None:
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for a supervised child: ours, plus who to die with."""
     return {**os.environ, PARENT_PID_ENV: str(os.getpid()), **(extra or {})}
+
+
+# The exit status of a command whose reader went away: 128 + SIGPIPE (141), what a shell reports for
+# `cat`, `ls` or `grep` when `| head` stops reading and SIGPIPE kills them. Not 0: the output was cut
+# short, and a `set -o pipefail` script can tell, as it can with those tools. Not 1, which our CLIs
+# use for a failed command (an unreachable server, a bad manifest). Python ignores SIGPIPE so
+# that sockets report EPIPE instead of killing the process; restoring its default action would
+# give the same status, but a gRPC or HTTP peer hanging up would then kill us too.
+CLOSED_STDOUT_EXIT = 128 + signal.SIGPIPE
+
+
+def exit_quietly_on_closed_stdout(main: Callable[[], int]) -> int:
+    """Run a command-line `main`; if its stdout pipe is closed under it (`megarouterctl get models |
+    head -1`), stop quietly with CLOSED_STDOUT_EXIT instead of a BrokenPipeError traceback.
+
+    Output still buffered when `main` returns (or exits) is flushed here, where a closed pipe can be
+    handled, rather than at interpreter exit, which would print "Exception ignored ... BrokenPipeError".
+    A BrokenPipeError from anything but stdout (a socket, a child's stdin) is not ours to hide: re-raised.
+    """
+    try:
+        try:
+            code = main()
+        except SystemExit:   # argparse's --help and --version, or sys.exit() in a command
+            sys.stdout.flush()
+            raise
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        # As the Python docs advise (library/signal.html, "Note on SIGPIPE"): stdout now goes to
+        # /dev/null, so the interpreter's own flush at exit has nowhere to fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return CLOSED_STDOUT_EXIT
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout's reader has gone: poll reports an error (a pipe) or a hang-up (a socket)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):   # replaced by something without a descriptor
+        return False
+    if not hasattr(select, "poll"):   # pragma: no cover - Windows: no poll; EPIPE there is the pipe's
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))

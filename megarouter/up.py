@@ -28,9 +28,9 @@ from megarouter.v1 import admin_pb2, admin_pb2_grpc
 
 # name, region, upstream model ids it serves, and its simulated behaviour.
 SIMULATORS = [
-    ("sim-east", "us-east", ["demo-small", "demo-medium"], ["--latency-ms", "30", "--ttft-ms", "20"]),
+    ("sim-east", "us-east", ["demo-small", "demo-medium", "demo-embed"], ["--latency-ms", "30", "--ttft-ms", "20"]),
     ("sim-west", "us-west", ["demo-small", "demo-medium"], ["--latency-ms", "60", "--ttft-ms", "40"]),
-    ("sim-eu", "eu-west", ["demo-medium", "demo-large"], ["--latency-ms", "120", "--ttft-ms", "80"]),
+    ("sim-eu", "eu-west", ["demo-medium", "demo-large", "demo-embed"], ["--latency-ms", "120", "--ttft-ms", "80"]),
 ]
 
 DEMO_MODELS = """
@@ -44,6 +44,8 @@ models:
   - {name: demo-large, input_price_per_mtok: 15.00, output_price_per_mtok: 60.00, context_window: 200000,
      max_output_tokens: 32768, quality_tier: 5,
      capabilities: {tools: true, vision: true, json_mode: true, streaming: true, reasoning: true}}
+  - {name: demo-embed, input_price_per_mtok: 0.02, context_window: 8192,
+     capabilities: {embeddings: true}}
 ---
 endpoints:
   - {name: demo-small-east, model: demo-small, provider: sim-east}
@@ -51,6 +53,8 @@ endpoints:
   - {name: demo-medium-west, model: demo-medium, provider: sim-west}
   - {name: demo-medium-eu, model: demo-medium, provider: sim-eu}
   - {name: demo-large-eu, model: demo-large, provider: sim-eu}
+  - {name: demo-embed-east, model: demo-embed, provider: sim-east}
+  - {name: demo-embed-eu, model: demo-embed, provider: sim-eu}
 ---
 routes:
   - name: auto
@@ -60,6 +64,10 @@ routes:
   - name: chat
     description: cheap interactive chat, escalating when the cheap tier is down
     tiers: [{models: [demo-small]}, {models: [demo-medium]}]
+    retry: {max_attempts: 3, per_try_timeout_s: 30, total_timeout_s: 90}
+  - name: embed
+    description: embeddings, served in us-east and eu-west
+    tiers: [{models: [demo-embed]}]
     retry: {max_attempts: 3, per_try_timeout_s: 30, total_timeout_s: 90}
 """
 
@@ -244,12 +252,19 @@ MegaRouter is running.
   API key         : {key}
   Admin API       : {admin}   (megarouterctl --server {admin} get routes;
                     its operator token is in {token_file}){replicas}
-  Routes          : auto, chat     Models: demo-small, demo-medium, demo-large
+  Routes          : auto, chat, embed
+  Models          : demo-small, demo-medium, demo-large (chat); demo-embed (embeddings)
 
   from openai import OpenAI
   client = OpenAI(base_url="{base_url}", api_key="{key}")
   print(client.chat.completions.create(model="auto",
         messages=[{{"role": "user", "content": "Hello!"}}]).choices[0].message.content)
+  print(client.responses.create(model="auto", input="Hello!").output_text)
+  print(len(client.embeddings.create(model="embed", input="Hello!").data[0].embedding))
+
+  Anthropic SDK : anthropic.Anthropic(base_url="{base_url.removesuffix('/v1')}", api_key="{key}")
+  Claude Code   : ANTHROPIC_BASE_URL={base_url.removesuffix('/v1')} ANTHROPIC_AUTH_TOKEN={key} \\
+                  ANTHROPIC_MODEL=auto claude
 
 Press Ctrl-C to stop.
 """

@@ -119,3 +119,98 @@ async def test_candidates_excluded_for_mixed_reasons_are_a_400_not_a_503(system:
     error = refused.value.body
     assert error["code"] == "model_not_capable" and error["param"] == "model"
     assert "tiny-window-sim" in error["message"] and "text-only-sim" in error["message"]
+
+
+CHAT_CASES_MORE = {
+    "n below 1": (_chat(n=0), "n"),
+    "five stop sequences": (_chat(stop=["a", "b", "c", "d", "e"]), "stop"),
+    "a tool_choice naming an undeclared tool": (
+        _chat(tools=[{"type": "function", "function": {"name": "lookup"}}],
+              tool_choice={"type": "function", "function": {"name": "delete_everything"}}),
+        "tool_choice.function.name"),
+    "a logit_bias out of range": (_chat(logit_bias={"50256": 101}), "logit_bias.50256"),
+    "a logit_bias keyed by a word": (_chat(logit_bias={"hello": 1}), "logit_bias"),
+}
+
+# Each API's malformed requests: (SDK call, the param the 400 must name).
+COMPLETIONS_CASES = {
+    "a temperature that is not a number": ({"prompt": "x", "temperature": "hot"}, "temperature"),
+    "max_tokens below 1": ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
+    "a prompt that is a number": ({"prompt": 5}, "prompt"),
+    "top_p above 1": ({"prompt": "x", "top_p": 1.5}, "top_p"),
+}
+EMBEDDINGS_CASES = {
+    "an empty input": ({"input": ""}, "input"),
+    "an input of mixed types": ({"input": ["a", 1]}, "input"),
+    "an unknown encoding": ({"input": "a", "encoding_format": "hex"}, "encoding_format"),
+    "zero dimensions": ({"input": "a", "dimensions": 0}, "dimensions"),
+}
+RESPONSES_CASES = {
+    "a temperature that is not a number": ({"input": "x", "temperature": "hot"}, "temperature"),
+    "max_output_tokens of zero": ({"input": "x", "max_output_tokens": 0}, "max_output_tokens"),
+    "an input that is a number": ({"input": 5}, "input"),
+    "a web search tool": ({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0].type"),
+    "a tool_choice naming an undeclared tool": (
+        {"input": "x", "tools": [{"type": "function", "name": "lookup", "parameters": {"type": "object"}}],
+         "tool_choice": {"type": "function", "name": "other"}}, "tool_choice.name"),
+    "an output for a call never made": (
+        {"input": [{"type": "function_call_output", "call_id": "call_9", "output": "42"}]}, "input[0].call_id"),
+}
+
+
+@pytest.mark.parametrize("case", list(CHAT_CASES_MORE))
+async def test_more_malformed_chat_requests(system: System, case) -> None:
+    payload, param = CHAT_CASES_MORE[case]
+    await _refused(system, lambda client: client.chat.completions.create(**payload), param)
+
+
+@pytest.mark.parametrize(("api", "case"), [("completions", c) for c in COMPLETIONS_CASES]
+                         + [("embeddings", c) for c in EMBEDDINGS_CASES] + [("responses", c) for c in RESPONSES_CASES])
+async def test_malformed_requests_to_every_openai_api_are_400s_naming_the_field(system: System, api, case) -> None:
+    cases = {"completions": COMPLETIONS_CASES, "embeddings": EMBEDDINGS_CASES, "responses": RESPONSES_CASES}[api]
+    fields, param = cases[case]
+    model = "chat"  # validation comes before resolution: the model's kind does not matter here
+    # The SDK's required arguments get placeholders; extra_body (merged last) sends the real,
+    # malformed values, which the SDK's own type checks would otherwise keep from the gateway.
+    required = {"completions": {"prompt": "x"}, "embeddings": {"input": "x"}, "responses": {}}[api]
+    await _refused(system, lambda client: getattr(client, api).create(model=model, **required, extra_body=fields),
+                   param)
+
+
+async def _refused(system: System, call, param: str) -> None:
+    before = (await system.sim_stats())["requests"]
+    client = openai.AsyncOpenAI(base_url=system.base_url(), api_key=API_KEY, max_retries=0)
+    with pytest.raises(openai.BadRequestError) as refused:
+        await call(client)
+    assert refused.value.status_code == 400
+    assert refused.value.body["param"] == param, refused.value.body
+    assert (await system.sim_stats())["requests"] == before  # nothing reached a provider
+
+
+MESSAGES_CASES = {
+    "no max_tokens": ({"messages": [{"role": "user", "content": "hi"}]}, "max_tokens"),
+    "a temperature that is not a number": ({"max_tokens": 5, "temperature": "hot",
+                                            "messages": [{"role": "user", "content": "hi"}]}, "temperature"),
+    "a system role in messages": ({"max_tokens": 5, "messages": [{"role": "system", "content": "hi"}]},
+                                  "messages[0].role"),
+    "an unknown block type": ({"max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "video"}]}]},
+                              "messages[0].content[0].type"),
+    "a tool_choice naming an undeclared tool": (
+        {"max_tokens": 5, "messages": [{"role": "user", "content": "hi"}],
+         "tools": [{"name": "lookup", "input_schema": {"type": "object"}}],
+         "tool_choice": {"type": "tool", "name": "other"}}, "tool_choice.name"),
+}
+
+
+@pytest.mark.parametrize("case", list(MESSAGES_CASES))
+async def test_malformed_messages_requests_are_anthropic_400s_naming_the_field(system: System, case) -> None:
+    fields, param = MESSAGES_CASES[case]
+    before = (await system.sim_stats())["requests"]
+    async with aiohttp.ClientSession() as session:
+        async with session.post(system.base_url() + "/messages", json={"model": "chat", **fields},
+                                headers={"x-api-key": API_KEY, "anthropic-version": "2023-06-01"}) as answer:
+            body = await answer.json()
+    assert answer.status == 400
+    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    assert body["error"]["param"] == param and param in body["error"]["message"]
+    assert (await system.sim_stats())["requests"] == before

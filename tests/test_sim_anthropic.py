@@ -398,3 +398,60 @@ async def test_process_with_anthropic_wire():
     assert rc == 0
     assert rest == b""  # exactly one line on stdout, no content anywhere
     assert b"Traceback" not in err and b"hi" not in err
+
+
+# ------------------------------------------------------------ count_tokens
+
+COUNT_TOKENS = "/v1/messages/count_tokens"
+
+
+async def test_count_tokens_matches_the_messages_input_tokens(make_client):
+    client = await make_client(api_key="k")
+    headers = {**VERSION, "x-api-key": "k"}
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+    bodies = [
+        {"messages": HELLO},
+        {"messages": [{"role": "user", "content": "Hello there" + "x" * 400}]},
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "What is this?"}, image]}],
+         "system": [{"type": "text", "text": "Be brief."}], "tools": [WEATHER, SEARCH]},
+    ]
+    counts = []
+    for body in bodies:
+        resp = await client.post(COUNT_TOKENS, json={"model": "claude-sim", **body}, headers=headers)
+        assert resp.status == 200
+        counted = await resp.json()
+        assert set(counted) == {"input_tokens"} and isinstance(counted["input_tokens"], int)
+        # The same estimate /v1/messages bills, and the same answer every time.
+        answered = await client.post(MESSAGES, json={"model": "claude-sim", "max_tokens": 16, **body},
+                                     headers=headers)
+        assert (await answered.json())["usage"]["input_tokens"] == counted["input_tokens"]
+        again = await client.post(COUNT_TOKENS, json={"model": "claude-sim", **body}, headers=headers)
+        assert await again.json() == counted
+        counts.append(counted["input_tokens"])
+    assert counts[1] - counts[0] == 100  # ~4 characters per token
+    assert counts[2] > counts[0] + 85  # an image, a system prompt and tool definitions count
+
+    stats = await (await client.get("/_sim/stats")).json()
+    assert stats["chat_requests"] == 3 and stats["requests"] == 9  # counting is not a chat request
+
+
+async def test_count_tokens_checks_auth_and_the_request(make_client):
+    client = await make_client(api_key="k")
+    body = {"model": "claude-sim", "messages": HELLO}
+    for headers in (VERSION, {**VERSION, "x-api-key": "wrong"}):
+        resp = await client.post(COUNT_TOKENS, json=body, headers=headers)
+        assert_error(resp.status, await resp.json(), 401, "authentication_error")
+
+    headers = {**VERSION, "x-api-key": "k"}
+    resp = await client.post(COUNT_TOKENS, json=body, headers={"x-api-key": "k"})
+    assert_error(resp.status, await resp.json(), 400, "invalid_request_error")
+    for bad, field in (({"messages": []}, "messages"), ({"model": None}, "model"),
+                       ({"max_tokens": 0}, "max_tokens"),
+                       ({"messages": [{"role": "system", "content": "hi"}]}, "messages.0.role")):
+        sent = {k: v for k, v in {**body, **bad}.items() if v is not None}
+        resp = await client.post(COUNT_TOKENS, json=sent, headers=headers)
+        error = await resp.json()
+        assert_error(resp.status, error, 400, "invalid_request_error")
+        assert error["error"]["message"].startswith(field + ":"), (bad, error)
+    resp = await client.post(COUNT_TOKENS, json={**body, "model": "claude-nope"}, headers=headers)
+    assert_error(resp.status, await resp.json(), 404, "not_found_error")

@@ -8,8 +8,12 @@ import signal
 import subprocess
 import sys
 
+import aiohttp
+import anthropic
 import openai
 
+from megarouter.admin_client import admin_channel
+from megarouter.v1 import admin_pb2, admin_pb2_grpc
 from tests.etcd_cluster import start_or_skip
 from tests.harness import eventually, start_service
 
@@ -29,7 +33,17 @@ async def test_up_serves_the_openai_sdk_and_stops_cleanly(tmp_path) -> None:
             )
             assert completion.choices[0].message.content
         ids = {m.id async for m in client.models.list()}
-        assert {"auto", "chat", "demo-small", "demo-medium", "demo-large"} <= ids
+        assert {"auto", "chat", "embed", "demo-small", "demo-medium", "demo-large", "demo-embed"} <= ids
+        await _embeddings_are_served(client, up.ready["admin"])
+        response = await client.responses.create(model="auto", input="hello")
+        assert response.status == "completed" and response.output_text
+        # The quickstart's Anthropic SDK: base URL without /v1, the same key.
+        claude = anthropic.AsyncAnthropic(base_url=up.ready["base_url"].removesuffix("/v1"), api_key=DEV_KEY,
+                                          max_retries=0)
+        message = await claude.messages.create(model="auto", max_tokens=50,
+                                               messages=[{"role": "user", "content": "hello"}])
+        assert message.content[0].text and message.stop_reason == "end_turn"
+        await claude.close()
         children = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(p) == up.process.pid]
         assert len(children) == 5  # three simulators, control plane, proxy
     finally:
@@ -83,6 +97,35 @@ async def test_up_refuses_several_control_planes_on_sqlite(tmp_path) -> None:
         capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "--store etcd://" in done.stderr
+
+
+async def _embeddings_are_served(client: openai.AsyncOpenAI, admin: str) -> None:
+    """The demo's embedding model answers through the proxy, by name and by route, and both of its
+    endpoints (two simulators, two regions) serve it upstream."""
+    texts = ["the first text", "a second, different one", "the first text"]
+    for model in ("demo-embed", "embed"):
+        answer = await client.embeddings.create(model=model, input=texts)
+        assert [item.index for item in answer.data] == [0, 1, 2]
+        vectors = [item.embedding for item in answer.data]
+        assert [len(v) for v in vectors] == [1536, 1536, 1536]   # the simulator's default dimensions
+        assert vectors[0] == vectors[2] != vectors[1]             # deterministic per text
+        assert abs(sum(x * x for x in vectors[0]) - 1) < 1e-3     # unit vectors
+        assert answer.usage.prompt_tokens > 0
+    shortened = await client.embeddings.create(model="embed", input="hello", dimensions=256)
+    assert len(shortened.data[0].embedding) == 256
+
+    async with admin_channel(admin) as channel:   # the test token (tests/conftest.py) bootstrapped it
+        table = await admin_pb2_grpc.AdminStub(channel).GetRoutingTable(admin_pb2.GetRoutingTableRequest())
+    providers = {p.name: p for p in table.providers}
+    endpoints = [e for e in table.endpoints if e.model == "demo-embed"]
+    assert sorted(providers[e.provider].region for e in endpoints) == ["eu-west", "us-east"]
+    async with aiohttp.ClientSession() as session:
+        for endpoint in endpoints:   # each simulator lists the upstream model id in its --models
+            url = providers[endpoint.provider].base_url + "/embeddings"
+            body = {"model": endpoint.upstream_model or endpoint.model, "input": "hello"}
+            async with session.post(url, json=body) as response:
+                assert response.status == 200, (endpoint.name, await response.text())
+                assert len((await response.json())["data"][0]["embedding"]) == 1536
 
 
 def _parent(pid: str) -> int:

@@ -1,4 +1,5 @@
-"""What-if replay: profiles, usage logs, cost numbers through the real router, and the CLI."""
+"""What-if replay: profiles, usage logs (megarouter.whatif), cost numbers through the real router
+(dataplane.whatif_replay), and the CLI."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from dataplane import whatif_replay
+from dataplane.whatif_replay import simulate
 from megarouter import whatif
 from megarouter.admin_client import admin_channel
 from megarouter.v1 import routing_pb2
@@ -28,7 +31,6 @@ from megarouter.whatif import (
     parse_profile,
     profile_names,
     profile_workload,
-    simulate,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -201,10 +203,20 @@ def test_prompt_text_goes_through_the_complexity_estimator() -> None:
     assert seen[0]["messages"] == [{"role": "user", "content": "prove it"}] and seen[0]["stream"] is True
 
 
-def test_prompt_text_without_the_estimator_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "dataplane.routing.complexity", None)   # import fails
+def test_prompt_text_without_the_estimator_is_a_clear_error() -> None:
+    # megarouter.whatif has no estimator of its own (it is the data plane's): the caller passes one.
     with pytest.raises(WhatIfError, match=r"log.jsonl:1: has prompt text, which needs the complexity estimator"):
         parse_log(['{"prompt": "hi", "prompt_tokens": 3, "completion_tokens": 3}'], "log.jsonl")
+
+
+def test_the_replay_passes_the_data_plane_estimator() -> None:
+    from dataplane.routing.complexity import estimate
+
+    line = '{"prompt": "Prove that there are infinitely many primes.", "completion_tokens": 300}'
+    (only,) = parse_log([line], estimator=whatif_replay.estimate_complexity).requests
+    expected = estimate({"model": "whatif", "max_tokens": 300,
+                         "messages": [{"role": "user", "content": "Prove that there are infinitely many primes."}]})
+    assert only.needed_quality == expected.needed_quality and only.prompt_tokens == expected.prompt_tokens > 0
 
 
 # ------------------------------------------------------------------------------ simulation
@@ -325,7 +337,7 @@ async def test_a_route_from_the_control_plane_keeps_its_tiers_and_floor() -> Non
     report = simulate(workload, pool, route=route)
     assert report.flagship == "a-big" and report.route == "auto"
     # a-small is below the route's floor; a-mid is in the first tier, so every strategy picks it.
-    for name in whatif.STRATEGY_ORDER:
+    for name in whatif_replay.STRATEGY_ORDER:
         assert dict(report.result(name).by_model) == {"a-mid": 1}
 
 
@@ -375,6 +387,18 @@ def test_cli_reports_a_bad_log_line_without_a_traceback(tmp_path: Path) -> None:
     result = ctl("whatif", "--log", str(good), "--flagship", "gpt-4o", "-o", "json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["workload"]["requests_per_month"] == 40
+
+
+def test_cli_estimates_log_lines_with_prompt_text(tmp_path: Path) -> None:
+    log = tmp_path / "prompts.jsonl"
+    log.write_text('{"prompt": "Prove that there are infinitely many primes.", "completion_tokens": 300}\n'
+                   '{"prompt_tokens": 100, "completion_tokens": 20, "task": "classification"}\n')
+    result = ctl("whatif", "--log", str(log), "-o", "json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["workload"]["requests_per_month"] == 2
+    assumptions = report["workload"]["assumptions"]
+    assert any("complexity estimator for lines with prompt text (1 here)" in text for text in assumptions)
 
 
 def test_cli_unknown_profile_is_an_error() -> None:
@@ -433,7 +457,7 @@ def test_the_seed_example_profile_and_the_measured_quality_target_savings() -> N
     # Hand-computable: big $10 / $30, small $1 / $2 per Mtok; one request of 1,000 + 500 tokens, weight 100.
     pool = [pool_model("big", "pa", 10, 30, 5), pool_model("small", "pb", 1, 2, 3)]
     report = simulate(Workload("test", "hand-computed", [request(1_000, 500, needed=3, weight=100)]), pool)
-    lines = whatif.measured_quality_target(report, 0.95)
+    lines = whatif_replay.measured_quality_target(report, 0.95)
     measured = quality_calibration(0.95)["measured"]
     assert set(measured) == {"chat", "mmlu", "gsm8k"}
     flagship, cheap = 100 * 0.025, 100 * 0.002

@@ -1,8 +1,11 @@
--- POST a small non-streaming Anthropic Messages request straight to the
--- upstream: the baseline for the json-anthropic workload. The body is what the
--- proxy sends for chat_json.lua's request (system prompt lifted to `system`,
--- content as text blocks). The model comes from the environment
--- (proxy_bench.py sets it); the static upstream checks no key or header.
+-- POST a small non-streaming Anthropic Messages request. Straight to the
+-- upstream it is the baseline for the json-anthropic workload: the body is what
+-- the proxy sends for chat_json.lua's request (system prompt lifted to
+-- `system`, content as text blocks). To the proxy's /v1/messages it is the
+-- client request of the messages-anthropic (passed through) and
+-- messages-openai (translated to chat) workloads. Key and model come from the
+-- environment (proxy_bench.py sets BENCH_API_KEY to the proxy's key and
+-- BENCH_MODEL per run); the static upstream checks no key or header.
 local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 dofile(here .. "report.lua")
 

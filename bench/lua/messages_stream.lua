@@ -1,8 +1,11 @@
--- POST a streaming Anthropic Messages request straight to the upstream: the
--- baseline for the stream-anthropic workload. The body is what the proxy
+-- POST a streaming Anthropic Messages request. Straight to the upstream it is
+-- the baseline for the stream-anthropic workload: the body is what the proxy
 -- sends for chat_stream.lua's request (Anthropic streams always report usage,
--- so there is no stream_options). The model comes from the environment
--- (proxy_bench.py sets it); the static upstream checks no key or header.
+-- so there is no stream_options). To the proxy's /v1/messages it is the client
+-- request of messages-anthropic-stream (passed through) and
+-- messages-openai-stream (translated to a chat stream and back). Key and model
+-- come from the environment (proxy_bench.py sets BENCH_API_KEY to the proxy's
+-- key and BENCH_MODEL per run); the static upstream checks no key or header.
 local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 dofile(here .. "report.lua")
 

@@ -28,6 +28,7 @@ from dataplane.failover.policy import FailoverPolicy
 from dataplane.providers.base import ErrorClass, ProviderError
 from dataplane.stats import ATTEMPTS, EndpointStats
 from dataplane.table import EndpointRuntime, Target
+from dataplane.translate.base import Translator, UpstreamRequest
 from dataplane.upstream import SessionPool, caller_error, exhausted_error, send
 
 FALLBACK_DEPTH = Histogram(
@@ -35,14 +36,15 @@ FALLBACK_DEPTH = Histogram(
     buckets=(0, 1, 2, 3, 5),
 )
 
-# Builds (url, body) for one endpoint; may raise ApiError for a request the
+# The translator for one endpoint; its request() may raise ApiError for a request the
 # endpoint's wire format cannot express.
-RequestBuilder = Callable[[EndpointRuntime], tuple[str, bytes]]
+TranslatorFor = Callable[[EndpointRuntime], Translator]
 
 
 @dataclass(slots=True)
 class Success:
     endpoint: EndpointRuntime
+    translator: Translator      # the one that sent the request: it translates the answer
     response: aiohttp.ClientResponse
     attempts: int
     started: float              # loop time when the successful attempt began
@@ -68,7 +70,7 @@ async def first_success(
     stats: EndpointStats,
     target: Target,
     endpoints: tuple[EndpointRuntime, ...],
-    build: RequestBuilder,
+    translator_for: TranslatorFor,
     *,
     stream: bool,
     payload: dict | None = None,
@@ -98,13 +100,14 @@ async def first_success(
             await asyncio.sleep(_backoff(policy, attempts, deadline - loop.time()))
         attempts += 1
         started = loop.time()
-        url, body = _build(build, endpoint, payload)
+        translator = translator_for(endpoint)
+        upstream = _request(translator, payload)
         now = stats.health.now()
         free_retry = stats.outliers.take_probe(endpoint.name)
         known_bad = free_retry or stats.outliers.is_ejected(endpoint.name, now)
         stats.started(endpoint.name)
         try:
-            response = await send(sessions, endpoint, url, body,
+            response = await send(sessions, translator, upstream,
                                   timeout_s=min(policy.per_try_timeout_s, endpoint.provider.timeout_s, remaining),
                                   read_timeout_s=policy.stall_timeout_s if stream else None)
             first_chunk = await _first_chunk(response, endpoint, policy, deadline) if stream else b""
@@ -127,7 +130,7 @@ async def first_success(
         verdicts.settle(served=True)
         ATTEMPTS.observe(attempts)
         FALLBACK_DEPTH.observe(target.tier_of(endpoint))
-        return Success(endpoint, response, attempts, started, first_chunk, loop.time())
+        return Success(endpoint, translator, response, attempts, started, first_chunk, loop.time())
     ATTEMPTS.observe(max(attempts, 1))
     if verdicts.settle(served=False):
         raise suspect_request_error(last_failure, attempts)
@@ -223,11 +226,11 @@ async def _first_chunk(
 MAX_NESTING = 254
 
 
-def _build(build: RequestBuilder, endpoint: EndpointRuntime, payload: dict | None = None) -> tuple[str, bytes]:
+def _request(translator: Translator, payload: dict | None) -> UpstreamRequest:
     """The upstream request, or a 400: JSON the caller could send but no provider body can
     hold (orjson writes at most 254 levels of nesting; a translator may recurse)."""
     try:
-        return build(endpoint)
+        return translator.request()
     except (orjson.JSONEncodeError, RecursionError):
         raise bad_request(f"The request is nested too deeply (more than {MAX_NESTING} levels of arrays and "
                           "objects).", param=deepest_field(payload) if payload else None,

@@ -18,8 +18,8 @@ blank line between events) into OpenAI `chat.completion.chunk` events:
     error                OpenAI-style error event; no [DONE]; `error` set
     ping, thinking and signature deltas, server-tool blocks: nothing
 
-Events are parsed only once a blank line ends them, so network pieces may
-split lines, `\\r\\n` pairs and UTF-8 sequences anywhere.
+Framing is the shared SSE decoder's (`dataplane/codecs/sse.py`): network pieces
+may split lines, `\\r\\n` pairs and UTF-8 sequences anywhere.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from dataplane.codecs.sse import SseDecoder
 from dataplane.errors import error_body
 from dataplane.providers.base import ErrorClass, ProviderError, Usage
 from dataplane.providers.errors import class_for_status
@@ -138,17 +139,11 @@ def stream_error(error: Any) -> ProviderError:
 _DONE = b"data: [DONE]\n\n"
 
 
-def _event_data(raw: bytes) -> bytes | None:
-    """The `data:` payload of one SSE event (lines joined by newlines, per the SSE spec)."""
-    lines = [line[5:].removeprefix(b" ") for line in raw.split(b"\n") if line.startswith(b"data:")]
-    return b"\n".join(lines) if lines else None
-
-
 class AnthropicStream:
     """Translates one Anthropic Messages stream into OpenAI chunks, event by event."""
 
     __slots__ = (
-        "usage", "complete", "error", "_model", "_include_usage", "_pending", "_id", "_created",
+        "usage", "complete", "error", "_model", "_include_usage", "_events", "_id", "_created",
         "_raw_usage", "_tools", "_tools_with_arguments", "_finished", "_ended",
     )
 
@@ -158,7 +153,7 @@ class AnthropicStream:
         self.error: ProviderError | None = None
         self._model = model
         self._include_usage = include_usage
-        self._pending = b""
+        self._events = SseDecoder()
         self._id = "chatcmpl-"
         self._created = int(time.time())
         self._raw_usage: dict[str, int] = {}
@@ -168,24 +163,14 @@ class AnthropicStream:
         self._ended = False  # message_stop or error seen: ignore anything after
 
     def feed(self, data: bytes) -> bytes:
-        # Normalising the whole buffer also joins a `\r` left at the end of the
-        # previous piece with the `\n` that starts this one.
-        buffer = (self._pending + data).replace(b"\r\n", b"\n")
-        end = buffer.rfind(b"\n\n")
-        if end < 0:
-            self._pending = buffer
-            return b""
-        self._pending = buffer[end + 2 :]
-        return b"".join(self._event(raw) for raw in buffer[:end].split(b"\n\n"))
+        return b"".join(self._event(event.data) for event in self._events.feed(data))
 
     def finish(self) -> bytes:
         # An event not followed by a blank line before EOF still counts.
-        rest, self._pending = self._pending, b""
-        return self._event(rest) if rest.strip() else b""
+        return b"".join(self._event(event.data) for event in self._events.finish())
 
-    def _event(self, raw: bytes) -> bytes:
-        data = _event_data(raw)
-        if self._ended or data is None:
+    def _event(self, data: bytes) -> bytes:
+        if self._ended or not data:
             return b""
         try:
             event = orjson.loads(data)

@@ -41,5 +41,5 @@ class AzureOpenAIAdapter(OpenAIAdapter):
         self, base_url: str, options: Mapping[str, str], payload: dict[str, Any], upstream_model: str
     ) -> tuple[str, bytes]:
         # The deployment in the URL selects the model; Azure ignores `model`.
-        payload["model"] = upstream_model
-        return self._url(base_url, options, upstream_model, "embeddings"), orjson.dumps(payload)
+        return (self._url(base_url, options, upstream_model, "embeddings"),
+                orjson.dumps({**payload, "model": upstream_model}))

@@ -32,6 +32,7 @@ from typing import Any
 
 import orjson
 
+from dataplane.codecs.sse import SseDecoder
 from dataplane.errors import error_body
 from dataplane.providers.base import ErrorClass, ProviderError, Usage
 
@@ -140,7 +141,7 @@ class GeminiStream:
     """Translates one Gemini SSE stream into OpenAI chat.completion.chunk events."""
 
     __slots__ = (
-        "usage", "complete", "error", "_model", "_include_usage", "_classify", "_pending", "_data",
+        "usage", "complete", "error", "_model", "_include_usage", "_classify", "_events",
         "_id", "_created", "_started", "_finished", "_calls", "_meta",
     )
 
@@ -153,8 +154,7 @@ class GeminiStream:
         self._model = model
         self._include_usage = include_usage
         self._classify = classify          # a Google error object -> ProviderError
-        self._pending = b""                # bytes after the last complete line
-        self._data: list[bytes] = []       # `data:` lines of the event being read
+        self._events = SseDecoder()
         self._id = ""
         self._created = int(time.time())
         self._started: set[int] = set()    # choice indexes that had their role chunk
@@ -165,18 +165,12 @@ class GeminiStream:
     # -- SSE framing -------------------------------------------------------
 
     def feed(self, data: bytes) -> bytes:
-        if self.error is not None:
-            return b""
-        buffer = self._pending + data if self._pending else data
         out: list[bytes] = []
-        start = 0
-        while self.error is None:
-            end = buffer.find(b"\n", start)
-            if end < 0:
+        for event in self._events.feed(data):
+            if self.error is not None:
                 break
-            self._line(buffer[start:end].removesuffix(b"\r"), out)
-            start = end + 1
-        self._pending = buffer[start:] if self.error is None else b""
+            if event.data:
+                self._event(event.data, out, at_eof=False)
         return b"".join(out)
 
     def finish(self) -> bytes:
@@ -185,12 +179,9 @@ class GeminiStream:
             # An event not closed by a blank line before EOF still counts if it
             # is whole JSON; a half-received one is dropped (the stream is then
             # incomplete unless a finishReason already came).
-            if self._pending.strip():
-                self._line(self._pending.removesuffix(b"\r"), out)
-            self._pending = b""
-            if self._data:
-                self._event(b"\n".join(self._data), out, at_eof=True)
-                self._data = []
+            for event in self._events.finish():
+                if event.data and self.error is None:
+                    self._event(event.data, out, at_eof=True)
         if self.error is None and self._started and self._started <= self._finished:
             if self._include_usage:
                 chunk = self._base(choices=[])
@@ -199,16 +190,6 @@ class GeminiStream:
             out.append(_DONE)
             self.complete = True
         return b"".join(out)
-
-    def _line(self, line: bytes, out: list[bytes]) -> None:
-        if not line:
-            if self._data:
-                payload, self._data = b"\n".join(self._data), []
-                self._event(payload, out, at_eof=False)
-            return
-        name, _, value = line.partition(b":")
-        if name == b"data":  # `event:`, `id:`, `retry:` and `:` comments carry nothing here
-            self._data.append(value.removeprefix(b" "))
 
     # -- events ------------------------------------------------------------
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import orjson
 
+from dataplane.codecs.sse import SseFramer, parse_frame
 from dataplane.providers.base import ErrorClass, ProviderError, Usage
 from dataplane.providers.errors import class_for_status, parse_retry_after
 
-_DONE = b"data: [DONE]"
-_MARKERS = (b'"usage":{', b'"error"', _DONE)
+_MARKERS = (b'"usage"', b'"error"', b"[DONE]")
 _CONTEXT_CODES = {"context_length_exceeded", "string_above_max_length"}
 _FILTER_CODES = {"content_filter", "content_policy_violation"}
 
@@ -40,23 +40,19 @@ def usage_from(data: Any) -> Usage:
 class OpenAIStream:
     """Relays OpenAI SSE unchanged, event by event, noting usage and [DONE]."""
 
-    __slots__ = ("usage", "complete", "error", "_pending", "_drop_usage_chunk")
+    __slots__ = ("usage", "complete", "error", "_frames", "_drop_usage_chunk")
 
     def __init__(self, include_usage: bool) -> None:
         self.usage = Usage()
         self.complete = False
         self.error: ProviderError | None = None
-        self._pending = b""
+        self._frames = SseFramer()   # CRLF and split frames from OpenAI-compatible servers
         self._drop_usage_chunk = not include_usage
 
     def feed(self, data: bytes) -> bytes:
-        buffer = self._pending + data if self._pending else data
-        end = buffer.rfind(b"\n\n")
-        if end < 0:
-            self._pending = buffer
+        complete_events = self._frames.feed(data)
+        if not complete_events:
             return b""
-        self._pending = buffer[end + 2 :]
-        complete_events = buffer[: end + 2]
         # Only events that can carry usage, an error or the end need a look;
         # content deltas before the first of them pass without parsing.
         first = min(
@@ -73,11 +69,14 @@ class OpenAIStream:
         for event in events.split(b"\n\n"):
             if not event:
                 continue
-            if event.startswith(_DONE):
+            parsed = parse_frame(event)
+            if parsed is None:
+                pass  # a comment (keep-alive): relayed like the ones before the first marker
+            elif parsed.data == b"[DONE]":
                 self.complete = True
-            elif b'"usage":{' in event or b'"error"' in event:
+            elif b'"usage"' in parsed.data or b'"error"' in parsed.data:
                 try:
-                    data = orjson.loads(event.removeprefix(b"data: "))
+                    data = orjson.loads(parsed.data)
                 except orjson.JSONDecodeError:
                     data = None
                 if isinstance(data, dict):
@@ -94,10 +93,8 @@ class OpenAIStream:
         return b"".join(out)
 
     def finish(self) -> bytes:
-        rest, self._pending = self._pending, b""
-        if rest.strip():
-            return self._inspect(rest if rest.endswith(b"\n\n") else rest + b"\n\n")
-        return b""
+        rest = self._frames.finish()
+        return self._inspect(rest) if rest else b""
 
 
 class OpenAIAdapter:
@@ -118,8 +115,7 @@ class OpenAIAdapter:
     def embeddings_request(
         self, base_url: str, options: Mapping[str, str], payload: dict[str, Any], upstream_model: str
     ) -> tuple[str, bytes]:
-        payload["model"] = upstream_model
-        return f"{base_url}/embeddings", orjson.dumps(payload)
+        return f"{base_url}/embeddings", orjson.dumps({**payload, "model": upstream_model})
 
     def embeddings_response(
         self, body: bytes, model: str, payload: dict[str, Any] | None = None
@@ -129,15 +125,20 @@ class OpenAIAdapter:
     def completions_url(self, base_url: str, options: Mapping[str, str], upstream_model: str) -> str:
         return f"{base_url}/completions"
 
+    def completions_request(self, payload: dict[str, Any], upstream_model: str) -> bytes:
+        """A native legacy completions body: the same stream_options rule as chat."""
+        return self.chat_request(payload, upstream_model)
+
     def chat_request(self, payload: dict[str, Any], upstream_model: str) -> bytes:
         if payload.get("stream") is True and not self._stream_options:
             payload = {k: v for k, v in payload.items() if k != "stream_options"}
         elif payload.get("stream") is True:
             options = payload.get("stream_options") or {}
             if not options.get("include_usage"):
+                # Asked for even when the caller did not, so every stream's tokens are counted.
                 payload = {**payload, "stream_options": {**options, "include_usage": True}}
-        payload["model"] = upstream_model
-        return orjson.dumps(payload)
+        # A new dict: the caller's payload is translated again if this attempt fails.
+        return orjson.dumps({**payload, "model": upstream_model})
 
     def chat_response(self, body: bytes, model: str) -> tuple[bytes, Usage]:
         try:

@@ -21,6 +21,14 @@ class Needs:
     # A quality target's decision (cost strategy): the flagship — the best quality tier among
     # the usable candidates — must serve; otherwise the cheapest one above the floor may.
     flagship: bool = False
+    embeddings: bool = False       # served by embeddings models only (else by chat models only)
+    # What must fit the context window, when not prompt + output (embeddings: the largest
+    # single input — each input of a batch is embedded on its own).
+    context_tokens: int | None = None
+
+    @property
+    def context_needed(self) -> int:
+        return self.prompt_tokens + self.output_tokens if self.context_tokens is None else self.context_tokens
 
 
 def approx_prompt_tokens(messages: Any) -> int:

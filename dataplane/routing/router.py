@@ -100,13 +100,15 @@ def plan(
     stream = "streaming" in needs.capabilities
     candidates = [Candidate(endpoint, index) for index, tier in enumerate(target.tiers) for endpoint in tier]
     required = needs.capabilities.intersection(CHAT_CAPABILITIES)
-    context_needed = needs.prompt_tokens + needs.output_tokens
+    context_needed = needs.context_needed
+    embeddings = needs.embeddings
     allowed_regions = target.allowed_regions
     eligible = []
     for candidate in candidates:
         endpoint = candidate.endpoint
         # The common case in one cheap test; _exclusion says why when it fails.
-        if (required <= endpoint.capabilities and context_needed <= endpoint.context_window
+        if (endpoint.embeddings == embeddings and required <= endpoint.capabilities
+                and context_needed <= endpoint.context_window
                 and (allowed_regions is None or endpoint.region in allowed_regions)
                 and endpoint.quality_tier >= floor):
             eligible.append(candidate)
@@ -221,10 +223,12 @@ def _split_unavailable(
 
 
 def _exclusion(endpoint: EndpointRuntime, target: Target, needs: Needs, floor: int) -> str:
+    if endpoint.embeddings != needs.embeddings:
+        return "serves embeddings only" if endpoint.embeddings else "serves no embeddings"
     missing = [cap for cap in CHAT_CAPABILITIES if cap in needs.capabilities and cap not in endpoint.capabilities]
     if missing:
         return "lacks " + ",".join(missing)
-    if needs.prompt_tokens + needs.output_tokens > endpoint.context_window:
+    if needs.context_needed > endpoint.context_window:
         return f"context window {endpoint.context_window} too small"
     if target.allowed_regions is not None and endpoint.region not in target.allowed_regions:
         return f"region {endpoint.region} not allowed"
@@ -237,6 +241,11 @@ def _no_candidate(target: Target, candidates: list[Candidate], needs: Needs, flo
     if not candidates:
         return NoCandidate(503, f"no endpoint is available for '{target.name}'", "no_available_endpoint")
     reasons = {c.excluded.split(" ", 1)[0] for c in candidates}
+    if reasons == {"serves"}:
+        if needs.embeddings:
+            return NoCandidate(400, f"'{target.name}' has no embeddings model", "model_not_capable", "model")
+        return NoCandidate(400, f"'{target.name}' is an embeddings model: send it to /v1/embeddings",
+                           "model_not_capable", "model")
     if "lacks" in reasons and len(reasons) == 1:
         missing = sorted({cap for c in candidates for cap in c.excluded.removeprefix("lacks ").split(",")})
         return NoCandidate(400, f"no model behind '{target.name}' supports what this request uses: "
@@ -251,10 +260,10 @@ def _no_candidate(target: Target, candidates: list[Candidate], needs: Needs, flo
         return NoCandidate(400, f"no model behind '{target.name}' meets quality tier {floor}",
                            "quality_floor_not_met", param)
     details = "; ".join(sorted({f"{c.endpoint.name}: {c.excluded}" for c in candidates}))
-    if reasons & {"lacks", "context", "quality"}:
+    if reasons & {"lacks", "context", "quality", "serves"}:
         # Excluded for several reasons, at least one of them the request's own (what it uses, its
         # size, the floor it asked for): retrying cannot help, so a 400 — not a 503 the SDKs retry.
-        code = ("model_not_capable" if "lacks" in reasons else
+        code = ("model_not_capable" if reasons & {"lacks", "serves"} else
                 "context_length_exceeded" if "context" in reasons else "quality_floor_not_met")
         return NoCandidate(400, f"no model behind '{target.name}' can serve this request ({details})", code,
                            "model")

@@ -1,4 +1,5 @@
-"""Anthropic wire format: the Messages API (``POST /v1/messages``) and model listing.
+"""Anthropic wire format: the Messages API (``POST /v1/messages``), token counting
+(``POST /v1/messages/count_tokens``) and model listing.
 
 Auth is ``x-api-key``; every call must carry an ``anthropic-version`` header.
 Errors are ``{"type": "error", "error": {"type", "message"}, "request_id"}``
@@ -22,6 +23,7 @@ from megarouter.sim.settings import SimSettings
 
 PREFIXES = ("/v1/",)
 _MESSAGES_PATH = "/v1/messages"
+_COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 
 _FINISH = {reply.STOP: "end_turn", reply.LENGTH: "max_tokens", reply.TOOL: "tool_use",
            reply.STOP_SEQUENCE: "stop_sequence"}
@@ -41,6 +43,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models", _list_models)
     app.router.add_get("/v1/models/{model}", _get_model)
     app.router.add_post(_MESSAGES_PATH, _messages)
+    app.router.add_post(_COUNT_TOKENS_PATH, _count_tokens)
 
 
 def kind_of(path: str) -> str | None:
@@ -151,13 +154,32 @@ async def _messages(request: web.Request) -> web.StreamResponse:
     return json_response(_message(msg_id, body["model"], ans, tool_id, _content(ans, tool_id)))
 
 
-def _validate(body: dict) -> str | None:
+async def _count_tokens(request: web.Request) -> web.Response:
+    """``{"input_tokens": N}``: exactly the ``input_tokens`` ``/v1/messages`` would report.
+
+    Auth and outages apply (the gate); drawn faults do not, so counting leaves the seeded
+    fault sequence of chat requests as it was."""
+    state = request.app[STATE]
+    body = await read_json(request)
+    if not request.headers.get("anthropic-version"):
+        return invalid("anthropic-version: header is required")
+    if not isinstance(body, dict):
+        return invalid("The request body is not valid JSON.")
+    problem = _validate(body, max_tokens_required=False)
+    if problem is not None:
+        return invalid(problem)
+    if body["model"] not in state.model_set:
+        return error(404, f"model: {body['model']}", "not_found_error")
+    return json_response({"input_tokens": reply.prompt_tokens(_ask(body))})
+
+
+def _validate(body: dict, *, max_tokens_required: bool = True) -> str | None:
     """The first problem with a Messages request, as "<field path>: <what is wrong>"."""
     if not isinstance(body.get("model"), str) or not body["model"]:
         return "model: Field required"
-    if "max_tokens" not in body:
+    if "max_tokens" not in body and max_tokens_required:
         return "max_tokens: Field required"
-    if not is_int(body["max_tokens"]):
+    if "max_tokens" in body and not is_int(body["max_tokens"]):
         return "max_tokens: Input should be a positive integer"
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -224,7 +246,7 @@ def _ask(body: dict) -> reply.Ask:
     messages = body["messages"]
     system = body.get("system")
     ask = reply.Ask(model=body["model"], turns=len(messages) + (1 if system else 0),
-                    max_tokens=body["max_tokens"], stop=list(body.get("stop_sequences") or ()))
+                    max_tokens=body.get("max_tokens"), stop=list(body.get("stop_sequences") or ()))
     if system:
         _read_content(system, ask)
     for msg in messages:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from dataplane.completions import ChatToCompletionStream, chat_payload, completion_from_chat
 from dataplane.errors import ApiError
 from dataplane.providers.openai import OpenAIStream
+from dataplane.translate.completions_chat import ChatToCompletionStream, chat_payload, completion_from_chat
 
 
 def test_prompt_becomes_one_user_message_with_legacy_default_length() -> None:
@@ -34,7 +34,7 @@ def test_chat_answer_becomes_text_completion() -> None:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi there"},
                          "finish_reason": "length"}],
             "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
-    completion = orjson.loads(completion_from_chat(orjson.dumps(chat)))
+    completion = completion_from_chat(chat)
     assert completion == {"id": "cmpl-abc", "object": "text_completion", "created": 5, "model": "m",
                           "choices": [{"text": "hi there", "index": 0, "logprobs": None, "finish_reason": "length"}],
                           "usage": chat["usage"]}

@@ -1,0 +1,53 @@
+"""`POST /v1/responses`: the OpenAI Responses API, served by every backend through chat.
+
+`responses_chat` translates the request to chat, and the chat answer and
+stream back to a `response` object and the Responses event sequence. Zero
+data retention: nothing is stored, so `store` is answered `false`, and
+whatever needs a stored response (`previous_response_id`, `conversation`,
+background runs, `GET /v1/responses/{id}`) is refused with a message saying
+the client must send the conversation itself.
+"""
+
+from __future__ import annotations
+
+from dataplane.errors import OPENAI_ERRORS
+from dataplane.pipeline.exchange import Exchange
+from dataplane.providers.base import StreamTranslator
+from dataplane.routing.needs import Needs, chat_needs
+from dataplane.table import EndpointRuntime
+from dataplane.translate.base import ViaChat
+from dataplane.translate.responses_chat import (
+    ChatToResponsesStream,
+    chat_to_response,
+    check_responses_request,
+    responses_to_chat,
+    stream_error_event,
+)
+
+
+class ResponsesOperation:
+    api = "responses"
+    errors = OPENAI_ERRORS
+    embeddings = False
+    cascades = False
+
+    def prepare(self, exchange: Exchange) -> None:
+        check_responses_request(exchange.payload)
+        exchange.stream = exchange.payload.get("stream") is True
+        exchange.chat = responses_to_chat(exchange.payload)
+
+    def needs(self, exchange: Exchange, min_quality: int) -> Needs:
+        return chat_needs(exchange.chat, min_quality, exchange.request.get("body_size", 0))
+
+    def translator(self, endpoint: EndpointRuntime, exchange: Exchange) -> ViaChat:
+        request = exchange.payload
+        return ViaChat(endpoint, exchange.chat, exchange.stream,
+                       lambda chat, model: chat_to_response(chat, request, model),
+                       lambda inner, model: ChatToResponsesStream(inner, request, model))
+
+    def interrupted(self, stream: StreamTranslator) -> bytes:
+        message = "the upstream stream ended before completing; the response is incomplete"
+        if isinstance(stream, ChatToResponsesStream):   # numbers the events on from the last one sent
+            return stream.fail(message, "upstream_stream_interrupted")
+        return stream_error_event(message, "upstream_stream_interrupted")
+

@@ -1,0 +1,229 @@
+"""The stages, in order (see the package docstring).
+
+A stream may move to another endpoint only before its first byte reaches the
+client; after that, an upstream failure ends it with the API's own error
+event, never with a clean end that would pass a half answer off as complete.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from dataplane.budgets import BudgetEnforcer, BudgetExhausted, Charge
+from dataplane.errors import ApiError, ClientError, NoEndpointError, model_not_found
+from dataplane.failover.engine import Success, first_success
+from dataplane.pipeline.exchange import Exchange, Operation
+from dataplane.relay import relay_json, relay_stream
+from dataplane.routing import router
+from dataplane.routing.cascade import judge
+from dataplane.routing.complexity import Complexity, QualityDecision, estimate, quality_decision
+from dataplane.routing.controls import explanation, read_controls
+from dataplane.routing.needs import Needs
+from dataplane.stats import EndpointStats
+from dataplane.table import EndpointRuntime, KeyInfo, RuntimeTable, Target
+from dataplane.upstream import SessionPool
+
+CASCADE_HEADER = "x-megarouter-cascade"
+CASCADE_REASON_HEADER = "x-megarouter-cascade-reason"
+TASK_HEADER = "x-megarouter-task"
+# What usage is counted under when the request named no route or model this key may use:
+# one label, so a client cannot create usage records by inventing names.
+UNKNOWN_TARGET = "(unknown)"
+
+
+def resolve(table: RuntimeTable, key: KeyInfo, model: str) -> Target:
+    target = table.resolve(model)
+    if target is None or not key.may_use(model):
+        raise model_not_found(model)
+    return target
+
+
+def request_task(request: web.Request, key: KeyInfo, named: str, table: RuntimeTable) -> str:
+    """The task a request counts under — for task budgets and usage analytics alike.
+
+    The `x-megarouter-task` header only when the key may set that value (`tasks`), else the
+    route or model the request named; a name that resolves to nothing this key may use is
+    UNKNOWN_TARGET. So a client can neither dodge a task budget by inventing a label nor
+    grow the stored usage dimensions; every value is bounded by the configuration."""
+    header = request.headers.get(TASK_HEADER)
+    if header and header in key.tasks:
+        return header
+    if named and key.may_use(named) and table.resolve(named) is not None:
+        return named
+    return UNKNOWN_TARGET
+
+
+class Pipeline:
+    def __init__(self, sessions: SessionPool, stats: EndpointStats, budgets: BudgetEnforcer,
+                 region: str = "") -> None:
+        self._sessions = sessions
+        self._stats = stats
+        self._budgets = budgets
+        self._region = region  # this proxy's region, for routes that prefer local endpoints
+
+    async def run(self, operation: Operation, request: web.Request, table: RuntimeTable, key: KeyInfo,
+                  payload: dict[str, Any]) -> web.StreamResponse:
+        """Serve one authenticated request whose body parsed as a JSON object. Counted once in
+        its key's usage: the relay counts what was served; an error counts as an error."""
+        model = payload.get("model")
+        task = request_task(request, key, model if isinstance(model, str) else "", table)
+        account = self._stats.account(key.name, key.nodes, task)
+        exchange = Exchange(request, table, key, payload, task, account)
+        try:
+            return await self._serve(operation, exchange)
+        except Exception:
+            account.failed()
+            raise
+        except BaseException:
+            account.served("")  # the client left before anything was served
+            raise
+
+    async def _serve(self, operation: Operation, exchange: Exchange) -> web.StreamResponse:
+        # parse/validate
+        operation.prepare(exchange)
+        controls = exchange.controls = read_controls(exchange.request.headers)
+        # resolve
+        target = exchange.target = resolve(exchange.table, exchange.key, exchange.payload["model"])
+        # route
+        exchange.strategy = (controls.strategy or exchange.key.default_strategy or target.strategy
+                             or exchange.table.default_strategy)
+        needs = operation.needs(exchange, controls.min_quality)
+        decision = complexity = None
+        if exchange.strategy == "cost" and exchange.chat is not None:
+            complexity = estimate(exchange.chat)
+            quality_target = controls.quality_target or target.cost_quality_target
+            if quality_target:
+                # "Keep this share of the flagship's quality": flagship or cheapest, by the
+                # calibrated threshold; the needed-quality tiers step aside.
+                decision = quality_decision(complexity, quality_target)
+                needs = replace(needs, flagship=decision.flagship)
+            else:
+                needs = replace(needs, needed_quality=complexity.needed_quality)
+        exchange.needs = needs
+        cascade_note = None
+        if exchange.strategy == "cost" and target.cascade and complexity is not None:
+            if exchange.stream:
+                cascade_note = "skipped (streaming)"
+            elif decision is not None and decision.flagship:
+                cascade_note = "skipped (the quality target needs the flagship)"
+            elif not operation.cascades:
+                cascade_note = f"skipped (not for {operation.api})"
+            else:
+                return await self._cascade(operation, exchange, complexity)
+        plan = self._plan(exchange, needs, exchange.strategy)
+        return await self._call(operation, exchange, plan, plan.endpoints, decision,
+                                extra_headers={CASCADE_HEADER: cascade_note} if cascade_note else None)
+
+    @property
+    def sessions(self) -> SessionPool:
+        return self._sessions
+
+    @property
+    def stats(self) -> EndpointStats:
+        return self._stats
+
+    def _plan(self, exchange: Exchange, needs: Needs, strategy: str) -> router.Plan:
+        return self.plan_for(exchange.target, needs, strategy, exchange.table, exchange.controls.explain)
+
+    def plan_for(self, target: Target, needs: Needs, strategy: str, table: RuntimeTable,
+                 explain: bool = False) -> router.Plan:
+        """The router's plan, or the request's error when nothing can serve it."""
+        try:
+            return router.plan(target, needs, strategy, self._stats.health,
+                               target.weights or table.default_weights, outliers=self._stats.outliers,
+                               explain=explain, local_region=self._region)
+        except router.NoCandidate as exc:
+            error = ClientError if exc.status < 500 else NoEndpointError
+            raise error(exc.status, exc.message, code=exc.code, param=exc.param,
+                        type="invalid_request_error" if exc.status < 500 else "server_error") from None
+
+    async def _call(self, operation: Operation, exchange: Exchange, plan: router.Plan,
+                    endpoints: tuple[EndpointRuntime, ...], decision: QualityDecision | None = None,
+                    strategy: str | None = None, extra_headers: dict[str, str] | None = None) -> web.StreamResponse:
+        """charge -> failover -> relay -> settle, over `endpoints` in order."""
+        needs = exchange.needs
+        charge = await Charge.reserve(self._budgets, exchange.key, exchange.task, endpoints, needs.prompt_tokens,
+                                      None if needs.output_tokens == 0 and not operation.embeddings
+                                      else needs.output_tokens)
+        async with charge:
+            success = await first_success(
+                self._sessions, self._stats, exchange.target, charge.endpoints,
+                lambda endpoint: operation.translator(endpoint, exchange),
+                stream=exchange.stream, payload=exchange.payload)
+            charge.served_by(success.endpoint.model)
+            headers = {**success.headers(exchange.target, strategy or exchange.strategy), **charge.headers(),
+                       **(extra_headers or {})}
+            if TASK_HEADER in exchange.request.headers:
+                # Echoed when asked for, so a label the key may not set is visibly not honoured.
+                headers[TASK_HEADER] = exchange.task
+            if exchange.controls.explain:
+                headers["x-megarouter-explain"] = self._explain(plan, success, charge, decision)
+            if exchange.stream:
+                return await relay_stream(exchange.request, self._stats, success, success.translator.stream(),
+                                          headers, charge.on_usage, exchange.account,
+                                          interrupted=operation.interrupted)
+            return await relay_json(self._stats, success, success.translator.response, headers, charge.on_usage,
+                                    exchange.account)
+
+    @staticmethod
+    def _explain(plan: router.Plan, success: Success, charge: Charge, decision: QualityDecision | None) -> str:
+        if decision is not None:
+            plan.quality_target = decision.explain(success.endpoint.quality_tier >= plan.best_quality)
+        for candidate in plan.candidates:
+            if not candidate.excluded and candidate.endpoint not in charge.endpoints:
+                candidate.excluded = "model quota spent"
+        return explanation(plan)
+
+    async def _cascade(self, operation: Operation, exchange: Exchange, complexity: Complexity) -> web.Response:
+        """`cost_mode: cascade`: the cheapest qualifying model first; the flagship only when
+        `cascade.judge` rejects that answer. Each call is planned, charged against the budgets
+        and counted on its own; the client gets one answer. The rejected answer is dropped
+        unread by anything but the judge."""
+        needs = exchange.needs
+
+        async def call(flagship: bool) -> tuple[web.Response, EndpointRuntime, int]:
+            plan = self._plan(exchange, replace(needs, needed_quality=0, flagship=flagship), "cost")
+            # The escalation is to the flagship tier only: a cheaper fallback would repeat the first call.
+            endpoints = tuple(e for e in plan.endpoints if e.quality_tier >= plan.needed_quality) if flagship \
+                else plan.endpoints
+            response = await self._call(operation, exchange, plan, endpoints, strategy="cost")
+            return response, _served_by(response, plan), plan.best_quality
+
+        cheap, endpoint, best = await call(flagship=False)
+        if endpoint.quality_tier >= best:   # the cheapest qualifying model is (or failed over to) the best one
+            cheap.headers[CASCADE_HEADER] = "accepted (served by the flagship)"
+            return cheap
+        verdict = judge(exchange.chat, orjson.loads(cheap.body), complexity)
+        if verdict.accepted:
+            cheap.headers[CASCADE_HEADER] = "accepted"
+            return cheap
+        try:
+            strong, _, _ = await call(flagship=True)
+        except BudgetExhausted:
+            # Budgets first: the second call would overshoot one, so the first answer stands.
+            cheap.headers[CASCADE_HEADER] = "kept (a budget refused the escalation)"
+            cheap.headers[CASCADE_REASON_HEADER] = verdict.reason
+            return cheap
+        except ApiError as exc:
+            if exc.status < 500:
+                raise
+            # The flagship is down or failing: an answer the check doubted beats none.
+            cheap.headers[CASCADE_HEADER] = "kept (the escalation failed)"
+            cheap.headers[CASCADE_REASON_HEADER] = verdict.reason
+            return cheap
+        strong.headers[CASCADE_HEADER] = "escalated"
+        strong.headers[CASCADE_REASON_HEADER] = verdict.reason
+        strong.headers["x-megarouter-cascade-first-model"] = endpoint.model
+        # Both calls were charged and counted; the client sees what the request cost in all.
+        total = float(cheap.headers["x-megarouter-cost-usd"]) + float(strong.headers["x-megarouter-cost-usd"])
+        strong.headers["x-megarouter-cost-usd"] = f"{total:.8f}"
+        return strong
+
+
+def _served_by(response: web.StreamResponse, plan: router.Plan) -> EndpointRuntime:
+    name = response.headers["x-megarouter-endpoint"]
+    return next(c.endpoint for c in plan.candidates if c.endpoint.name == name)

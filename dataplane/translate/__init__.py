@@ -1,0 +1,1 @@
+"""Codecs between each input API and the canonical OpenAI chat shape."""
