@@ -23,6 +23,7 @@ from dataplane.errors import (
     bad_request,
     error_format_for,
 )
+from dataplane.failover.budget import RetryBudgets
 from dataplane.failover.outlier import BASE_EJECTION_S, OutlierDetector
 from dataplane.http_server import HttpLimits, read_body
 from dataplane.operations.chat import ChatOperation
@@ -37,6 +38,7 @@ from dataplane.stats import TABLE_VERSION, EndpointStats
 from dataplane.table import KeyInfo, RuntimeTable
 from dataplane.translate.responses_chat import not_retained_error
 from dataplane.upstream import SessionPool
+from dataplane.usage import UsageLedger
 from dataplane.workers import MULTIPROC_ENV
 
 log = logging.getLogger("megarouter.proxy")
@@ -54,8 +56,10 @@ class ProxyState:
         self.limits = HttpLimits()
         self.sessions = SessionPool()
         self.stats = EndpointStats(outliers=OutlierDetector(ejection_base_s))
+        self.usage = UsageLedger()
+        self.retry_budgets = RetryBudgets()  # failover load; spend budgets are self.budgets
         self.budgets = BudgetEnforcer(node_id, link)
-        self.pipeline = Pipeline(self.sessions, self.stats, self.budgets, region)
+        self.pipeline = Pipeline(self.sessions, self.stats, self.usage, self.retry_budgets, self.budgets, region)
 
     def install(self, table: RuntimeTable) -> None:
         self.table = table

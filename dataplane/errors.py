@@ -45,12 +45,6 @@ class ApiError(Exception):
         self.code = code
         self.headers = headers or {}
 
-    def body(self) -> bytes:
-        return OPENAI_ERRORS.body(self)
-
-    def response(self) -> web.Response:
-        return OPENAI_ERRORS.response(self)
-
 
 class ClientError(ApiError):
     """The caller's request is wrong: a 4xx that no other endpoint would answer differently."""

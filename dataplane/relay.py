@@ -22,9 +22,10 @@ from aiohttp import web
 
 from dataplane.failover.engine import Success
 from dataplane.providers.base import ErrorClass, ProviderError, StreamTranslator, Usage
-from dataplane.stats import EndpointStats, UsageAccount
+from dataplane.stats import EndpointStats
 from dataplane.table import EndpointRuntime
 from dataplane.upstream import STREAM_INTERRUPTED, exhausted_error
+from dataplane.usage import UsageAccount
 from megarouter.catalog import cost_usd
 
 

@@ -141,7 +141,8 @@ async def serve(args: argparse.Namespace) -> int:
 
     tasks = [
         asyncio.create_task(discovery.run(), name="discovery"),
-        asyncio.create_task(report_stats(link, node, state.stats, args.telemetry_interval), name="telemetry"),
+        asyncio.create_task(report_stats(link, node, state.stats, state.usage, args.telemetry_interval),
+                            name="telemetry"),
         asyncio.create_task(state.budgets.run(), name="budgets"),
     ]
     log.info("proxy %s listening on http://%s:%d/v1", args.node_id, host, bound)

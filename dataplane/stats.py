@@ -1,26 +1,21 @@
-"""Per-endpoint counters: Prometheus metrics and telemetry deltas.
+"""What upstream attempts say about endpoints: health, outliers, counters, metrics.
 
-The request path calls `record` once per upstream attempt. Prometheus label
-children are cached so a record costs a few dictionary lookups. Telemetry
-takes the counters accumulated since its last report with `drain`.
-
-Usage analytics: each client request that authenticated is counted once,
-through a `UsageAccount`, per (key, key's node, served model, route or
-task, UTC day) — one dict lookup keyed by a tuple. Telemetry takes them
-with `drain_usage` and gives back what it could not send with
-`restore_usage`, merged by the same keys, so undelivered usage is bounded
-by the number of distinct keys.
-Counts, latencies and token totals only — never content.
+The request path calls `record` once per upstream attempt; it keeps the live
+health registry and the outlier detector current and counts for telemetry
+and Prometheus (label children are cached, so a record costs a few
+dictionary lookups). Telemetry takes the counters accumulated since its last
+report with `drain`. Per-key usage analytics are `dataplane/usage.py`; the
+routes' retry budgets are `dataplane/failover/budget.py` — each stage is
+handed the pieces it uses. Counts, latencies and token totals only — never
+content.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from dataplane.failover.budget import RetryBudgets
 from dataplane.failover.outlier import NOT_THE_ENDPOINTS, OutlierDetector
 from dataplane.health import HealthRegistry
 
@@ -65,64 +60,17 @@ class EndpointCounters:
     cost_usd: float = 0.0
 
 
-@dataclass(slots=True)
-class UsageCounters:
-    requests: int = 0
-    errors: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-
-    def add(self, other: UsageCounters) -> None:
-        self.requests += other.requests
-        self.errors += other.errors
-        self.prompt_tokens += other.prompt_tokens
-        self.completion_tokens += other.completion_tokens
-        self.cost_usd += other.cost_usd
-
-
-# (API key name, the key's node, served model ("" = none), route or task, UTC day as days since the epoch)
-UsageKey = tuple[str, str, str, str, int]
-
-
-class UsageAccount:
-    """One client request's usage: counted exactly once, by the first of
-    `served` (a response was relayed) or `failed` (an error response)."""
-
-    __slots__ = ("_stats", "key", "node", "route", "done")
-
-    def __init__(self, stats: EndpointStats, key: str, node: str, route: str) -> None:
-        self._stats = stats
-        self.key = key
-        self.node = node
-        self.route = route
-        self.done = False
-
-    def served(self, model: str, error: bool = False, prompt_tokens: int = 0, completion_tokens: int = 0,
-               cost_usd: float = 0.0) -> None:
-        if not self.done:
-            self.done = True
-            self._stats.record_usage((self.key, self.node, model, self.route, int(time.time() // 86400)),
-                                     error, prompt_tokens, completion_tokens, cost_usd)
-
-    def failed(self) -> None:
-        """An error response before anything was served: no model, no tokens."""
-        self.served("", True)
-
-
 class EndpointStats:
     """Counters per endpoint; also keeps the live health registry current."""
 
     def __init__(self, health: HealthRegistry | None = None, outliers: OutlierDetector | None = None) -> None:
         self.health = health or HealthRegistry()
         self.outliers = outliers or OutlierDetector()
-        self.retry_budgets = RetryBudgets()  # failover load; spend budgets are dataplane/budgets.py
         self._counters: dict[str, EndpointCounters] = {}
         self._outcome_children: dict[tuple[str, str], object] = {}
         self._latency_children: dict[str, object] = {}
         self._token_children: dict[str, tuple] = {}
         self._client_children: dict[tuple[str, int], object] = {}
-        self._usage: dict[UsageKey, UsageCounters] = {}
         # endpoint -> failures of suspect requests awaiting its next outcome: (at, class, latency, retry-after)
         self._suspects: dict[str, list[tuple[float, str, float, float | None]]] = {}
 
@@ -236,37 +184,3 @@ class EndpointStats:
         """Counters since the previous drain, resetting them."""
         counters, self._counters = self._counters, {}
         return counters
-
-    # ------------------------------------------------------------ usage
-
-    def account(self, key: str, nodes: tuple[str, ...], route: str) -> UsageAccount:
-        """The usage account of one client request by API key `key` (whose
-        node chain is `nodes`, nearest first) naming `route` (route, model or task)."""
-        return UsageAccount(self, key, nodes[0] if nodes else "", route)
-
-    def record_usage(self, key: UsageKey, error: bool, prompt_tokens: int, completion_tokens: int,
-                     cost_usd: float) -> None:
-        counters = self._usage.get(key)
-        if counters is None:
-            counters = self._usage[key] = UsageCounters()
-        counters.requests += 1
-        if error:
-            counters.errors += 1
-        counters.prompt_tokens += prompt_tokens
-        counters.completion_tokens += completion_tokens
-        counters.cost_usd += cost_usd
-
-    def drain_usage(self) -> dict[UsageKey, UsageCounters]:
-        """Usage since the previous drain, resetting it."""
-        usage, self._usage = self._usage, {}
-        return usage
-
-    def restore_usage(self, usage: dict[UsageKey, UsageCounters]) -> None:
-        """Give back drained usage that could not be delivered; it goes out
-        with the next report, merged with what was counted meanwhile."""
-        for key, counters in usage.items():
-            current = self._usage.get(key)
-            if current is None:
-                self._usage[key] = counters
-            else:
-                current.add(counters)

@@ -18,7 +18,8 @@ import logging
 import grpc
 
 from dataplane.control_plane import REFUSALS, ControlPlaneLink, describe_failure
-from dataplane.stats import EndpointCounters, EndpointStats, UsageCounters, UsageKey
+from dataplane.stats import EndpointCounters, EndpointStats
+from dataplane.usage import UsageCounters, UsageKey, UsageLedger
 from megarouter.v1 import discovery_pb2, telemetry_pb2, telemetry_pb2_grpc
 
 log = logging.getLogger("megarouter.proxy.telemetry")
@@ -69,28 +70,30 @@ def add_usage(report: telemetry_pb2.StatsReport, usage: dict[UsageKey, UsageCoun
         ))
 
 
-async def _send(call, stats: EndpointStats, report: telemetry_pb2.StatsReport) -> None:
+async def _send(call, ledger: UsageLedger, report: telemetry_pb2.StatsReport) -> None:
     """Write one report with the usage counted so far; on failure the usage goes back."""
-    usage = stats.drain_usage()
+    usage = ledger.drain()
     add_usage(report, usage)
     try:
         await call.write(report)
     except BaseException:
-        stats.restore_usage(usage)
+        ledger.restore(usage)
         raise
 
 
-async def _final_report(call, stats: EndpointStats, interval_s: float, node: discovery_pb2.Node | None) -> None:
+async def _final_report(call, stats: EndpointStats, ledger: UsageLedger, interval_s: float,
+                        node: discovery_pb2.Node | None) -> None:
     report = build_report(stats, interval_s)
     if node is not None:
         report.node.CopyFrom(node)
-    await _send(call, stats, report)
+    await _send(call, ledger, report)
     await call.done_writing()
     await call  # the control plane has read every report
 
 
 async def report_stats(
-    link: ControlPlaneLink, node: discovery_pb2.Node, stats: EndpointStats, interval_s: float,
+    link: ControlPlaneLink, node: discovery_pb2.Node, stats: EndpointStats, ledger: UsageLedger,
+    interval_s: float,
 ) -> None:
     addresses = link.addresses
     attempt = 0
@@ -107,12 +110,12 @@ async def report_stats(
                         report = build_report(stats, interval_s)
                         if first:
                             report.node.CopyFrom(node)
-                        await _send(call, stats, report)
+                        await _send(call, ledger, report)
                         first = False
                 except asyncio.CancelledError:
                     # Shutting down: deliver the usage counted since the last report.
                     try:
-                        await asyncio.wait_for(_final_report(call, stats, interval_s, node if first else None),
+                        await asyncio.wait_for(_final_report(call, stats, ledger, interval_s, node if first else None),
                                                FINAL_REPORT_TIMEOUT_S)
                     except (Exception, asyncio.CancelledError):
                         log.debug("last telemetry report to %s not delivered", address)

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from dataplane.errors import ApiError
+from dataplane.errors import OPENAI_ERRORS, ApiError
 from dataplane.routing.controls import NO_CONTROLS, QUALITY_TARGET_HEADER, Controls, read_controls
 from dataplane.table import RuntimeTable, TableError
 from megarouter import ctl
@@ -61,7 +61,7 @@ def test_invalid_header_is_a_400_naming_it(value: str) -> None:
         read_controls({QUALITY_TARGET_HEADER: value})
     error = caught.value
     assert error.status == 400 and error.param == QUALITY_TARGET_HEADER
-    body = json.loads(error.body())["error"]
+    body = json.loads(OPENAI_ERRORS.body(error))["error"]
     assert body["param"] == QUALITY_TARGET_HEADER and body["type"] == "invalid_request_error"
     assert body["message"] == (f"invalid {QUALITY_TARGET_HEADER} {value!r}: use a number greater than 0 and at "
                                "most 1 (0.95 keeps 95% of the flagship's quality)")

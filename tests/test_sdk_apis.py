@@ -63,6 +63,7 @@ endpoints:
 ---
 routes:
   - {{name: auto, tiers: [{{models: [claude-sim]}}, {{models: [gpt-sim]}}]}}
+  - {{name: gpt-first, tiers: [{{models: [gpt-sim]}}, {{models: [claude-sim]}}]}}
 """
 
 
@@ -274,3 +275,28 @@ async def test_messages_with_betas_pass_through_to_an_anthropic_endpoint(
         extra_headers={"anthropic-beta": "prompt-caching-2024-07-31"})
     assert raw.headers["x-megarouter-endpoint"] == "claude-anth"
     assert (await raw.parse()).content[0].text
+
+
+async def test_what_only_anthropic_can_do_goes_only_to_anthropic(gateway: System,
+                                                                 claude: anthropic.AsyncAnthropic) -> None:
+    """A server tool cannot be expressed through chat: on a route, the Anthropic endpoints serve
+    it; on a model with no Anthropic endpoint it is a 400 naming the tool."""
+    tools = [{"type": "web_search_20250305", "name": "web_search", "max_uses": 1}]
+    ask = [{"role": "user", "content": "Weather in Paris?"}]
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        await claude.messages.create(model="gpt-sim", max_tokens=50, tools=tools, messages=ask)
+    assert refused.value.body["error"]["param"] == "tools[0].type"
+    raw = await claude.messages.with_raw_response.create(model="gpt-first", max_tokens=50, tools=tools,
+                                                         messages=ask, extra_headers={"x-megarouter-explain": "1"})
+    assert raw.headers["x-megarouter-endpoint"] == "claude-anth"
+    explained = json.loads(raw.headers["x-megarouter-explain"])
+    assert any("only through chat" in c.get("excluded", "") for c in explained["candidates"]), explained
+
+
+async def test_legacy_echo_goes_only_to_a_native_completions_model(oai: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        await oai.completions.create(model="gpt-sim", prompt="x", echo=True, max_tokens=5)
+    assert refused.value.body["param"] == "echo"
+    answer = await oai.completions.with_raw_response.create(model="gpt-instruct-sim", prompt="x", echo=True,
+                                                            max_tokens=5)
+    assert answer.headers["x-megarouter-endpoint"] == "instruct-oai"

@@ -20,8 +20,8 @@ import pytest
 
 from controlplane.store import open_store
 from controlplane.usage import USAGE_PREFIX, UsageAggregator, decode_rows, document_key
-from dataplane.stats import EndpointStats
 from dataplane.telemetry_client import _send
+from dataplane.usage import UsageLedger
 from megarouter.admin_client import admin_channel
 from megarouter.v1 import admin_pb2, admin_pb2_grpc, telemetry_pb2
 from tests.conftest import ADMIN_TOKEN, ORG_TREE, System, build_system
@@ -42,19 +42,19 @@ def _today() -> str:
 
 
 def test_undelivered_usage_is_kept_and_merged_not_queued() -> None:
-    stats = EndpointStats()
+    ledger = UsageLedger()
     for _ in range(3):
-        stats.account("k", ("team-a", "acme"), "chat").served("demo-small", False, 10, 5, 0.001)
-    stats.account("k", ("team-a", "acme"), "chat").failed()
+        ledger.account("k", ("team-a", "acme"), "chat").served("demo-small", False, 10, 5, 0.001)
+    ledger.account("k", ("team-a", "acme"), "chat").failed()
 
     class Broken:
         async def write(self, report) -> None:
             raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, None, None)
 
     with pytest.raises(grpc.aio.AioRpcError):
-        asyncio.run(_send(Broken(), stats, telemetry_pb2.StatsReport()))
-    stats.account("k", ("team-a", "acme"), "chat").served("demo-small", False, 1, 1, 0.0001)
-    usage = stats.drain_usage()
+        asyncio.run(_send(Broken(), ledger, telemetry_pb2.StatsReport()))
+    ledger.account("k", ("team-a", "acme"), "chat").served("demo-small", False, 1, 1, 0.0001)
+    usage = ledger.drain()
     # Merged by key: one entry per distinct (key, node, model, route, day), not one per failed report.
     assert len(usage) == 2
     served = next(c for k, c in usage.items() if k[2] == "demo-small")
@@ -65,11 +65,11 @@ def test_undelivered_usage_is_kept_and_merged_not_queued() -> None:
 
 
 def test_an_account_counts_a_request_once() -> None:
-    stats = EndpointStats()
-    account = stats.account("k", (), "auto")
+    ledger = UsageLedger()
+    account = ledger.account("k", (), "auto")
     account.served("demo-medium", False, 3, 4, 0.5)
     account.failed()  # e.g. an error raised after the relay counted it
-    ((key, counters),) = stats.drain_usage().items()
+    ((key, counters),) = ledger.drain().items()
     assert key[:4] == ("k", "", "demo-medium", "auto")
     assert (counters.requests, counters.errors) == (1, 0)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import aiohttp
+import anthropic
 import openai
 
 from megarouter.v1 import admin_pb2
@@ -25,6 +26,24 @@ async def test_canary_never_leaves_memory(fresh_system: System) -> None:
         async for _ in stream:
             pass
         await client.completions.create(model="chat", prompt=canary, max_tokens=5)
+        await client.responses.create(model="chat", instructions=f"secret {canary}", input=canary)
+        async with client.responses.stream(model="chat", input=canary) as events:
+            async for _ in events:
+                pass
+        claude = anthropic.AsyncAnthropic(base_url=system.base_url(index).removesuffix("/v1"), api_key=API_KEY,
+                                          max_retries=0)
+        await claude.messages.create(model="chat", max_tokens=20, system=f"secret {canary}",
+                                     messages=[{"role": "user", "content": canary}])
+        async with claude.messages.stream(model="chat", max_tokens=20,
+                                          messages=[{"role": "user", "content": canary}]) as events:
+            await events.get_final_message()
+        await claude.messages.count_tokens(model="chat", messages=[{"role": "user", "content": canary}])
+        # A malformed request whose field holds the canary: its 400 must not log it either.
+        try:
+            await claude.messages.create(model="chat", max_tokens=20, messages=[{"role": canary, "content": canary}])
+        except anthropic.BadRequestError:
+            pass
+        await claude.close()
         # A failing request too: errors must not echo content into logs either.
         await system.set_sim(error_rate=1.0, error_status=500)
         try:

@@ -24,6 +24,7 @@ import orjson
 from prometheus_client import Counter, Histogram
 
 from dataplane.errors import ApiError, bad_request
+from dataplane.failover.budget import RetryBudgets
 from dataplane.failover.policy import FailoverPolicy
 from dataplane.providers.base import ErrorClass, ProviderError
 from dataplane.stats import ATTEMPTS, EndpointStats
@@ -68,6 +69,7 @@ class Success:
 async def first_success(
     sessions: SessionPool,
     stats: EndpointStats,
+    retry_budgets: RetryBudgets,
     target: Target,
     endpoints: tuple[EndpointRuntime, ...],
     translator_for: TranslatorFor,
@@ -91,11 +93,11 @@ async def first_success(
         if endpoint.context_window <= min_context:
             continue
         if attempts == 0:
-            stats.retry_budgets.first_attempt(target.name, policy.retry_budget_ratio)
+            retry_budgets.first_attempt(target.name, policy.retry_budget_ratio)
         else:
             if free_retry:
                 PROBE_RETRIES.inc()
-            elif not stats.retry_budgets.try_retry(target.name):
+            elif not retry_budgets.try_retry(target.name):
                 break  # the route's retries are spent: fail now rather than pile on
             await asyncio.sleep(_backoff(policy, attempts, deadline - loop.time()))
         attempts += 1

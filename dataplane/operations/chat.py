@@ -26,6 +26,9 @@ class ChatOperation:
     def needs(self, exchange: Exchange, min_quality: int) -> Needs:
         return chat_needs(exchange.chat, min_quality, exchange.request.get("body_size", 0))
 
+    def native(self, endpoint: EndpointRuntime) -> bool:
+        return True  # chat is the canonical shape: every adapter speaks it
+
     def translator(self, endpoint: EndpointRuntime, exchange: Exchange) -> ChatTranslator:
         return ChatTranslator(endpoint, exchange.chat, exchange.stream)
 

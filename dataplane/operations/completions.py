@@ -77,6 +77,9 @@ class CompletionsOperation:
         return Needs(frozenset({"streaming"} if exchange.stream else ()), body_size // 4,
                      max_tokens or DEFAULT_MAX_TOKENS, min_quality)
 
+    def native(self, endpoint: EndpointRuntime) -> bool:
+        return endpoint.native_completions
+
     def translator(self, endpoint: EndpointRuntime, exchange: Exchange) -> Translator:
         if endpoint.native_completions:
             return NativeCompletions(endpoint, exchange.payload, exchange.stream)

@@ -49,7 +49,7 @@ async def count_tokens(pipeline: Pipeline, request: web.Request, table: RuntimeT
     endpoints = tuple(e for e in plan.endpoints if is_anthropic(e))
     forwarded = forwarded_headers(request.headers)
     success = await first_success(
-        pipeline.sessions, pipeline.stats, target, endpoints,
+        pipeline.sessions, pipeline.stats, pipeline.retry_budgets, target, endpoints,
         lambda endpoint: NativeMessages(endpoint, payload, forwarded, path="/messages/count_tokens"),
         stream=False, payload=payload)
     loop = asyncio.get_running_loop()

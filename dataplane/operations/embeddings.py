@@ -14,13 +14,11 @@ from typing import Any
 from dataplane.errors import OPENAI_ERRORS, bad_request
 from dataplane.pipeline.exchange import Exchange
 from dataplane.providers.base import ProviderError, StreamTranslator, Usage
-from dataplane.routing.needs import Needs
+from dataplane.routing.needs import CHARS_PER_TOKEN, Needs
 from dataplane.table import EndpointRuntime
 from dataplane.translate.base import UpstreamRequest
 from dataplane.upstream import STREAM_INTERRUPTED
 from dataplane.validation import model_name
-
-_CHARS_PER_TOKEN = 4
 
 
 def check_embeddings_request(payload: dict[str, Any]) -> None:
@@ -48,7 +46,7 @@ def check_embeddings_request(payload: dict[str, Any]) -> None:
 
 def _largest_input_tokens(value: Any) -> int:
     if isinstance(value, str):
-        return len(value) // _CHARS_PER_TOKEN
+        return len(value) // CHARS_PER_TOKEN
     if value and isinstance(value[0], int):
         return len(value)                      # one token array
     return max((_largest_input_tokens(item) for item in value), default=0)
@@ -87,8 +85,11 @@ class EmbeddingsOperation:
         check_embeddings_request(exchange.payload)
 
     def needs(self, exchange: Exchange, min_quality: int) -> Needs:
-        return Needs(frozenset(), exchange.request.get("body_size", 0) // _CHARS_PER_TOKEN, 0, min_quality,
+        return Needs(frozenset(), exchange.request.get("body_size", 0) // CHARS_PER_TOKEN, 0, min_quality,
                      embeddings=True, context_tokens=_largest_input_tokens(exchange.payload["input"]))
+
+    def native(self, endpoint: EndpointRuntime) -> bool:
+        return True
 
     def translator(self, endpoint: EndpointRuntime, exchange: Exchange) -> EmbeddingsTranslator:
         return EmbeddingsTranslator(endpoint, exchange.payload)

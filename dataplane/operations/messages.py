@@ -97,6 +97,9 @@ class MessagesOperation:
         return Needs(frozenset({"streaming"} if exchange.stream else ()), body_size // 4,
                      exchange.payload["max_tokens"], min_quality)
 
+    def native(self, endpoint: EndpointRuntime) -> bool:
+        return is_anthropic(endpoint)
+
     def translator(self, endpoint: EndpointRuntime, exchange: Exchange) -> Translator:
         if is_anthropic(endpoint):
             return NativeMessages(endpoint, exchange.payload, forwarded_headers(exchange.request.headers))

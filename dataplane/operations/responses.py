@@ -39,6 +39,9 @@ class ResponsesOperation:
     def needs(self, exchange: Exchange, min_quality: int) -> Needs:
         return chat_needs(exchange.chat, min_quality, exchange.request.get("body_size", 0))
 
+    def native(self, endpoint: EndpointRuntime) -> bool:
+        return False  # served through chat everywhere (see the module docstring)
+
     def translator(self, endpoint: EndpointRuntime, exchange: Exchange) -> ViaChat:
         request = exchange.payload
         return ViaChat(endpoint, exchange.chat, exchange.stream,

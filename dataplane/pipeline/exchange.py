@@ -11,9 +11,9 @@ from dataplane.errors import ApiError, ErrorFormat
 from dataplane.providers.base import StreamTranslator
 from dataplane.routing.controls import Controls
 from dataplane.routing.needs import Needs
-from dataplane.stats import UsageAccount
 from dataplane.table import EndpointRuntime, KeyInfo, RuntimeTable, Target
 from dataplane.translate.base import Translator
+from dataplane.usage import UsageAccount
 
 
 @dataclass(slots=True)
@@ -31,8 +31,8 @@ class Exchange:
     # The request as an OpenAI chat request, for operations that can be served through chat
     # (None for embeddings). The router's needs and the complexity estimate read it.
     chat: dict[str, Any] | None = None
-    # Why this request cannot be served through chat (a field chat cannot express): raised
-    # only if an endpoint without a native path is tried.
+    # Why this request cannot be served through chat (a field chat cannot express): only the
+    # endpoints that speak the API natively are tried, and with none the request gets this error.
     chat_refusal: ApiError | None = None
     controls: Controls | None = None
     target: Target | None = None
@@ -53,6 +53,9 @@ class Operation(Protocol):
 
     def needs(self, exchange: Exchange, min_quality: int) -> Needs:
         """What a model must have to serve the request."""
+
+    def native(self, endpoint: EndpointRuntime) -> bool:
+        """`endpoint` speaks this API itself (no translation through chat)."""
 
     def translator(self, endpoint: EndpointRuntime, exchange: Exchange) -> Translator:
         """How `endpoint` serves the request."""

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from dataplane.budgets import BudgetEnforcer, BudgetExhausted, Charge
 from dataplane.errors import ApiError, ClientError, NoEndpointError, model_not_found
+from dataplane.failover.budget import RetryBudgets
 from dataplane.failover.engine import Success, first_success
 from dataplane.pipeline.exchange import Exchange, Operation
 from dataplane.relay import relay_json, relay_stream
@@ -26,6 +27,7 @@ from dataplane.routing.needs import Needs
 from dataplane.stats import EndpointStats
 from dataplane.table import EndpointRuntime, KeyInfo, RuntimeTable, Target
 from dataplane.upstream import SessionPool
+from dataplane.usage import UsageLedger
 
 CASCADE_HEADER = "x-megarouter-cascade"
 CASCADE_REASON_HEADER = "x-megarouter-cascade-reason"
@@ -58,10 +60,16 @@ def request_task(request: web.Request, key: KeyInfo, named: str, table: RuntimeT
 
 
 class Pipeline:
-    def __init__(self, sessions: SessionPool, stats: EndpointStats, budgets: BudgetEnforcer,
-                 region: str = "") -> None:
+    """The stages, each handed the pieces it uses: the router the health registry and outlier
+    detector, failover the sessions, endpoint stats and retry budgets, charge the spend budgets,
+    settle the usage ledger."""
+
+    def __init__(self, sessions: SessionPool, stats: EndpointStats, usage: UsageLedger,
+                 retry_budgets: RetryBudgets, budgets: BudgetEnforcer, region: str = "") -> None:
         self._sessions = sessions
         self._stats = stats
+        self._usage = usage
+        self._retry_budgets = retry_budgets
         self._budgets = budgets
         self._region = region  # this proxy's region, for routes that prefer local endpoints
 
@@ -71,7 +79,7 @@ class Pipeline:
         its key's usage: the relay counts what was served; an error counts as an error."""
         model = payload.get("model")
         task = request_task(request, key, model if isinstance(model, str) else "", table)
-        account = self._stats.account(key.name, key.nodes, task)
+        account = self._usage.account(key.name, key.nodes, task)
         exchange = Exchange(request, table, key, payload, task, account)
         try:
             return await self._serve(operation, exchange)
@@ -126,6 +134,10 @@ class Pipeline:
     def stats(self) -> EndpointStats:
         return self._stats
 
+    @property
+    def retry_budgets(self) -> RetryBudgets:
+        return self._retry_budgets
+
     def _plan(self, exchange: Exchange, needs: Needs, strategy: str) -> router.Plan:
         return self.plan_for(exchange.target, needs, strategy, exchange.table, exchange.controls.explain)
 
@@ -146,12 +158,21 @@ class Pipeline:
                     strategy: str | None = None, extra_headers: dict[str, str] | None = None) -> web.StreamResponse:
         """charge -> failover -> relay -> settle, over `endpoints` in order."""
         needs = exchange.needs
+        if exchange.chat_refusal is not None:
+            # What the request asks can only be expressed natively (an Anthropic server tool, a
+            # legacy `echo`): the endpoints that would translate it through chat step aside.
+            endpoints = tuple(e for e in endpoints if operation.native(e))
+            if not endpoints:
+                raise exchange.chat_refusal
+            for candidate in plan.candidates:
+                if not candidate.excluded and candidate.endpoint not in endpoints:
+                    candidate.excluded = f"serves {operation.api} only through chat, which cannot express it"
         charge = await Charge.reserve(self._budgets, exchange.key, exchange.task, endpoints, needs.prompt_tokens,
                                       None if needs.output_tokens == 0 and not operation.embeddings
                                       else needs.output_tokens)
         async with charge:
             success = await first_success(
-                self._sessions, self._stats, exchange.target, charge.endpoints,
+                self._sessions, self._stats, self._retry_budgets, exchange.target, charge.endpoints,
                 lambda endpoint: operation.translator(endpoint, exchange),
                 stream=exchange.stream, payload=exchange.payload)
             charge.served_by(success.endpoint.model)

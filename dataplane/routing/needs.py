@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from typing import Any
 
 # Rough and fast: ~4 characters per token for text, a fixed cost per image.
-_CHARS_PER_TOKEN = 4
-_TOKENS_PER_IMAGE = 85
-_TOKENS_PER_MESSAGE = 4
+CHARS_PER_TOKEN = 4
+TOKENS_PER_IMAGE = 85
+TOKENS_PER_MESSAGE = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +52,7 @@ def approx_prompt_tokens(messages: Any) -> int:
         for call in message.get("tool_calls") or ():
             if isinstance(call, dict) and isinstance(call.get("function"), dict):
                 chars += len(str(call["function"].get("arguments") or ""))
-    return chars // _CHARS_PER_TOKEN + images * _TOKENS_PER_IMAGE + len(messages) * _TOKENS_PER_MESSAGE
+    return chars // CHARS_PER_TOKEN + images * TOKENS_PER_IMAGE + len(messages) * TOKENS_PER_MESSAGE
 
 
 def chat_needs(payload: dict[str, Any], min_quality: int = 0, body_size: int = 0) -> Needs:
@@ -78,9 +78,9 @@ def chat_needs(payload: dict[str, Any], min_quality: int = 0, body_size: int = 0
         capabilities.add("vision")
     if body_size:
         # base64 images are counted at a flat rate, not by their bytes.
-        prompt_tokens = body_size // _CHARS_PER_TOKEN if not images else approx_prompt_tokens(messages)
+        prompt_tokens = body_size // CHARS_PER_TOKEN if not images else approx_prompt_tokens(messages)
     else:
-        prompt_tokens = approx_prompt_tokens(messages) + len(str(payload.get("tools") or "")) // _CHARS_PER_TOKEN
+        prompt_tokens = approx_prompt_tokens(messages) + len(str(payload.get("tools") or "")) // CHARS_PER_TOKEN
     output = payload.get("max_completion_tokens") or payload.get("max_tokens") or 0
     return Needs(
         capabilities=frozenset(capabilities),

@@ -53,6 +53,28 @@ class Translator(Protocol):
     def error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError: ...
 
 
+class ChatStreamWrapper:
+    """Base of the stream translators that re-emit a chat stream in another API's shape: the
+    upstream's usage, completeness and error are the wrapped (chat) translator's."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: StreamTranslator) -> None:
+        self._inner = inner
+
+    @property
+    def usage(self) -> Usage:
+        return self._inner.usage
+
+    @property
+    def complete(self) -> bool:
+        return self._inner.complete
+
+    @property
+    def error(self) -> ProviderError | None:
+        return self._inner.error
+
+
 class ChatTranslator:
     """An OpenAI chat request × the endpoint's provider adapter."""
 

@@ -17,7 +17,8 @@ import orjson
 
 from dataplane.codecs.sse import SseDecoder, encode
 from dataplane.errors import bad_request
-from dataplane.providers.base import ProviderError, StreamTranslator, Usage
+from dataplane.providers.base import StreamTranslator
+from dataplane.translate.base import ChatStreamWrapper
 
 # OpenAI's default for the legacy API, which chat translation must keep.
 DEFAULT_MAX_TOKENS = 16
@@ -72,26 +73,14 @@ def completion_from_chat(chat: dict[str, Any], model: str = "") -> dict[str, Any
     }
 
 
-class ChatToCompletionStream:
+class ChatToCompletionStream(ChatStreamWrapper):
     """Wraps a chat stream translator; re-emits its chunks as text_completion chunks."""
 
-    __slots__ = ("_inner", "_events")
+    __slots__ = ("_events",)
 
     def __init__(self, inner: StreamTranslator, model: str = "") -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._events = SseDecoder()
-
-    @property
-    def usage(self) -> Usage:
-        return self._inner.usage
-
-    @property
-    def complete(self) -> bool:
-        return self._inner.complete
-
-    @property
-    def error(self) -> ProviderError | None:
-        return self._inner.error
 
     def feed(self, data: bytes) -> bytes:
         return self._convert(self._events.feed(self._inner.feed(data)))

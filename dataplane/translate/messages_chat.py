@@ -107,7 +107,8 @@ from dataplane.errors import ApiError, bad_request
 from dataplane.providers.anthropic_stream import stream_error, usage_of
 from dataplane.providers.base import ErrorClass, ProviderError, StreamTranslator, Usage
 from dataplane.providers.openai import usage_from
-from dataplane.routing.needs import _CHARS_PER_TOKEN, _TOKENS_PER_IMAGE, _TOKENS_PER_MESSAGE
+from dataplane.routing.needs import CHARS_PER_TOKEN, TOKENS_PER_IMAGE, TOKENS_PER_MESSAGE
+from dataplane.translate.base import ChatStreamWrapper
 from dataplane.validation import (
     Check,
     array_of,
@@ -574,14 +575,14 @@ def stream_error_event(message: str, error_type: str = "api_error") -> bytes:
     return _event({"type": "error", "error": {"type": error_type, "message": message}})
 
 
-class ChatToMessagesStream:
+class ChatToMessagesStream(ChatStreamWrapper):
     """Wraps a chat stream translator; re-emits its chunks as Anthropic Messages events."""
 
-    __slots__ = ("_inner", "_model", "_decoder", "_started", "_ended", "_next_block", "_open_block",
+    __slots__ = ("_model", "_decoder", "_started", "_ended", "_next_block", "_open_block",
                  "_open_tool", "_tool_blocks", "_tool_ids", "_finish_reason")
 
     def __init__(self, inner: StreamTranslator, model: str) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._model = model
         self._decoder = SseDecoder()
         self._started = False   # message_start went out
@@ -592,18 +593,6 @@ class ChatToMessagesStream:
         self._tool_blocks: dict[int, int] = {}  # chat tool_calls index -> block index
         self._tool_ids: dict[str, int] = {}     # tool call id -> chat tool_calls index
         self._finish_reason: str | None = None
-
-    @property
-    def usage(self) -> Usage:
-        return self._inner.usage
-
-    @property
-    def complete(self) -> bool:
-        return self._inner.complete
-
-    @property
-    def error(self) -> ProviderError | None:
-        return self._inner.error
 
     def feed(self, data: bytes) -> bytes:
         return self._translate(self._decoder.feed(self._inner.feed(data)))
@@ -819,7 +808,7 @@ def estimate_input_tokens(payload: dict[str, Any]) -> int:
     tools = payload.get("tools")
     if tools:
         chars += len(orjson.dumps(tools))
-    return chars // _CHARS_PER_TOKEN + media * _TOKENS_PER_IMAGE + messages * _TOKENS_PER_MESSAGE
+    return chars // CHARS_PER_TOKEN + media * TOKENS_PER_IMAGE + messages * TOKENS_PER_MESSAGE
 
 
 def _content_size(content: Any) -> tuple[int, int]:

@@ -85,7 +85,8 @@ import orjson
 
 from dataplane.codecs.sse import SseDecoder, SseEvent, encode
 from dataplane.errors import ApiError, ClientError, bad_request
-from dataplane.providers.base import ErrorClass, ProviderError, StreamTranslator, Usage
+from dataplane.providers.base import ErrorClass, StreamTranslator
+from dataplane.translate.base import ChatStreamWrapper
 from dataplane.validation import (
     Check,
     array_of,
@@ -712,7 +713,7 @@ _PART_FIELD = {"output_text": "text", "refusal": "refusal"}  # the part type's t
 _DELTA_EVENT = {"output_text": "response.output_text", "refusal": "response.refusal"}
 
 
-class ChatToResponsesStream:
+class ChatToResponsesStream(ChatStreamWrapper):
     """Wraps a chat stream translator; re-emits its OpenAI SSE as Responses events.
 
     Events, each `event: <type>` + `data: {"type", "sequence_number", …}`, numbered from 0:
@@ -738,12 +739,12 @@ class ChatToResponsesStream:
     call is kept in the final response but gets no delta event of its own.
     """
 
-    __slots__ = ("_inner", "_request", "_model", "_events", "_sequence", "_response_id", "_created_at",
+    __slots__ = ("_request", "_model", "_events", "_sequence", "_response_id", "_created_at",
                  "_started", "_ended", "_output", "_current", "_calls", "_finish", "_reasoning_tokens",
                  "_service_tier")
 
     def __init__(self, inner: StreamTranslator, request: dict[str, Any], model: str) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._request = request
         self._model = model
         self._events = SseDecoder()
@@ -758,18 +759,6 @@ class ChatToResponsesStream:
         self._finish: str | None = None
         self._reasoning_tokens = 0               # chat usage has it; the inner Usage does not
         self._service_tier: Any = None
-
-    @property
-    def usage(self) -> Usage:
-        return self._inner.usage
-
-    @property
-    def complete(self) -> bool:
-        return self._inner.complete
-
-    @property
-    def error(self) -> ProviderError | None:
-        return self._inner.error
 
     @property
     def sequence_number(self) -> int:

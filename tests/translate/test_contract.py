@@ -26,8 +26,8 @@ from dataplane.operations.responses import ResponsesOperation
 from dataplane.pipeline.exchange import Exchange
 from dataplane.providers import adapter_for
 from dataplane.providers.base import ErrorClass, Usage
-from dataplane.stats import EndpointStats
 from dataplane.table import EndpointRuntime, ProviderRuntime
+from dataplane.usage import UsageLedger
 from megarouter.catalog import PriceTier, Pricing
 
 BACKENDS = ("openai", "azure_openai", "anthropic", "gemini")
@@ -175,7 +175,7 @@ def endpoint_for(kind: str, *, embeddings: bool = False, native_completions: boo
 def translator_for(api: str, backend: str, payload: dict, stream: bool = False, **endpoint_flags):
     payload = {**payload, "stream": True} if stream else payload
     request = make_mocked_request("POST", f"/v1/{api}", headers={"anthropic-version": "2023-06-01"})
-    exchange = Exchange(request, None, None, payload, "t", EndpointStats().account("k", (), "t"))
+    exchange = Exchange(request, None, None, payload, "t", UsageLedger().account("k", (), "t"))
     operation = OPERATIONS[api]
     operation.prepare(exchange)
     return operation.translator(endpoint_for(backend, **endpoint_flags), exchange)
@@ -321,7 +321,7 @@ def test_native_completions_honour_a_preset_without_stream_options() -> None:
                                   "provider": ProviderRuntime("mistral", "openai", adapter_for("openai", "mistral"),
                                                               "https://example.test/v1", "eu", {}, {}, 30.0, "")})
     request = make_mocked_request("POST", "/v1/completions")
-    exchange = Exchange(request, None, None, exchange_payload, "t", EndpointStats().account("k", (), "t"))
+    exchange = Exchange(request, None, None, exchange_payload, "t", UsageLedger().account("k", (), "t"))
     OPERATIONS["completions"].prepare(exchange)
     sent = orjson.loads(OPERATIONS["completions"].translator(endpoint, exchange).request().body)
     assert "stream_options" not in sent and sent["stream"] is True
@@ -331,7 +331,7 @@ def test_messages_to_anthropic_forward_the_version_and_beta_headers_only() -> No
     request = make_mocked_request("POST", "/v1/messages", headers={
         "anthropic-version": "2023-06-01", "anthropic-beta": "prompt-caching-2024-07-31",
         "x-api-key": "the-gateway-key", "cookie": "c=1"})
-    exchange = Exchange(request, None, None, dict(REQUESTS["messages"]), "t", EndpointStats().account("k", (), "t"))
+    exchange = Exchange(request, None, None, dict(REQUESTS["messages"]), "t", UsageLedger().account("k", (), "t"))
     OPERATIONS["messages"].prepare(exchange)
     upstream = OPERATIONS["messages"].translator(endpoint_for("anthropic"), exchange).request()
     assert dict(upstream.headers) == {"anthropic-version": "2023-06-01", "anthropic-beta": "prompt-caching-2024-07-31"}

@@ -11,7 +11,7 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from dataplane.errors import ApiError
+from dataplane.errors import OPENAI_ERRORS, ApiError
 from dataplane.providers.openai import OpenAIStream
 from dataplane.translate import responses_chat
 from dataplane.translate.responses_chat import (
@@ -152,7 +152,7 @@ def test_retention_and_not_found_errors() -> None:
     missing = not_retained_error("resp_abc")
     assert (missing.status, missing.code, missing.type) == (404, "response_not_found", "invalid_request_error")
     assert "resp_abc" in missing.message and "retains no responses" in missing.message
-    assert orjson.loads(missing.body())["error"]["code"] == "response_not_found"
+    assert orjson.loads(OPENAI_ERRORS.body(missing))["error"]["code"] == "response_not_found"
 
 
 FULL_REQUEST: dict[str, Any] = {
