@@ -93,6 +93,20 @@ class Provider(_Resource):
             raise ValueError("base_url: required (or name a preset)")
         return self
 
+    @model_validator(mode="after")
+    def _responses_api(self) -> Provider:
+        # How /v1/responses reaches this provider: translated through chat (any backend), or
+        # passed through to its own Responses API (api.openai.com has one; most
+        # OpenAI-compatible servers do not, so it is opt-in).
+        mode = self.options.get("responses_api")
+        if mode is not None:
+            if mode not in ("native", "chat"):
+                raise ValueError(f"options.responses_api: use 'native' or 'chat', not {mode!r}")
+            if self.kind != "openai":
+                raise ValueError("options.responses_api: only an openai provider can serve the Responses API "
+                                 "natively")
+        return self
+
     @field_validator("kind")
     @classmethod
     def _kind_supported(cls, kind: str) -> str:

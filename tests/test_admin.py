@@ -86,6 +86,13 @@ async def test_invalid_fields_name_the_field(admin) -> None:
                                          tiers=[routing_pb2.Tier(models=["m"])])),
     )
     assert "retry.max_attempts" in details
+    details = await _expect(grpc.StatusCode.INVALID_ARGUMENT,
+                            admin.PutProvider(_provider(options={"responses_api": "sometimes"})))
+    assert "options.responses_api" in details
+    details = await _expect(grpc.StatusCode.INVALID_ARGUMENT, admin.PutProvider(routing_pb2.Provider(
+        name="anth", kind=routing_pb2.PROVIDER_KIND_ANTHROPIC, base_url="http://127.0.0.1:9/v1",
+        options={"responses_api": "native"})))
+    assert "options.responses_api" in details
 
 
 async def test_references_are_enforced(admin) -> None:

@@ -26,6 +26,8 @@ SECRETS = {"TEST_AZURE_KEY": "azure-sdk-secret-1", "TEST_ANTHROPIC_KEY": "sk-ant
 # The model id a client names -> the backend kind serving it.
 CHAT_MODELS = {"gpt-sim": "openai", "azure-sim": "azure_openai", "claude-sim": "anthropic", "gemini-sim": "gemini"}
 EMBEDDING_MODELS = ("openai-embed", "azure-embed", "gemini-embed")
+# ... and the OpenAI endpoint that serves /v1/responses natively (provider option responses_api: native).
+RESPONSES_MODELS = (*CHAT_MODELS, "gpt-responses-sim")
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 
 
@@ -35,6 +37,8 @@ def manifest(ports: list[int]) -> str:
     return f"""
 providers:
   - {{name: oai, kind: openai, base_url: 'http://127.0.0.1:{openai_port}/v1'}}
+  - {{name: oai-native, kind: openai, base_url: 'http://127.0.0.1:{openai_port}/v1',
+     options: {{responses_api: native}}}}
   - {{name: az, kind: azure_openai, base_url: 'http://127.0.0.1:{azure_port}', credential: {{env: TEST_AZURE_KEY}},
      options: {{api_version: '2024-10-21'}}}}
   - {{name: anth, kind: anthropic, base_url: 'http://127.0.0.1:{anthropic_port}/v1',
@@ -43,6 +47,7 @@ providers:
 ---
 models:
   - {{name: gpt-sim, context_window: 128000, capabilities: {caps}}}
+  - {{name: gpt-responses-sim, context_window: 128000, capabilities: {caps}}}
   - {{name: gpt-instruct-sim, context_window: 4096, capabilities: {{completions: true, streaming: true}}}}
   - {{name: azure-sim, context_window: 128000, capabilities: {caps}}}
   - {{name: claude-sim, context_window: 200000, capabilities: {caps}}}
@@ -53,6 +58,7 @@ models:
 ---
 endpoints:
   - {{name: gpt-oai, model: gpt-sim, provider: oai, upstream_model: gpt-4o-mini}}
+  - {{name: gpt-native, model: gpt-responses-sim, provider: oai-native, upstream_model: gpt-4o-mini}}
   - {{name: instruct-oai, model: gpt-instruct-sim, provider: oai, upstream_model: gpt-3.5-turbo-instruct}}
   - {{name: gpt-az, model: azure-sim, provider: az, upstream_model: gpt4o-prod}}
   - {{name: claude-anth, model: claude-sim, provider: anth, upstream_model: claude-sonnet-4-5}}
@@ -145,7 +151,7 @@ async def test_openai_embeddings(oai: openai.AsyncOpenAI, model: str) -> None:
     assert len(answer.data[0].embedding) > 1 and answer.data[0].embedding != answer.data[1].embedding
 
 
-@pytest.mark.parametrize("model", CHAT_MODELS)
+@pytest.mark.parametrize("model", RESPONSES_MODELS)
 async def test_openai_responses_json_and_stream(oai: openai.AsyncOpenAI, model: str) -> None:
     raw = await oai.responses.with_raw_response.create(model=model, instructions="Be brief.", input="Say hello",
                                                        max_output_tokens=30)
@@ -165,7 +171,7 @@ async def test_openai_responses_json_and_stream(oai: openai.AsyncOpenAI, model: 
     assert final.output_text == response.output_text
 
 
-@pytest.mark.parametrize("model", CHAT_MODELS)
+@pytest.mark.parametrize("model", RESPONSES_MODELS)
 async def test_openai_responses_function_calling_round_trip(oai: openai.AsyncOpenAI, model: str) -> None:
     tools = [{"type": "function", "name": "get_weather", "description": "Weather in a city", "parameters": WEATHER}]
     first = await oai.responses.create(model=model, input="Weather in Paris?", tools=tools)
@@ -178,6 +184,25 @@ async def test_openai_responses_function_calling_round_trip(oai: openai.AsyncOpe
         {"type": "function_call_output", "call_id": calls[0].call_id, "output": "sunny, 21 C"},
     ])
     assert second.output_text
+
+
+async def test_responses_pass_through_to_a_native_endpoint_without_storing(gateway: System,
+                                                                         oai: openai.AsyncOpenAI) -> None:
+    """An OpenAI provider with `responses_api: native` gets /v1/responses as sent — with `store`
+    forced off, so the provider keeps nothing either — and answers what translation would."""
+    before = await gateway.sim_stats(0)
+    native = await oai.responses.create(model="gpt-responses-sim", instructions="Be brief.", input="Say hello",
+                                        store=True)
+    translated = await oai.responses.create(model="gpt-sim", instructions="Be brief.", input="Say hello")
+    assert native.output_text == translated.output_text and native.store is False
+    async with oai.responses.stream(model="gpt-responses-sim", input="Say hello") as stream:
+        async for _ in stream:
+            pass
+        streamed = await stream.get_final_response()
+    assert streamed.status == "completed" and streamed.usage.output_tokens > 0
+    after = await gateway.sim_stats(0)
+    assert after.get("responses_requests", 0) - before.get("responses_requests", 0) == 2
+    assert after.get("responses_stored", 0) == before.get("responses_stored", 0)
 
 
 async def test_responses_that_need_a_stored_response_are_refused(oai: openai.AsyncOpenAI) -> None:

@@ -1,7 +1,10 @@
-"""`POST /v1/responses`: the OpenAI Responses API, served by every backend through chat.
+"""`POST /v1/responses`: the OpenAI Responses API, served by every backend.
 
-`responses_chat` translates the request to chat, and the chat answer and
-stream back to a `response` object and the Responses event sequence. Zero
+OpenAI endpoints whose provider sets `options: {responses_api: native}` get
+the request as sent (`translate/responses_native.py`: `store` forced false).
+Everywhere else `responses_chat` translates the request to chat, and the chat
+answer and stream back to a `response` object and the Responses event
+sequence. Zero
 data retention: nothing is stored, so `store` is answered `false`, and
 whatever needs a stored response (`previous_response_id`, `conversation`,
 background runs, `GET /v1/responses/{id}`) is refused with a message saying
@@ -15,7 +18,7 @@ from dataplane.pipeline.exchange import Exchange
 from dataplane.providers.base import StreamTranslator
 from dataplane.routing.needs import Needs, chat_needs
 from dataplane.table import EndpointRuntime
-from dataplane.translate.base import ViaChat
+from dataplane.translate.base import Translator, ViaChat
 from dataplane.translate.responses_chat import (
     ChatToResponsesStream,
     chat_to_response,
@@ -23,6 +26,7 @@ from dataplane.translate.responses_chat import (
     responses_to_chat,
     stream_error_event,
 )
+from dataplane.translate.responses_native import NativeResponses, native_responses
 
 
 class ResponsesOperation:
@@ -40,10 +44,12 @@ class ResponsesOperation:
         return chat_needs(exchange.chat, min_quality, exchange.request.get("body_size", 0))
 
     def native(self, endpoint: EndpointRuntime) -> bool:
-        return False  # served through chat everywhere (see the module docstring)
+        return native_responses(endpoint)
 
-    def translator(self, endpoint: EndpointRuntime, exchange: Exchange) -> ViaChat:
+    def translator(self, endpoint: EndpointRuntime, exchange: Exchange) -> Translator:
         request = exchange.payload
+        if native_responses(endpoint):
+            return NativeResponses(endpoint, request)
         return ViaChat(endpoint, exchange.chat, exchange.stream,
                        lambda chat, model: chat_to_response(chat, request, model),
                        lambda inner, model: ChatToResponsesStream(inner, request, model))

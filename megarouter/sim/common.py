@@ -16,6 +16,7 @@ from megarouter.sim.settings import SimSettings
 CHAT = "chat"
 EMBEDDING = "embedding"
 COMPLETION = "completion"
+RESPONSES = "responses"
 
 
 class SimState:
@@ -40,6 +41,9 @@ class SimState:
         self.stream_requests = 0
         self.embedding_requests = 0
         self.completion_requests = 0
+        self.responses_requests = 0
+        # Responses API requests answered with store not false (the API's default is true).
+        self.responses_stored = 0
         self.by_status: dict[str, int] = {}
 
     def count_kind(self, kind: str | None) -> None:
@@ -49,6 +53,8 @@ class SimState:
             self.embedding_requests += 1
         elif kind == COMPLETION:
             self.completion_requests += 1
+        elif kind == RESPONSES:
+            self.responses_requests += 1
 
     def count(self, status: str) -> None:
         self.by_status[status] = self.by_status.get(status, 0) + 1
@@ -62,6 +68,10 @@ class SimState:
             stats["embedding_requests"] = self.embedding_requests
         if self.completion_requests:
             stats["completion_requests"] = self.completion_requests
+        if self.responses_requests:
+            stats["responses_requests"] = self.responses_requests
+        if self.responses_stored:
+            stats["responses_stored"] = self.responses_stored
         return stats
 
 

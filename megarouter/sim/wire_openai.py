@@ -22,12 +22,13 @@ import orjson
 from aiohttp import web
 
 from megarouter.sim import faults, reply
-from megarouter.sim.common import CHAT, COMPLETION, EMBEDDING, STATE, SimState, json_response, read_json
+from megarouter.sim.common import CHAT, COMPLETION, EMBEDDING, RESPONSES, STATE, SimState, json_response, read_json
 from megarouter.sim.settings import SimSettings
 
 PREFIXES = ("/v1/",)
 _CHAT_PATH = "/v1/chat/completions"
-_KINDS = {_CHAT_PATH: CHAT, "/v1/embeddings": EMBEDDING, "/v1/completions": COMPLETION}
+_KINDS = {_CHAT_PATH: CHAT, "/v1/embeddings": EMBEDDING, "/v1/completions": COMPLETION,
+          "/v1/responses": RESPONSES}
 
 _FINISH = {reply.STOP: "stop", reply.LENGTH: "length", reply.TOOL: "tool_calls",
            reply.STOP_SEQUENCE: "stop"}
@@ -37,10 +38,11 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models", _list_models)
     app.router.add_get("/v1/models/{model}", _get_model)
     app.router.add_post(_CHAT_PATH, _chat_route)
-    # Imported here because wire_openai_text builds on this module's helpers.
-    from megarouter.sim import wire_openai_text
+    # Imported here because wire_openai_text and wire_openai_responses build on this module's helpers.
+    from megarouter.sim import wire_openai_responses, wire_openai_text
 
     wire_openai_text.add_routes(app)
+    wire_openai_responses.add_routes(app)
 
 
 def kind_of(path: str) -> str | None:

@@ -336,3 +336,72 @@ def test_messages_to_anthropic_forward_the_version_and_beta_headers_only() -> No
     upstream = OPERATIONS["messages"].translator(endpoint_for("anthropic"), exchange).request()
     assert dict(upstream.headers) == {"anthropic-version": "2023-06-01", "anthropic-beta": "prompt-caching-2024-07-31"}
     assert orjson.loads(upstream.body) == {**REQUESTS["messages"], "model": "up-model"}
+
+
+# ------------------------------------------------------------------ Responses × a native OpenAI endpoint
+
+
+def native_responses_endpoint() -> EndpointRuntime:
+    endpoint = endpoint_for("openai")
+    provider = ProviderRuntime("p-native", "openai", adapter_for("openai"), "https://example.test/v1", "eu", {},
+                               {"responses_api": "native"}, 30.0, "")
+    return EndpointRuntime(**{**{f: getattr(endpoint, f) for f in endpoint.__slots__}, "provider": provider})
+
+
+def native_responses_translator(payload: dict):
+    request = make_mocked_request("POST", "/v1/responses")
+    exchange = Exchange(request, None, None, payload, "t", UsageLedger().account("k", (), "t"))
+    OPERATIONS["responses"].prepare(exchange)
+    return OPERATIONS["responses"].translator(native_responses_endpoint(), exchange)
+
+
+NATIVE_RESPONSE = {"id": "resp_1", "object": "response", "created_at": 1, "status": "incomplete",
+                   "incomplete_details": {"reason": "max_output_tokens"}, "model": "up", "output": [],
+                   "usage": {"input_tokens": 11, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 7,
+                             "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 18}}
+NATIVE_STREAM = _sse(("response.created", {"type": "response.created", "sequence_number": 0,
+                                           "response": {**NATIVE_RESPONSE, "status": "in_progress", "usage": None}}),
+                     ("response.output_text.delta", {"type": "response.output_text.delta", "sequence_number": 1,
+                                                     "item_id": "msg_1", "output_index": 0, "content_index": 0,
+                                                     "delta": "Hello", "logprobs": []}),
+                     ("response.incomplete", {"type": "response.incomplete", "sequence_number": 2,
+                                              "response": NATIVE_RESPONSE}))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_native_responses_pass_through_unmutated_with_store_forced_off(stream: bool) -> None:
+    payload = {**REQUESTS["responses"], "store": True, **({"stream": True} if stream else {})}
+    before = copy.deepcopy(payload)
+    upstream = native_responses_translator(payload).request()
+    assert payload == before
+    assert upstream.url == "https://example.test/v1/responses"
+    assert orjson.loads(upstream.body) == {**before, "model": "up-model", "store": False}
+
+
+def test_native_responses_usage_and_status_pass_through() -> None:
+    body, usage = native_responses_translator(REQUESTS["responses"]).response(orjson.dumps(NATIVE_RESPONSE))
+    assert usage == Usage(11, 7)
+    assert _client_usage_and_finish("responses", orjson.loads(body)) == ((11, 7), "incomplete")
+
+
+def test_native_responses_streams_whole_split_and_crlf() -> None:
+    for wire in (NATIVE_STREAM, NATIVE_STREAM.replace(b"\n", b"\r\n")):
+        for pieces in ([wire], [wire[i:i + 1] for i in range(len(wire))]):
+            stream = native_responses_translator({**REQUESTS["responses"], "stream": True}).stream()
+            out = _stream_output(stream, pieces)
+            assert stream.complete and stream.error is None and stream.usage == Usage(11, 7)
+            assert out == NATIVE_STREAM   # relayed frame for frame (line ends normalised)
+
+
+def test_native_responses_stream_failure_is_an_error() -> None:
+    failed = _sse(("response.failed", {"type": "response.failed", "sequence_number": 1, "response": {
+        **NATIVE_RESPONSE, "status": "failed", "error": {"code": "rate_limit_exceeded", "message": "slow"}}}))
+    stream = native_responses_translator({**REQUESTS["responses"], "stream": True}).stream()
+    _stream_output(stream, [failed])
+    assert not stream.complete and stream.error.error_class is ErrorClass.RATE_LIMITED
+
+
+def test_native_responses_errors_are_classified_as_openai_ones() -> None:
+    translator = native_responses_translator(REQUESTS["responses"])
+    for status, body, expected in ERRORS["openai"]:
+        assert translator.error(status, {}, orjson.dumps(body)).error_class is expected
