@@ -39,7 +39,12 @@ class SseFramer:
         self._pending = b""
 
     def feed(self, data: bytes) -> bytes:
-        buffer = self._pending + data if self._pending else data
+        if self._pending:
+            buffer = self._pending + data
+        elif data.endswith(b"\n\n") and b"\r" not in data:
+            return data  # the common case on the hot path: whole frames, LF line ends
+        else:
+            buffer = data
         held = b""
         if b"\r" in buffer:
             if buffer.endswith(b"\r"):  # its "\n" may be in the next piece: "\r\n" is one line end

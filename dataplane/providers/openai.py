@@ -19,7 +19,11 @@ from dataplane.codecs.sse import SseFramer, parse_frame
 from dataplane.providers.base import ErrorClass, ProviderError, Usage
 from dataplane.providers.errors import class_for_status, parse_retry_after
 
-_MARKERS = (b'"usage"', b'"error"', b"[DONE]")
+# `"usage":{`, not `"usage"`: with include_usage every chunk carries `"usage":null`, and
+# parsing each of them cost ~15% of the streaming throughput (bench/RESULTS.md, issue 13).
+# Compact JSON only (as OpenAI and the compatible servers write it): each marker is a scan of
+# every block, and a spaced variant would be a fourth.
+_MARKERS = (b'"usage":{', b'"error"', b"[DONE]")
 _CONTEXT_CODES = {"context_length_exceeded", "string_above_max_length"}
 _FILTER_CODES = {"content_filter", "content_policy_violation"}
 
@@ -69,14 +73,16 @@ class OpenAIStream:
         for event in events.split(b"\n\n"):
             if not event:
                 continue
-            parsed = parse_frame(event)
-            if parsed is None:
-                pass  # a comment (keep-alive): relayed like the ones before the first marker
-            elif parsed.data == b"[DONE]":
+            if event.startswith(b"data: ") and b"\n" not in event:
+                payload = event[6:]  # the usual one-line event, without the general parse
+            else:
+                parsed = parse_frame(event)
+                payload = parsed.data if parsed is not None else b""  # b"": a comment (keep-alive)
+            if payload == b"[DONE]":
                 self.complete = True
-            elif b'"usage"' in parsed.data or b'"error"' in parsed.data:
+            elif b'"usage":{' in payload or b'"error"' in payload:
                 try:
-                    data = orjson.loads(parsed.data)
+                    data = orjson.loads(payload)
                 except orjson.JSONDecodeError:
                     data = None
                 if isinstance(data, dict):
