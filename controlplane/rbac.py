@@ -10,7 +10,7 @@ PERMISSION_DENIED naming the missing permission; a missing or unknown token
 is UNAUTHENTICATED. Tokens are never logged.
 
 Two planes, two kinds of credential: operators' tokens (admin, operator,
-viewer, billing) reach only the Admin API; proxies' tokens (role `proxy`)
+viewer, billing, developer) reach only the Admin API; proxies' tokens (role `proxy`)
 reach only Discovery, Telemetry and Budgets. Neither is accepted by the
 other's services, so a leaked proxy credential cannot change configuration
 and an operator token cannot forge spend or health.
@@ -50,6 +50,9 @@ ROLES: dict[str, frozenset[str]] = {
     "viewer": frozenset({"config.read", "nodes.read", "keys.read", "usage.read", "budgets.read"}),
     "billing": frozenset({"config.read", "nodes.read", "keys.read", "usage.read", "budgets.read",
                           "budgets.write"}),
+    # A team's engineer (and the console's self-service sign-up): create and revoke API keys in
+    # the bound subtree and read its nodes, usage and budgets — change nothing else.
+    "developer": frozenset({"nodes.read", "keys.read", "keys.write", "usage.read", "budgets.read"}),
     # What a data-plane proxy does: stream tables, report stats and usage, lease budgets.
     "proxy": frozenset({"proxy.discovery", "proxy.telemetry", "proxy.budgets"}),
 }

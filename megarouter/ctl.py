@@ -4,7 +4,7 @@
   megarouterctl get routes [NAME] [-o yaml]   show resources
   megarouterctl delete route NAME             delete a resource
   megarouterctl keys create NAME              create an API key (secret shown once)
-  megarouterctl tokens create NAME --role R   create a token (admin/operator/viewer/billing, or proxy)
+  megarouterctl tokens create NAME --role R   create a token (admin/operator/viewer/billing/developer, or proxy)
   megarouterctl proxies                       connected proxies and their table versions
   megarouterctl health                        fleet-wide endpoint health
   megarouterctl usage --node N --by model     requests, tokens and cost per key, node, model, route, day
@@ -409,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     tokens_sub = tokens.add_subparsers(dest="tokens_command", required=True)
     token_create = tokens_sub.add_parser("create", help="create a token; prints the secret once")
     token_create.add_argument("name")
-    token_create.add_argument("--role", choices=["admin", "operator", "viewer", "billing", "proxy"],
+    token_create.add_argument("--role", choices=["admin", "operator", "viewer", "billing", "developer", "proxy"],
                               help="proxy: a credential for data-plane proxies (refused by the admin API)")
     token_create.add_argument("--scope", help="org node whose subtree the role covers (default: everything)")
     token_create.set_defaults(handler=cmd_tokens_create)

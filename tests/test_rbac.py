@@ -27,7 +27,7 @@ async def cp(tmp_path_factory) -> AsyncIterator[Service]:
             await root.CreateApiKey(admin_pb2.CreateApiKeyRequest(name="key-a", node="team-a-x"))
             await root.CreateApiKey(admin_pb2.CreateApiKeyRequest(name="key-b", node="team-b"))
             for role, scope in (("admin", ""), ("operator", ""), ("viewer", ""), ("billing", ""),
-                                ("viewer", "team-a"), ("operator", "team-a")):
+                                ("viewer", "team-a"), ("operator", "team-a"), ("developer", "team-a")):
                 name = f"{role}-{scope or 'all'}"
                 await root.CreateAdminToken(admin_pb2.CreateAdminTokenRequest(name=name, secret=_secret(name)))
                 await root.PutRoleBinding(admin_pb2.RoleBinding(name=name, token=name, role=role, scope=scope))
@@ -124,6 +124,27 @@ async def test_scoped_operator_manages_only_its_subtree(cp: Service) -> None:
                        routing_pb2.OrgNode(name="team-a-y", kind="project", parent="team-b")) == DENIED
     assert await _call(cp, "operator-team-a", "DeleteApiKey", admin_pb2.DeleteRequest(name="key-b")) == DENIED
     assert await _call(cp, "operator-team-a", "DeleteApiKey", admin_pb2.DeleteRequest(name="key-a2")) == OK
+
+
+async def test_a_developer_manages_keys_in_its_subtree_and_nothing_else(cp: Service) -> None:
+    developer = "developer-team-a"
+    assert await _call(cp, developer, "CreateApiKey", admin_pb2.CreateApiKeyRequest(name="key-dev",
+                                                                                   node="team-a-x")) == OK
+    assert await _call(cp, developer, "CreateApiKey", admin_pb2.CreateApiKeyRequest(name="key-dev-b",
+                                                                                   node="team-b")) == DENIED
+    assert await _call(cp, developer, "DeleteApiKey", admin_pb2.DeleteRequest(name="key-b")) == DENIED
+    assert await _call(cp, developer, "DeleteApiKey", admin_pb2.DeleteRequest(name="key-dev")) == OK
+    for method, request in (
+            ("PutNode", routing_pb2.OrgNode(name="team-a-z", kind="project", parent="team-a")),
+            ("PutBudget", routing_pb2.Budget(name="b-dev", node="team-a", unit="usd", limit=1, window="monthly")),
+            ("PutRoleBinding", admin_pb2.RoleBinding(name="self-admin", token=developer, role="admin")),
+            ("PutRoute", routing_pb2.Route(name="r-dev", tiers=[routing_pb2.Tier(models=["m"])])),
+            ("ListAdminTokens", LIST)):
+        assert await _call(cp, developer, method, request) == DENIED, method
+    async with admin_channel(f"127.0.0.1:{cp.port}", _secret(developer)) as channel:
+        stub = admin_pb2_grpc.AdminStub(channel)
+        assert "key-b" not in [k.name for k in (await stub.ListApiKeys(LIST)).items]
+        await stub.QueryUsage(admin_pb2.QueryUsageRequest(group_by=["node"]))   # its subtree's usage: allowed
 
 
 async def test_bootstrap_token_is_never_logged(cp: Service) -> None:
