@@ -88,38 +88,48 @@ def parse_body(raw: bytes) -> dict:
     return payload
 
 
-def _credential(request: web.Request, x_api_key: bool) -> str:
-    """The API key the request carries: `Authorization: Bearer <key>`, or (Anthropic's APIs)
-    `x-api-key: <key>` — Claude Code sends either, depending on how it is configured."""
+def _credentials(request: web.Request, x_api_key: bool) -> list[str]:
+    """The API keys the request carries: `Authorization: Bearer <key>`, and (Anthropic's APIs)
+    `x-api-key: <key>` — Claude Code sends one or the other, or both when both of its
+    variables are set (one of them often a placeholder)."""
     headers = request.headers.getall("Authorization", ())
     if len(headers) > 1:
         # Which one would win is the server's accident; a client sending two is refused.
         raise ClientError(400, "Send one Authorization header, not several.", param="Authorization",
                           code="duplicate_header")
+    offered = []
     if x_api_key:
         keys = request.headers.getall("x-api-key", ())
         if len(keys) > 1:
             raise ClientError(400, "Send one x-api-key header, not several.", param="x-api-key",
                               code="duplicate_header")
         if keys and keys[0].strip():
-            if headers:
-                raise ClientError(400, "Send the API key once: as x-api-key or as Authorization, not both.",
-                                  param="x-api-key", code="duplicate_header")
-            return keys[0].strip()
+            offered.append(keys[0].strip())
     scheme, _, secret = (headers[0] if headers else "").partition(" ")
-    if scheme.lower() != "bearer" or not secret.strip():
+    if scheme.lower() == "bearer" and secret.strip():
+        offered.append(secret.strip())
+    if not offered:
         how = "'x-api-key: <key>' or 'Authorization: Bearer <key>'" if x_api_key else "'Authorization: Bearer <key>'"
         raise ApiError(401, f"You didn't provide an API key. Send it as {how}.", code="missing_api_key")
-    return secret.strip()
+    return offered
 
 
 def authenticate(request: web.Request, table: RuntimeTable, x_api_key: bool = False) -> KeyInfo:
-    secret = _credential(request, x_api_key)
-    key = table.keys.get(hashlib.sha256(secret.encode()).hexdigest())
-    if key is None:
+    offered = _credentials(request, x_api_key)
+    found = {}
+    for secret in offered:
+        key = table.keys.get(hashlib.sha256(secret.encode()).hexdigest())
+        if key is not None:
+            found[key.name] = key
+    if len(found) > 1:
+        # Two valid keys: whose usage and budgets this is would be a guess.
+        raise ClientError(400, "The x-api-key and Authorization headers carry two different API keys; send one.",
+                          param="x-api-key", code="duplicate_header")
+    if not found:
         # Like OpenAI, show only the key's first characters.
-        shown = secret[:8] + "…"
+        shown = " / ".join(secret[:8] + "…" for secret in dict.fromkeys(offered))
         raise ApiError(401, f"Incorrect API key provided: {shown}", code="invalid_api_key")
+    key = next(iter(found.values()))
     if key.expires_at_unix_ms and time.time() * 1000 >= key.expires_at_unix_ms:
         raise ApiError(401, f"API key '{key.name}' has expired.", code="expired_api_key")
     return key

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
+import aiohttp
 import anthropic
 import openai
 import pytest
@@ -325,3 +326,23 @@ async def test_legacy_echo_goes_only_to_a_native_completions_model(oai: openai.A
     answer = await oai.completions.with_raw_response.create(model="gpt-instruct-sim", prompt="x", echo=True,
                                                             max_tokens=5)
     assert answer.headers["x-megarouter-endpoint"] == "instruct-oai"
+
+
+async def test_claude_code_with_both_key_headers(gateway: System) -> None:
+    """Claude Code sends x-api-key and Authorization when both of its variables are set, one
+    often a placeholder: the one valid key is used; two different valid keys are a 400."""
+    url = gateway.base_url() + "/messages"
+    body = {"model": "claude-sim", "max_tokens": 10, "messages": [{"role": "user", "content": "Hi"}]}
+    second = "sk-mr-second-key-for-both-headers-0001"
+    created = await gateway.admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(name="t2", secret=second))
+    await gateway.wait_proxy_version(created.revision)
+    async with aiohttp.ClientSession() as session:
+        for headers, status in (({"x-api-key": "placeholder", "Authorization": f"Bearer {API_KEY}"}, 200),
+                                ({"x-api-key": API_KEY, "Authorization": "Bearer placeholder"}, 200),
+                                ({"x-api-key": API_KEY, "Authorization": f"Bearer {API_KEY}"}, 200),
+                                ({"x-api-key": API_KEY, "Authorization": f"Bearer {second}"}, 400),
+                                ({"x-api-key": "nope-1", "Authorization": "Bearer nope-2"}, 401)):
+            async with session.post(url, json=body, headers=headers) as answer:
+                assert answer.status == status, (headers, await answer.text())
+                if status != 200:
+                    assert (await answer.json())["type"] == "error"
