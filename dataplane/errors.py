@@ -9,7 +9,7 @@ and rendered once, at the edge, in the shape of the API the client speaks:
     ├── BudgetError          a budget or quota refuses it (429, Retry-After)
     ├── NoEndpointError      nothing can serve it now (503)
     └── UpstreamError        the providers failed it (502/504, or 429 when all are
-                             rate-limited); `error_class` says how
+                             rate-limited)
 
 `OPENAI_ERRORS` renders `{"error": {"message", "type", "param", "code"}}` (the
 OpenAI APIs: chat, completions, embeddings, responses, models);
@@ -59,11 +59,7 @@ class NoEndpointError(ApiError):
 
 
 class UpstreamError(ApiError):
-    """Every attempt failed upstream; `error_class` is the last attempt's class."""
-
-    def __init__(self, status: int, message: str, *, error_class: str = "", **kwargs) -> None:
-        super().__init__(status, message, **kwargs)
-        self.error_class = error_class
+    """Every attempt failed upstream (502, 504, or 429 when all were rate-limited)."""
 
 
 class OpenAIErrors:

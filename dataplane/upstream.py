@@ -115,16 +115,14 @@ def exhausted_error(failure: ProviderError | None, attempts: int) -> ClientError
         )
     message = f"upstream failed after {attempts} attempt(s); last: {failure}"
     if failure.error_class is ErrorClass.TIMEOUT:
-        return UpstreamError(504, message, type="server_error", code="upstream_timeout",
-                             error_class=failure.error_class)
+        return UpstreamError(504, message, type="server_error", code="upstream_timeout")
     if failure.error_class is ErrorClass.RATE_LIMITED:
         # Every candidate is rate-limited: tell the caller when to come back.
         headers = {"Retry-After": str(max(1, round(failure.retry_after_s)))} if failure.retry_after_s else {}
-        return UpstreamError(429, message, type="requests", code="rate_limit_exceeded", headers=headers,
-                             error_class=failure.error_class)
+        return UpstreamError(429, message, type="requests", code="rate_limit_exceeded", headers=headers)
     if failure.error_class is ErrorClass.CONTEXT_LENGTH:
         return caller_error(failure)
-    return UpstreamError(502, message, type="server_error", code="upstream_error", error_class=failure.error_class)
+    return UpstreamError(502, message, type="server_error", code="upstream_error")
 
 
 STREAM_INTERRUPTED = b"data: " + error_body(

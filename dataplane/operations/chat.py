@@ -6,7 +6,7 @@ from dataplane import validation
 from dataplane.errors import OPENAI_ERRORS
 from dataplane.pipeline.exchange import Exchange
 from dataplane.providers.base import StreamTranslator
-from dataplane.routing.needs import Needs, chat_needs
+from dataplane.routing.needs import Needs
 from dataplane.table import EndpointRuntime
 from dataplane.translate.base import ChatTranslator
 from dataplane.upstream import STREAM_INTERRUPTED
@@ -24,7 +24,7 @@ class ChatOperation:
         exchange.chat = exchange.payload
 
     def needs(self, exchange: Exchange, min_quality: int) -> Needs:
-        return chat_needs(exchange.chat, min_quality, exchange.request.get("body_size", 0))
+        return exchange.chat_view_needs(min_quality)
 
     def native(self, endpoint: EndpointRuntime) -> bool:
         return True  # chat is the canonical shape: every adapter speaks it

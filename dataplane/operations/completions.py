@@ -9,17 +9,14 @@ legacy clients.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from dataplane import validation
 from dataplane.errors import OPENAI_ERRORS, ClientError
 from dataplane.pipeline.exchange import Exchange
-from dataplane.providers.base import ProviderError, StreamTranslator, Usage
+from dataplane.providers.base import StreamTranslator, Usage
 from dataplane.providers.openai import OpenAIStream
-from dataplane.routing.needs import Needs, chat_needs
+from dataplane.routing.needs import Needs
 from dataplane.table import EndpointRuntime
-from dataplane.translate.base import Translator, UpstreamRequest, ViaChat
+from dataplane.translate.base import EndpointTranslator, Translator, UpstreamRequest, ViaChat
 from dataplane.translate.completions_chat import (
     DEFAULT_MAX_TOKENS,
     ChatToCompletionStream,
@@ -29,15 +26,10 @@ from dataplane.translate.completions_chat import (
 from dataplane.upstream import STREAM_INTERRUPTED
 
 
-class NativeCompletions:
+class NativeCompletions(EndpointTranslator):
     """Legacy completions × an OpenAI-family endpoint that has the API."""
 
-    __slots__ = ("endpoint", "_payload", "_streaming")
-
-    def __init__(self, endpoint: EndpointRuntime, payload: dict[str, Any], stream: bool) -> None:
-        self.endpoint = endpoint
-        self._payload = payload
-        self._streaming = stream
+    __slots__ = ()
 
     def request(self) -> UpstreamRequest:
         endpoint, provider = self.endpoint, self.endpoint.provider
@@ -49,9 +41,6 @@ class NativeCompletions:
 
     def stream(self) -> OpenAIStream:
         return OpenAIStream(bool((self._payload.get("stream_options") or {}).get("include_usage")))
-
-    def error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
-        return self.endpoint.provider.adapter.classify_error(status, headers, body)
 
 
 class CompletionsOperation:
@@ -70,12 +59,7 @@ class CompletionsOperation:
             exchange.chat_refusal = refusal  # fine for a native endpoint; refused for the others
 
     def needs(self, exchange: Exchange, min_quality: int) -> Needs:
-        body_size = exchange.request.get("body_size", 0)
-        if exchange.chat is not None:
-            return chat_needs(exchange.chat, min_quality, body_size)
-        max_tokens = exchange.payload.get("max_tokens")
-        return Needs(frozenset({"streaming"} if exchange.stream else ()), body_size // 4,
-                     max_tokens or DEFAULT_MAX_TOKENS, min_quality)
+        return exchange.chat_view_needs(min_quality, exchange.payload.get("max_tokens") or DEFAULT_MAX_TOKENS)
 
     def native(self, endpoint: EndpointRuntime) -> bool:
         return endpoint.native_completions
@@ -83,8 +67,6 @@ class CompletionsOperation:
     def translator(self, endpoint: EndpointRuntime, exchange: Exchange) -> Translator:
         if endpoint.native_completions:
             return NativeCompletions(endpoint, exchange.payload, exchange.stream)
-        if exchange.chat_refusal is not None:
-            raise exchange.chat_refusal
         return ViaChat(endpoint, exchange.chat, exchange.stream, completion_from_chat, ChatToCompletionStream)
 
     def interrupted(self, stream: StreamTranslator) -> bytes:

@@ -21,9 +21,9 @@ from aiohttp import web
 from dataplane.errors import ClientError
 from dataplane.failover.engine import first_success
 from dataplane.operations.messages import NativeMessages, forwarded_headers, is_anthropic
-from dataplane.pipeline.run import Pipeline, resolve
+from dataplane.pipeline.run import Pipeline, resolve, strategy_for
 from dataplane.routing.controls import read_controls
-from dataplane.routing.needs import Needs, chat_needs
+from dataplane.routing.needs import body_needs, chat_needs
 from dataplane.table import KeyInfo, RuntimeTable
 from dataplane.translate.messages_chat import check_count_tokens_request, estimate_input_tokens, messages_to_chat
 from dataplane.upstream import exhausted_error
@@ -38,9 +38,8 @@ async def count_tokens(pipeline: Pipeline, request: web.Request, table: RuntimeT
         chat = messages_to_chat({**payload, "max_tokens": 1})
         needs = chat_needs(chat, controls.min_quality, request.get("body_size", 0))
     except ClientError:  # a server tool only Anthropic expresses: size the prompt from the body
-        needs = Needs(frozenset(), request.get("body_size", 0) // 4, 0, controls.min_quality)
-    strategy = controls.strategy or key.default_strategy or target.strategy or table.default_strategy
-    plan = pipeline.plan_for(target, needs, strategy, table, controls.explain)
+        needs = body_needs(request.get("body_size", 0), False, 0, controls.min_quality)
+    plan = pipeline.plan_for(target, needs, strategy_for(controls, key, target, table), table, controls.explain)
     headers = {"x-megarouter-model": plan.endpoints[0].model}
     if not is_anthropic(plan.endpoints[0]):
         headers["x-megarouter-count"] = "estimated"

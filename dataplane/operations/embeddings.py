@@ -8,15 +8,14 @@ strategy, budgets) applies as for chat.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from dataplane.errors import OPENAI_ERRORS, bad_request
 from dataplane.pipeline.exchange import Exchange
-from dataplane.providers.base import ProviderError, StreamTranslator, Usage
+from dataplane.providers.base import StreamTranslator, Usage
 from dataplane.routing.needs import CHARS_PER_TOKEN, Needs
 from dataplane.table import EndpointRuntime
-from dataplane.translate.base import UpstreamRequest
+from dataplane.translate.base import EndpointTranslator, UpstreamRequest
 from dataplane.upstream import STREAM_INTERRUPTED
 from dataplane.validation import model_name
 
@@ -52,12 +51,8 @@ def _largest_input_tokens(value: Any) -> int:
     return max((_largest_input_tokens(item) for item in value), default=0)
 
 
-class EmbeddingsTranslator:
-    __slots__ = ("endpoint", "_payload")
-
-    def __init__(self, endpoint: EndpointRuntime, payload: dict[str, Any]) -> None:
-        self.endpoint = endpoint
-        self._payload = payload
+class EmbeddingsTranslator(EndpointTranslator):
+    __slots__ = ()
 
     def request(self) -> UpstreamRequest:
         endpoint, provider = self.endpoint, self.endpoint.provider
@@ -70,9 +65,6 @@ class EmbeddingsTranslator:
 
     def stream(self) -> StreamTranslator:
         raise TypeError("embeddings are never streamed")
-
-    def error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
-        return self.endpoint.provider.adapter.classify_error(status, headers, body)
 
 
 class EmbeddingsOperation:

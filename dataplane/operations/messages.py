@@ -20,10 +20,10 @@ import orjson
 
 from dataplane.errors import ANTHROPIC_ERRORS, ClientError
 from dataplane.pipeline.exchange import Exchange
-from dataplane.providers.base import ProviderError, StreamTranslator, Usage
-from dataplane.routing.needs import Needs, chat_needs
+from dataplane.providers.base import StreamTranslator, Usage
+from dataplane.routing.needs import Needs
 from dataplane.table import EndpointRuntime
-from dataplane.translate.base import Translator, UpstreamRequest, ViaChat
+from dataplane.translate.base import EndpointTranslator, Translator, UpstreamRequest, ViaChat
 from dataplane.translate.messages_chat import (
     AnthropicPassthroughStream,
     ChatToMessagesStream,
@@ -43,15 +43,14 @@ def forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {name: headers[name] for name in FORWARDED_HEADERS if name in headers}
 
 
-class NativeMessages:
+class NativeMessages(EndpointTranslator):
     """Messages × an Anthropic endpoint: pass-through."""
 
-    __slots__ = ("endpoint", "_payload", "_headers", "_path")
+    __slots__ = ("_headers", "_path")
 
     def __init__(self, endpoint: EndpointRuntime, payload: dict[str, Any], headers: dict[str, str],
                  path: str = "/messages") -> None:
-        self.endpoint = endpoint
-        self._payload = payload
+        super().__init__(endpoint, payload)
         self._headers = headers
         self._path = path
 
@@ -65,9 +64,6 @@ class NativeMessages:
 
     def stream(self) -> AnthropicPassthroughStream:
         return AnthropicPassthroughStream()
-
-    def error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
-        return self.endpoint.provider.adapter.classify_error(status, headers, body)
 
 
 def is_anthropic(endpoint: EndpointRuntime) -> bool:
@@ -91,11 +87,7 @@ class MessagesOperation:
             exchange.chat_refusal = refusal
 
     def needs(self, exchange: Exchange, min_quality: int) -> Needs:
-        body_size = exchange.request.get("body_size", 0)
-        if exchange.chat is not None:
-            return chat_needs(exchange.chat, min_quality, body_size)
-        return Needs(frozenset({"streaming"} if exchange.stream else ()), body_size // 4,
-                     exchange.payload["max_tokens"], min_quality)
+        return exchange.chat_view_needs(min_quality, exchange.payload["max_tokens"])
 
     def native(self, endpoint: EndpointRuntime) -> bool:
         return is_anthropic(endpoint)
@@ -103,8 +95,6 @@ class MessagesOperation:
     def translator(self, endpoint: EndpointRuntime, exchange: Exchange) -> Translator:
         if is_anthropic(endpoint):
             return NativeMessages(endpoint, exchange.payload, forwarded_headers(exchange.request.headers))
-        if exchange.chat_refusal is not None:
-            raise exchange.chat_refusal
         return ViaChat(endpoint, exchange.chat, exchange.stream, chat_to_message, ChatToMessagesStream)
 
     def interrupted(self, stream: StreamTranslator) -> bytes:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataplane.errors import OPENAI_ERRORS
 from dataplane.pipeline.exchange import Exchange
 from dataplane.providers.base import StreamTranslator
-from dataplane.routing.needs import Needs, chat_needs
+from dataplane.routing.needs import Needs
 from dataplane.table import EndpointRuntime
 from dataplane.translate.base import Translator, ViaChat
 from dataplane.translate.responses_chat import (
@@ -41,7 +41,7 @@ class ResponsesOperation:
         exchange.chat = responses_to_chat(exchange.payload)
 
     def needs(self, exchange: Exchange, min_quality: int) -> Needs:
-        return chat_needs(exchange.chat, min_quality, exchange.request.get("body_size", 0))
+        return exchange.chat_view_needs(min_quality)
 
     def native(self, endpoint: EndpointRuntime) -> bool:
         return native_responses(endpoint)

@@ -10,7 +10,7 @@ from aiohttp import web
 from dataplane.errors import ApiError, ErrorFormat
 from dataplane.providers.base import StreamTranslator
 from dataplane.routing.controls import Controls
-from dataplane.routing.needs import Needs
+from dataplane.routing.needs import Needs, body_needs, chat_needs
 from dataplane.table import EndpointRuntime, KeyInfo, RuntimeTable, Target
 from dataplane.translate.base import Translator
 from dataplane.usage import UsageAccount
@@ -38,6 +38,14 @@ class Exchange:
     target: Target | None = None
     strategy: str = ""
     needs: Needs | None = None
+
+    def chat_view_needs(self, min_quality: int, output_tokens: int = 0) -> Needs:
+        """What a model needs for this request, read from its chat view — or sized by its body
+        when it has none, `output_tokens` being what the request allows."""
+        body_size = self.request.get("body_size", 0)
+        if self.chat is not None:
+            return chat_needs(self.chat, min_quality, body_size)
+        return body_needs(body_size, self.stream, output_tokens, min_quality)
 
 
 class Operation(Protocol):

@@ -22,7 +22,7 @@ from dataplane.relay import relay_json, relay_stream
 from dataplane.routing import router
 from dataplane.routing.cascade import judge
 from dataplane.routing.complexity import Complexity, QualityDecision, estimate, quality_decision
-from dataplane.routing.controls import explanation, read_controls
+from dataplane.routing.controls import Controls, explanation, read_controls
 from dataplane.routing.needs import Needs
 from dataplane.stats import EndpointStats
 from dataplane.table import EndpointRuntime, KeyInfo, RuntimeTable, Target
@@ -57,6 +57,11 @@ def request_task(request: web.Request, key: KeyInfo, named: str, table: RuntimeT
     if named and key.may_use(named) and table.resolve(named) is not None:
         return named
     return UNKNOWN_TARGET
+
+
+def strategy_for(controls: Controls, key: KeyInfo, target: Target, table: RuntimeTable) -> str:
+    """The request's header, else the key's default, else the route's, else the table's."""
+    return controls.strategy or key.default_strategy or target.strategy or table.default_strategy
 
 
 class Pipeline:
@@ -97,8 +102,7 @@ class Pipeline:
         # resolve
         target = exchange.target = resolve(exchange.table, exchange.key, exchange.payload["model"])
         # route
-        exchange.strategy = (controls.strategy or exchange.key.default_strategy or target.strategy
-                             or exchange.table.default_strategy)
+        exchange.strategy = strategy_for(controls, exchange.key, target, exchange.table)
         needs = operation.needs(exchange, controls.min_quality)
         decision = complexity = None
         if exchange.strategy == "cost" and exchange.chat is not None:

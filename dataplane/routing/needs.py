@@ -55,6 +55,13 @@ def approx_prompt_tokens(messages: Any) -> int:
     return chars // CHARS_PER_TOKEN + images * TOKENS_PER_IMAGE + len(messages) * TOKENS_PER_MESSAGE
 
 
+def body_needs(body_size: int, stream: bool, output_tokens: int, min_quality: int = 0) -> Needs:
+    """What a request with no chat view needs (one only a native endpoint can express): its
+    prompt sized by its body, as `chat_needs` does when given the body size."""
+    return Needs(frozenset({"streaming"} if stream else ()), body_size // CHARS_PER_TOKEN, output_tokens,
+                 min_quality)
+
+
 def chat_needs(payload: dict[str, Any], min_quality: int = 0, body_size: int = 0) -> Needs:
     """What the request needs. `body_size` (the raw JSON's length), when
     given, stands in for walking every message to estimate the prompt: the

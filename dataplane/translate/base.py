@@ -75,15 +75,26 @@ class ChatStreamWrapper:
         return self._inner.error
 
 
-class ChatTranslator:
-    """An OpenAI chat request × the endpoint's provider adapter."""
+class EndpointTranslator:
+    """Base of the translators for one request to one endpoint: the client's payload (read,
+    never written), whether it streams, and the backend's error classification — which is the
+    endpoint's adapter's whatever API the client speaks, since the error is the backend's."""
 
     __slots__ = ("endpoint", "_payload", "_streaming")
 
-    def __init__(self, endpoint: EndpointRuntime, payload: dict[str, Any], stream: bool) -> None:
+    def __init__(self, endpoint: EndpointRuntime, payload: dict[str, Any], stream: bool = False) -> None:
         self.endpoint = endpoint
         self._payload = payload
         self._streaming = stream
+
+    def error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
+        return self.endpoint.provider.adapter.classify_error(status, headers, body)
+
+
+class ChatTranslator(EndpointTranslator):
+    """An OpenAI chat request × the endpoint's provider adapter."""
+
+    __slots__ = ()
 
     def request(self) -> UpstreamRequest:
         endpoint = self.endpoint
@@ -96,9 +107,6 @@ class ChatTranslator:
     def stream(self) -> StreamTranslator:
         include_usage = bool((self._payload.get("stream_options") or {}).get("include_usage"))
         return self.endpoint.provider.adapter.chat_stream(self.endpoint.model, include_usage)
-
-    def error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
-        return self.endpoint.provider.adapter.classify_error(status, headers, body)
 
 
 class ViaChat:

@@ -10,7 +10,6 @@ that end it — `response.completed` / `response.incomplete` (usage, the end),
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -18,7 +17,7 @@ import orjson
 from dataplane.codecs.sse import SseFramer, parse_frame
 from dataplane.providers.base import ErrorClass, ProviderError, Usage
 from dataplane.table import EndpointRuntime
-from dataplane.translate.base import UpstreamRequest
+from dataplane.translate.base import EndpointTranslator, UpstreamRequest
 
 # The frames a pass-through relay must read; everything else is relayed unread.
 _MARKERS = (b"response.completed", b"response.incomplete", b"response.failed", b'"type":"error"',
@@ -41,12 +40,8 @@ def native_responses(endpoint: EndpointRuntime) -> bool:
     return provider.kind == "openai" and provider.options.get("responses_api") == "native"
 
 
-class NativeResponses:
-    __slots__ = ("endpoint", "_payload")
-
-    def __init__(self, endpoint: EndpointRuntime, payload: dict[str, Any]) -> None:
-        self.endpoint = endpoint
-        self._payload = payload
+class NativeResponses(EndpointTranslator):
+    __slots__ = ()
 
     def request(self) -> UpstreamRequest:
         endpoint = self.endpoint
@@ -61,9 +56,6 @@ class NativeResponses:
 
     def stream(self) -> ResponsesPassthroughStream:
         return ResponsesPassthroughStream()
-
-    def error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
-        return self.endpoint.provider.adapter.classify_error(status, headers, body)
 
 
 class ResponsesPassthroughStream:

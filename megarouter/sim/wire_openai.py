@@ -148,24 +148,32 @@ async def _chat_route(request: web.Request) -> web.StreamResponse:
     return await chat_completions(request, await read_json(request))
 
 
-async def chat_completions(request: web.Request, body: Any, dialect: Dialect = OPENAI) -> web.StreamResponse:
-    """A chat completion for ``body`` (parsed JSON, None if it was not JSON)."""
+def opening(request: web.Request, body: Any, dialect: Dialect, count_stream: bool = True) -> web.Response | None:
+    """What every OpenAI-wire call does first, in this order so seeded fault runs line up
+    across its APIs: count a stream, draw a fault, insist on a JSON object. None: go on."""
     state = request.app[STATE]
-    streaming = isinstance(body, dict) and body.get("stream") is True
-    if streaming:
+    if count_stream and isinstance(body, dict) and body.get("stream") is True:
         state.stream_requests += 1
-
     fault = faults.draw_fault(state)
     if fault is not None:
         return dialect.status_error(fault, state.settings)
     if not isinstance(body, dict):
-        return invalid("We could not parse the JSON body of your request. The body must be "
-                       "a JSON object.")
+        return invalid("We could not parse the JSON body of your request. The body must be a JSON object.")
+    return None
+
+
+async def chat_completions(request: web.Request, body: Any, dialect: Dialect = OPENAI) -> web.StreamResponse:
+    """A chat completion for ``body`` (parsed JSON, None if it was not JSON)."""
+    state = request.app[STATE]
+    refused = opening(request, body, dialect)
+    if refused is not None:
+        return refused
+    streaming = body.get("stream") is True
     problem = _validate(body, state)
     if problem is not None:
         return problem
 
-    ask = _ask(body)
+    ask = chat_ask(body)
     over = reply.context_overflow(ask, state.settings)
     if over is not None:
         return context_length_exceeded(over)
@@ -221,7 +229,7 @@ def _forced_tool_name(choice: Any) -> str | None:
     return None
 
 
-def _ask(body: dict) -> reply.Ask:
+def chat_ask(body: dict) -> reply.Ask:
     """A validated chat request as the wire-agnostic model sees it."""
     ask = reply.Ask(model=body["model"], turns=len(body["messages"]))
     for msg in body["messages"]:

@@ -63,23 +63,17 @@ async def _get_response(request: web.Request) -> web.Response:
 async def responses(request: web.Request, body: Any, dialect: oai.Dialect = oai.OPENAI) -> web.StreamResponse:
     """A Responses API answer for ``body`` (parsed JSON, None if it was not JSON)."""
     state = request.app[STATE]
-    streaming = isinstance(body, dict) and body.get("stream") is True
-    # Same order as chat (stream count, fault draw, parse) so seeded fault runs line up.
-    if streaming:
-        state.stream_requests += 1
-    fault = faults.draw_fault(state)
-    if fault is not None:
-        return dialect.status_error(fault, state.settings)
-    if not isinstance(body, dict):
-        return oai.invalid("We could not parse the JSON body of your request. The body must be "
-                           "a JSON object.")
+    refused = oai.opening(request, body, dialect)
+    if refused is not None:
+        return refused
+    streaming = body.get("stream") is True
     problem = _check(body)
     if problem is not None:
         return oai.invalid(*problem)
     if body["model"] not in state.model_set:
         return oai.model_not_found(body["model"])
 
-    ask = oai._ask(_chat_request(body))
+    ask = oai.chat_ask(_chat_request(body))
     if reply.context_overflow(ask, state.settings) is not None:
         return oai.invalid("Your input exceeds the context window of this model. Please adjust your "
                            "input and try again.", "input", "context_length_exceeded")

@@ -41,16 +41,11 @@ async def _completions_route(request: web.Request) -> web.StreamResponse:
 
 def _start(request: web.Request, body: Any, stream_counts: bool,
            dialect: oai.Dialect) -> tuple[SimState, web.Response | None]:
-    """Stream count and fault draw, in the same order as chat so seeded runs line up."""
+    """Chat's opening (stream count, fault draw, a JSON object), then a model name."""
     state = request.app[STATE]
-    if stream_counts and isinstance(body, dict) and body.get("stream") is True:
-        state.stream_requests += 1
-    fault = faults.draw_fault(state)
-    if fault is not None:
-        return state, dialect.status_error(fault, state.settings)
-    if not isinstance(body, dict):
-        return state, oai.invalid("We could not parse the JSON body of your request. "
-                                  "The body must be a JSON object.")
+    refused = oai.opening(request, body, dialect, stream_counts)
+    if refused is not None:
+        return state, refused
     model = body.get("model")
     if not isinstance(model, str) or not model:
         return state, oai.invalid("you must provide a model parameter", "model")
