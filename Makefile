@@ -20,9 +20,10 @@ install: $(STAMP)
 run: install
 	$(VENV)/bin/megarouter up
 
-## Install test dependencies (incl. the etcd server, via apt) and run the whole suite.
+## Install test dependencies (incl. the etcd server and chromium, via apt) and run the whole suite.
 test: install
 	bash scripts/install_etcd.sh || echo "etcd could not be installed: its store tests will be skipped"
+	bash scripts/install_browser.sh || echo "chromium could not be installed: the console's browser tests will be skipped"
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 ## Regenerate the committed gRPC/protobuf stubs from protos/.

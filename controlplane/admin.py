@@ -20,10 +20,11 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 from pydantic import BaseModel, ValidationError
 
-from controlplane import rbac, usage
+from controlplane import identity, rbac, usage
 from controlplane.budgets import BudgetLedger
 from controlplane.catalog_models import catalog_models, effective_models
 from controlplane.discovery import ProxyRegistry, SnapshotCache, fleet_proxies
+from controlplane.people import PeopleAdmin, SessionPolicy
 from controlplane.references import blocking_references, missing_references
 from controlplane.replicas import ReplicaSet
 from controlplane.repository import (
@@ -118,10 +119,14 @@ def _crud(collection: Collection, list_response: type):
     return put, get, list_, delete
 
 
-class AdminService(admin_pb2_grpc.AdminServicer):
+class AdminService(PeopleAdmin, admin_pb2_grpc.AdminServicer):
     def __init__(self, store: Store, snapshots: SnapshotCache, registry: ProxyRegistry,
-                 ledger: BudgetLedger | None = None, replicas: ReplicaSet | None = None) -> None:
+                 ledger: BudgetLedger | None = None, replicas: ReplicaSet | None = None, *,
+                 sso: identity.SsoSettings | None = None, session_policy: SessionPolicy | None = None) -> None:
         self.store = store
+        self.sso = sso
+        self.verifier = identity.IdTokenVerifier(sso) if sso is not None else None
+        self.session_policy = session_policy or SessionPolicy()
         self._replicas = replicas
         self._ledger = ledger or BudgetLedger(store)
         self._snapshots = snapshots
@@ -437,14 +442,19 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             return f"role bindings {users}" if users else ""
         async def authorize(_contents, _existing) -> None:
             await rbac.require_change(context, "access.admin", (), rbac.ABSENT)
-        return await self.delete_resource(rbac.TOKENS, request.name, context, blocked_by=binding_users,
-                                          authorize=authorize)
+        response = await self.delete_resource(rbac.TOKENS, request.name, context, blocked_by=binding_users,
+                                              authorize=authorize)
+        # A token re-created under the same name later must not inherit these sessions.
+        await self._end_sessions(token=request.name)
+        return response
 
     async def PutRoleBinding(self, request, context):
         binding = await _validate(rbac.RoleBindingRecord, "role binding", proto_to_dict(request), context)
         problems = []
-        if await self.store.get(rbac.TOKENS.key(binding.token)) is None:
+        if binding.token and await self.store.get(rbac.TOKENS.key(binding.token)) is None:
             problems.append(f"unknown admin token {binding.token!r}")
+        if binding.user and await self.store.get(identity.USERS.key(binding.user)) is None:
+            problems.append(f"unknown user {binding.user!r}")
         if binding.scope and await self.store.get(NODES.key(binding.scope)) is None:
             problems.append(f"unknown scope node {binding.scope!r}")
         if problems:
@@ -474,7 +484,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return admin_pb2.WhoAmIResponse(
             token=principal.token,
             bindings=[admin_pb2.RoleBinding(**b.model_dump()) for b in principal.bindings],
-            permissions=sorted(principal.permissions()),
+            permissions=sorted(principal.usable_permissions()),
+            user=principal.user,
+            display_name=principal.display_name,
+            session_expires_at_unix_ms=principal.session.expires_at_unix_ms if principal.session else 0,
         )
 
     # ----------------------------------------------------------- defaults
@@ -509,6 +522,14 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def GetFleetHealth(self, request, context):
         return self._snapshots.fleet_health or discovery_pb2.FleetHealth()
 
+    async def GetFleetHealthHistory(self, request, context):
+        history = self._snapshots.health_history
+        return admin_pb2.FleetHealthHistory(step_s=history.step_s, endpoints=[
+            admin_pb2.EndpointHealthSeries(
+                endpoint=endpoint, at_unix_ms=[p[0] for p in points], success_rate=[p[1] for p in points],
+                latency_ms=[p[2] for p in points], requests=[p[3] for p in points])
+            for endpoint, points in sorted(history.series().items())])
+
     async def ListControlPlanes(self, request, context):
         replicas = self._replicas
         if replicas is None:  # an in-process test server without membership
@@ -541,7 +562,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         except usage.QueryError as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except usage.QueryDenied as exc:
-            who = f"token {principal.token!r}" if principal else "this caller"
+            who = principal.describe if principal else "this caller"
             await _abort(context, grpc.StatusCode.PERMISSION_DENIED, f"{who} {exc}")
 
 

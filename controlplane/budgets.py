@@ -369,6 +369,7 @@ class BudgetLedger:
             statuses.append(admin_pb2.BudgetStatus(
                 budget=budget.name, window=window, limit=budget.limit, spent=used,
                 leased=record.leased(), used_ratio=used / budget.limit,
+                leased_by_proxy={proxy: units for proxy, units in record.leases.items() if units},
                 alerts_crossed=sorted(record.alerts), resets_at_unix_ms=resets_at, unit=budget.unit,
                 action=budget.action,
             ))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import grpc
 from prometheus_client import Counter, Gauge
 
+from controlplane.fleet import HealthHistory
 from controlplane.replicas import ReplicaSet
 from controlplane.store import StoreError
 from megarouter.v1 import admin_pb2, discovery_pb2, discovery_pb2_grpc, routing_pb2
@@ -40,10 +41,11 @@ class SnapshotCache:
     (a test hook's raw push) is still delivered.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, health_history: HealthHistory | None = None) -> None:
         self._table: routing_pb2.RoutingTable | None = None
         self._endpoint_names: frozenset[str] | None = None
         self._health: discovery_pb2.FleetHealth | None = None
+        self.health_history = health_history or HealthHistory()
         self._table_generation = 0
         self._health_generation = 0
         self._changed = asyncio.Condition()
@@ -73,6 +75,7 @@ class SnapshotCache:
             self._changed.notify_all()
 
     async def publish_health(self, health: discovery_pb2.FleetHealth) -> None:
+        self.health_history.record(health)
         async with self._changed:
             self._health = health
             self._health_generation += 1

@@ -149,3 +149,32 @@ def merged_view(generation: int, parts: list[FleetTotals]) -> discovery_pb2.Flee
             ejected_by=int(ejected_by),
         )
     return view
+
+
+class HealthHistory:
+    """The recent past of the fleet health view, for the console's per-endpoint sparklines:
+    one point per `step_s` (the last view published in each step), `points` of them per
+    endpoint. In memory, per replica — each replica publishes the merged view of the whole
+    fleet, so any replica's history tells the same story; a restarted replica starts empty."""
+
+    def __init__(self, step_s: float = 30.0, points: int = 60) -> None:
+        self.step_s = step_s
+        self._points = points
+        self._steps: deque[tuple[int, discovery_pb2.FleetHealth]] = deque(maxlen=points)
+
+    def record(self, view: discovery_pb2.FleetHealth) -> None:
+        step = int(view.generated_at_unix_ms // (self.step_s * 1000))
+        if self._steps and self._steps[-1][0] == step:
+            self._steps[-1] = (step, view)   # the latest view of a step stands for it
+        else:
+            self._steps.append((step, view))
+
+    def series(self) -> dict[str, list[tuple[int, float, float, int]]]:
+        """endpoint -> [(unix ms, success rate, mean latency ms, requests)], oldest first; a
+        step in which the endpoint had no traffic is left out."""
+        result: dict[str, list[tuple[int, float, float, int]]] = {}
+        for _step, view in self._steps:
+            for endpoint in view.endpoints:
+                result.setdefault(endpoint.endpoint, []).append(
+                    (view.generated_at_unix_ms, endpoint.success_rate, endpoint.latency_ms, endpoint.requests))
+        return result

@@ -14,6 +14,12 @@ viewer, billing, developer) reach only the Admin API; proxies' tokens (role `pro
 reach only Discovery, Telemetry and Budgets. Neither is accepted by the
 other's services, so a leaked proxy credential cannot change configuration
 and an operator token cannot forge spend or health.
+
+People (users, keyed by email) hold bindings like tokens and act through
+sessions (see `controlplane.identity`); a session resolves to its user's
+bindings plus the grants its IdP groups gave it at sign-in. The console's
+own credential (role `console`) may only trade a verified ID token for a
+session: by itself it reads and changes nothing.
 """
 
 from __future__ import annotations
@@ -32,8 +38,9 @@ import grpc
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field
 
+from controlplane import identity
 from controlplane.repository import CONFIG_GUARD_KEY, Collection
-from controlplane.store import CasConflict, Store
+from controlplane.store import CasConflict, LeaseNotFound, Store
 from megarouter.resources import NAME_PATTERN
 
 log = logging.getLogger("megarouter.controlplane.rbac")
@@ -55,10 +62,17 @@ ROLES: dict[str, frozenset[str]] = {
     "developer": frozenset({"nodes.read", "keys.read", "keys.write", "usage.read", "budgets.read"}),
     # What a data-plane proxy does: stream tables, report stats and usage, lease budgets.
     "proxy": frozenset({"proxy.discovery", "proxy.telemetry", "proxy.budgets"}),
+    # The console's service credential: trade an ID token the control plane verifies for a
+    # session of the person it names. Nothing else — every page runs with that session.
+    "console": frozenset({"sessions.exchange"}),
 }
 PROXY_PERMISSIONS = ROLES["proxy"]
+# Roles of services rather than people: a store holding only these still needs its bootstrap
+# admin, and they cannot be traded for a session.
+SERVICE_ROLES = frozenset({"proxy", "console"})
 # Permissions over system-wide resources: only a binding with scope "" grants them.
-GLOBAL_PERMISSIONS = frozenset({"config.read", "config.write", "access.admin", *PROXY_PERMISSIONS})
+GLOBAL_PERMISSIONS = frozenset({"config.read", "config.write", "access.admin", "sessions.exchange",
+                                *PROXY_PERMISSIONS})
 
 # The permission each Admin method needs (checked by the interceptor);
 # methods on org-scoped resources check the scope again in the handler.
@@ -68,12 +82,17 @@ METHOD_PERMISSIONS: dict[str, str | None] = {
     **{f"{verb}{kind}": "config.write" for verb in ("Put", "Delete")
        for kind in ("Provider", "Model", "Endpoint", "Route")},
     "GetDefaults": "config.read", "PutDefaults": "config.write",
-    "ListProxies": "config.read", "GetFleetHealth": "config.read", "GetRoutingTable": "config.read",
+    "ListProxies": "config.read", "GetFleetHealth": "config.read", "GetFleetHealthHistory": "config.read",
+    "GetRoutingTable": "config.read",
     "ListControlPlanes": "config.read",
     "GetNode": "nodes.read", "ListNodes": "nodes.read", "PutNode": "nodes.write", "DeleteNode": "nodes.write",
     "GetApiKey": "keys.read", "ListApiKeys": "keys.read", "CreateApiKey": "keys.write", "DeleteApiKey": "keys.write",
     **{name: "access.admin" for name in ("CreateAdminToken", "ListAdminTokens", "DeleteAdminToken",
-                                         "PutRoleBinding", "ListRoleBindings", "DeleteRoleBinding")},
+                                         "PutRoleBinding", "ListRoleBindings", "DeleteRoleBinding",
+                                         "PutUser", "GetUser", "ListUsers", "DeleteUser")},
+    "ExchangeIdToken": "sessions.exchange", "GetSignInOptions": "sessions.exchange",
+    # Any person's credential: trade one's own token for a session, end one's own session.
+    "CreateSession": None, "EndSession": None,
     "PutBudget": "budgets.write", "DeleteBudget": "budgets.write",
     "GetBudget": "budgets.read", "ListBudgets": "budgets.read", "ListBudgetStatus": "budgets.read",
     "QueryUsage": "usage.read",
@@ -100,15 +119,21 @@ class AdminTokenRecord(BaseModel):
 
 
 class RoleBindingRecord(BaseModel):
+    """Grants `role` over `scope` to a token or to a user — exactly one of the two."""
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(pattern=NAME_PATTERN)
-    token: str = Field(pattern=NAME_PATTERN)
+    token: str = Field("", pattern=f"(^$)|({NAME_PATTERN})")
     role: str
     scope: str = ""
+    user: str = Field("", pattern=f"(^$)|({identity.EMAIL_PATTERN})")
 
     def model_post_init(self, _context) -> None:
         if self.role not in ROLES:
             raise ValueError(f"role: unknown role {self.role!r} (use one of {', '.join(ROLES)})")
+        if bool(self.token) == bool(self.user):
+            raise ValueError("token: set exactly one of token and user")
+        if self.user and self.role in SERVICE_ROLES:
+            raise ValueError(f"role: {self.role!r} is a service credential's role, not a person's")
 
 
 TOKENS = Collection("admintokens", "admin token", AdminTokenRecord)
@@ -123,17 +148,39 @@ def new_token_secret() -> str:
     return "mr-admin-" + secrets.token_urlsafe(32)
 
 
+def new_console_token_secret() -> str:
+    return "mr-console-" + secrets.token_urlsafe(32)
+
+
 def new_proxy_token_secret() -> str:
     return "mr-proxy-" + secrets.token_urlsafe(32)
 
 
 @dataclass(frozen=True)
 class Principal:
-    token: str
+    token: str                                   # "" for a user
     bindings: tuple[RoleBindingRecord, ...]
+    user: str = ""                               # the user's email, "" for a token
+    display_name: str = ""
+    session: identity.SessionRecord | None = None  # the session the call was made with
+
+    @property
+    def describe(self) -> str:
+        """Who, for messages: "token 'ci'" or "user 'ann@example.com'"."""
+        return f"user {self.user!r}" if self.user else f"token {self.token!r}"
+
+    @property
+    def service(self) -> bool:
+        """A service's credential (proxy, console), not a person's."""
+        return bool(self.bindings) and all(binding.role in SERVICE_ROLES for binding in self.bindings)
 
     def permissions(self) -> frozenset[str]:
         return frozenset().union(*(ROLES[b.role] for b in self.bindings)) if self.bindings else frozenset()
+
+    def usable_permissions(self) -> frozenset[str]:
+        """The permissions the caller can use somewhere: a system-wide one only if some binding
+        holds it over everything (a viewer of team A holds config.read in name only)."""
+        return frozenset(p for p in self.permissions() if p not in GLOBAL_PERMISSIONS or self.allows(p, None))
 
     @property
     def operator(self) -> bool:
@@ -169,17 +216,24 @@ current_principal: contextvars.ContextVar[Principal | None] = contextvars.Contex
 
 
 class AccessDirectory:
-    """Tokens and bindings, read from the store and cached until the configuration guard
-    moves: every write of a token or binding (through the admin API or a bootstrap) moves
-    it, while ledger and usage writes — several per second under traffic — do not, so
-    authenticating a proxy's budget call costs one key read, and a revoked token is
-    refused from the next call on."""
+    """Tokens, users and bindings, read from the store and cached until the configuration
+    guard moves: every write of a token, user or binding (through the admin API or a
+    bootstrap) moves it, while ledger and usage writes — several per second under traffic —
+    do not, so authenticating a proxy's budget call costs one key read, and a revoked token
+    is refused from the next call on.
 
-    def __init__(self, store: Store) -> None:
+    Sessions are not cached: each call with one reads its record (one key), so a sign-out on
+    any replica ends it everywhere at once. `clock` (seconds) is for tests of the time-outs."""
+
+    def __init__(self, store: Store, *, clock=time.time) -> None:
         self._store = store
+        self._clock = clock
         self._revision = -1
         self._tokens: dict[str, AdminTokenRecord] = {}      # by hash
-        self._bindings: dict[str, list[RoleBindingRecord]] = {}  # by token name
+        self._token_names: set[str] = set()
+        self._users: dict[str, identity.UserRecord] = {}    # by email
+        self._bindings: dict[str, list[RoleBindingRecord]] = {}       # by token name
+        self._user_bindings: dict[str, list[RoleBindingRecord]] = {}  # by email
 
     async def _refresh(self) -> None:
         guard = await self._store.get(CONFIG_GUARD_KEY)
@@ -187,33 +241,103 @@ class AccessDirectory:
         if revision == self._revision:
             return
         tokens, _ = await self._store.list(TOKENS.prefix)
+        users, _ = await self._store.list(identity.USERS.prefix)
         bindings, _ = await self._store.list(BINDINGS.prefix)
         self._tokens = {t.token_hash: t for t in (TOKENS.decode(kv) for kv in tokens)}
-        grouped: dict[str, list[RoleBindingRecord]] = {}
+        self._token_names = {t.name for t in self._tokens.values()}
+        self._users = {u.email: u for u in (identity.USERS.decode(kv) for kv in users)}
+        by_token: dict[str, list[RoleBindingRecord]] = {}
+        by_user: dict[str, list[RoleBindingRecord]] = {}
         for binding in (BINDINGS.decode(kv) for kv in bindings):
-            grouped.setdefault(binding.token, []).append(binding)
-        self._bindings = grouped
+            if binding.user:
+                by_user.setdefault(binding.user, []).append(binding)
+            else:
+                by_token.setdefault(binding.token, []).append(binding)
+        self._bindings, self._user_bindings = by_token, by_user
         self._revision = revision
 
     async def authenticate(self, authorization: str | None) -> Principal | None:
         if not authorization:
             return None
         scheme, _, secret = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not secret.strip():
+        secret = secret.strip()
+        if scheme.lower() != "bearer" or not secret:
             return None
+        if secret.startswith(identity.SESSION_PREFIX):
+            return await self._session_principal(secret)
         await self._refresh()
-        token = self._tokens.get(hash_token(secret.strip()))
+        token = self._tokens.get(hash_token(secret))
         if token is None:
             return None
         return Principal(token.name, tuple(self._bindings.get(token.name, ())))
 
-    async def has_operator_tokens(self) -> bool:
-        """Whether any token holds an operator role (proxy credentials do not count: a store
-        that has only those still needs its bootstrap admin)."""
+    async def user(self, email: str) -> identity.UserRecord | None:
         await self._refresh()
-        proxy_only = {name for name, bindings in self._bindings.items()
-                      if bindings and all(binding.role == "proxy" for binding in bindings)}
-        return any(token.name not in proxy_only for token in self._tokens.values())
+        return self._users.get(email)
+
+    async def _session_principal(self, secret: str) -> Principal | None:
+        kv = await self._store.get(identity.SESSIONS.key(hash_token(secret)))
+        if kv is None:
+            return None
+        session = identity.SESSIONS.decode(kv)
+        now_ms = int(self._clock() * 1000)
+        if now_ms >= session.expires_at_unix_ms or now_ms - session.last_seen_unix_ms > session.idle_timeout_s * 1000:
+            await end_session(self._store, session)
+            return None
+        await self._refresh()
+        if session.user:
+            user = self._users.get(session.user)
+            if user is None or user.disabled:
+                return None
+            grants = tuple(RoleBindingRecord(name=f"group-{index}", user=user.email, role=grant.role, scope=grant.scope)
+                           for index, grant in enumerate(session.grants))
+            principal = Principal("", (*self._user_bindings.get(user.email, ()), *grants), user=user.email,
+                                  display_name=user.display_name, session=session)
+        else:
+            if session.token not in self._token_names:
+                return None  # the token it was traded for has been deleted
+            principal = Principal(session.token, tuple(self._bindings.get(session.token, ())), session=session)
+        if now_ms - session.last_seen_unix_ms >= identity.TOUCH_INTERVAL_S * 1000:
+            touched = session.model_copy(update={"last_seen_unix_ms": now_ms})
+            # Lost to a concurrent touch or an ending: either way nothing to do.
+            with contextlib.suppress(CasConflict, LeaseNotFound):
+                await self._store.put(kv.key, identity.SESSIONS.encode(touched), expected_revision=kv.mod_revision,
+                                      lease=session.lease)
+        return principal
+
+    async def has_operator_tokens(self) -> bool:
+        """Whether any token holds a person's role (service credentials — proxy, console — do
+        not count: a store that has only those still needs its bootstrap admin)."""
+        await self._refresh()
+        service_only = {name for name, bindings in self._bindings.items()
+                        if bindings and all(binding.role in SERVICE_ROLES for binding in bindings)}
+        return any(token.name not in service_only for token in self._tokens.values())
+
+
+async def start_session(store: Store, *, user: str = "", token: str = "", ttl_s: int, idle_timeout_s: int,
+                        grants: tuple[identity.SessionGrant, ...] = (), clock=time.time,
+                        ) -> tuple[str, identity.SessionRecord]:
+    """A new session for `user` or `token`: its secret (returned once, stored as a hash) and
+    record, under a store lease that deletes it at its absolute end."""
+    secret = identity.new_session_secret()
+    lease = await store.grant_lease(ttl_s)
+    now_ms = int(clock() * 1000)
+    record = identity.SessionRecord(
+        session_hash=hash_token(secret), user=user, token=token, lease=lease, issued_at_unix_ms=now_ms,
+        expires_at_unix_ms=now_ms + ttl_s * 1000, idle_timeout_s=idle_timeout_s, last_seen_unix_ms=now_ms,
+        grants=grants)
+    await store.put(identity.SESSIONS.key(record.session_hash), identity.SESSIONS.encode(record),
+                    expected_revision=0, lease=lease)
+    return secret, record
+
+
+async def end_session(store: Store, session: identity.SessionRecord) -> None:
+    """Delete the session now (its lease, which deletes the record; the record itself if the
+    lease is already gone)."""
+    try:
+        await store.revoke_lease(session.lease)
+    except LeaseNotFound:
+        await store.delete(identity.SESSIONS.key(session.session_hash))
 
 
 async def _install_token(store: Store, name: str, secret: str, role: str) -> bool:
@@ -247,20 +371,26 @@ async def bootstrap(store: Store, secret: str) -> None:
 
 
 PROXY_TOKEN_NAME = "proxies"
+CONSOLE_TOKEN_NAME = "console"
+
+
+async def bootstrap_service_token(store: Store, name: str, secret: str, role: str) -> None:
+    """Make `secret` the service credential `name` (role `role`, over everything) unless that
+    token exists. A stored token with another secret is kept — rotating it is an admin
+    action — and the mismatch is logged, since the service given `secret` will be refused."""
+    if await _install_token(store, name, secret, role):
+        log.info("%s token %r installed (its secret is not logged)", role, name)
+        return
+    kv = await store.get(TOKENS.key(name))
+    if kv is not None and TOKENS.decode(kv).token_hash != hash_token(secret):
+        log.warning("token %r already exists with a different secret than the configured %s token: "
+                    "a service using the configured one will be refused (delete the token to re-install it)",
+                    name, role)
 
 
 async def bootstrap_proxy_token(store: Store, secret: str) -> None:
-    """Make `secret` the fleet's proxy credential (token `proxies`, role proxy) unless that
-    token exists. A stored token with another secret is kept — rotating it is an admin
-    action — and the mismatch is logged, since proxies given `secret` will be refused."""
-    if await _install_token(store, PROXY_TOKEN_NAME, secret, "proxy"):
-        log.info("proxy token %r installed (its secret is not logged)", PROXY_TOKEN_NAME)
-        return
-    kv = await store.get(TOKENS.key(PROXY_TOKEN_NAME))
-    if kv is not None and TOKENS.decode(kv).token_hash != hash_token(secret):
-        log.warning("token %r already exists with a different secret than the configured proxy token: "
-                    "proxies using the configured one will be refused (delete the token to re-install it)",
-                    PROXY_TOKEN_NAME)
+    """The fleet's proxy credential: token `proxies`, role proxy."""
+    await bootstrap_service_token(store, PROXY_TOKEN_NAME, secret, "proxy")
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -307,7 +437,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     else permission in principal.permissions()) if permission is not None else True
             if not held:
                 raise _Refused(plane, "permission", grpc.StatusCode.PERMISSION_DENIED,
-                               f"token {principal.token!r} lacks permission {permission!r} for {method}")
+                               f"{principal.describe} lacks permission {permission!r} for {method}")
             return principal
 
         return _guarded_handler(handler, authorize)
@@ -392,7 +522,7 @@ async def require(context: grpc.aio.ServicerContext, permission: str, node_chain
     principal = current_principal.get()
     if principal is None or not principal.allows(permission, node_chain):
         where = f"node {node_chain[0]!r}" if node_chain else "system-wide resources"
-        who = f"token {principal.token!r}" if principal else "this caller"
+        who = principal.describe if principal else "this caller"
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{who} lacks permission {permission!r} on {where}")
 
 

@@ -19,7 +19,9 @@ from controlplane import rbac
 from controlplane.admin import AdminService, TestHooksService
 from controlplane.budgets import LEASE_TTL_S, BudgetLedger, BudgetsService
 from controlplane.discovery import DiscoveryService, ProxyRegistry, SnapshotCache, share_proxies
-from controlplane.fleet import FleetView
+from controlplane.fleet import FleetView, HealthHistory
+from controlplane.identity import IDLE_TIMEOUT_S, MAX_SESSION_S, SsoConfigError, load_sso_settings
+from controlplane.people import SessionPolicy
 from controlplane.replicas import ReplicaSet
 from controlplane.snapshot import follow_store
 from controlplane.store import StoreError, open_store
@@ -77,6 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--health-push-interval", type=float,
                         default=float(env_default("HEALTH_PUSH_INTERVAL", 1.0)),
                         help="seconds between fleet-health pushes to proxies [MEGAROUTER_HEALTH_PUSH_INTERVAL]")
+    parser.add_argument("--health-history-step-s", type=float, default=30.0,
+                        help="one point of the fleet health history (the console's sparklines) per this many "
+                             "seconds; 60 points are kept")
     parser.add_argument("--usage-flush-interval", type=float,
                         default=float(env_default("USAGE_FLUSH_INTERVAL", FLUSH_INTERVAL_S)),
                         help="seconds between writes of usage analytics to the store "
@@ -88,6 +93,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the fleet's proxy credential, read (or written, if absent) at start and installed "
                              "as token 'proxies' if no such token exists [MEGAROUTER_PROXY_TOKEN or "
                              "MEGAROUTER_PROXY_TOKEN_FILE; default <store dir>/proxy-token]")
+    parser.add_argument("--console-token-file", default=env_default("CONSOLE_TOKEN_FILE", ""),
+                        help="the console's service credential (role console: it may only trade verified ID "
+                             "tokens for sessions), read or written like the proxy token and installed as token "
+                             "'console' [MEGAROUTER_CONSOLE_TOKEN or MEGAROUTER_CONSOLE_TOKEN_FILE; default "
+                             "<store dir>/console-token]")
+    parser.add_argument("--sso-config", default=env_default("SSO_CONFIG", ""),
+                        help="YAML file enabling OIDC single sign-on: issuer, client_id, allowed_domains, "
+                             "group_bindings, signup (see README) [MEGAROUTER_SSO_CONFIG]")
+    parser.add_argument("--session-max-s", type=int, default=int(env_default("SESSION_MAX_S", MAX_SESSION_S)),
+                        help="the longest a console session lives [MEGAROUTER_SESSION_MAX_S]")
+    parser.add_argument("--session-idle-timeout-s", type=int,
+                        default=int(env_default("SESSION_IDLE_TIMEOUT_S", IDLE_TIMEOUT_S)),
+                        help="a session unused this long ends [MEGAROUTER_SESSION_IDLE_TIMEOUT_S]")
     parser.add_argument("--budget-lease-ttl-s", type=float,
                         default=float(env_default("BUDGET_LEASE_TTL_S", LEASE_TTL_S)),
                         help="a proxy's budget lease not kept alive this long is reclaimed and counted as "
@@ -108,19 +126,31 @@ async def serve(args: argparse.Namespace) -> int:
         store = await open_store(args.store)
     except StoreError as exc:
         raise SystemExit(f"megarouter controlplane: cannot open the store: {exc}") from None
-    snapshots = SnapshotCache()
+    if not 1 <= args.health_history_step_s <= 3600:
+        raise SystemExit("megarouter controlplane: --health-history-step-s must be between 1 and 3600")
+    snapshots = SnapshotCache(HealthHistory(step_s=args.health_history_step_s))
     registry = ProxyRegistry()
 
     directory = rbac.AccessDirectory(store)
     await _bootstrap_admin_token(store, directory, args)
     await _bootstrap_proxy_token(store, args)
+    await _bootstrap_console_token(store, args)
+    try:
+        sso = load_sso_settings(args.sso_config) if args.sso_config else None
+    except SsoConfigError as exc:
+        raise SystemExit(f"megarouter controlplane: --sso-config: {exc}") from None
+    if not 120 <= args.session_max_s <= MAX_SESSION_S or not 60 <= args.session_idle_timeout_s <= args.session_max_s:
+        raise SystemExit(f"megarouter controlplane: --session-max-s must be 120..{MAX_SESSION_S} and "
+                         "--session-idle-timeout-s 60..--session-max-s")
+    session_policy = SessionPolicy(max_s=args.session_max_s, idle_timeout_s=args.session_idle_timeout_s)
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[rbac.AuthInterceptor(directory)])
     if not 3 <= args.budget_lease_ttl_s <= 3600:
         raise SystemExit("megarouter controlplane: --budget-lease-ttl-s must be between 3 and 3600")
     ledger = BudgetLedger(store, clock=_ledger_clock(args), lease_ttl_s=args.budget_lease_ttl_s)
     # Replicas elect a leader through a store lease; it alone sweeps the budget ledger.
     replicas = ReplicaSet(store, jobs=[ledger.sweep_forever], replica_id=args.replica_id or None)
-    admin_pb2_grpc.add_AdminServicer_to_server(AdminService(store, snapshots, registry, ledger, replicas), server)
+    admin_pb2_grpc.add_AdminServicer_to_server(
+        AdminService(store, snapshots, registry, ledger, replicas, sso=sso, session_policy=session_policy), server)
     budgets_pb2_grpc.add_BudgetsServicer_to_server(BudgetsService(ledger), server)
     discovery_pb2_grpc.add_DiscoveryServicer_to_server(DiscoveryService(snapshots, registry), server)
     fleet = FleetView()
@@ -237,6 +267,17 @@ async def _bootstrap_proxy_token(store, args: argparse.Namespace) -> None:
                         "are refused until a token with role proxy exists")
         return
     await rbac.bootstrap_proxy_token(store, secret)
+
+
+async def _bootstrap_console_token(store, args: argparse.Namespace) -> None:
+    """Install the console's service credential (token `console`, role console) unless it
+    exists; from MEGAROUTER_CONSOLE_TOKEN, else --console-token-file, else generated next to
+    the store like the proxy token (an etcd store with neither gets none)."""
+    token_file = (Path(args.console_token_file) if args.console_token_file
+                  else _default_token_file(args.store, "console"))
+    secret = _token_secret("MEGAROUTER_CONSOLE_TOKEN", token_file, rbac.new_console_token_secret)
+    if secret is not None:
+        await rbac.bootstrap_service_token(store, rbac.CONSOLE_TOKEN_NAME, secret, "console")
 
 
 def _token_secret(env: str, token_file: Path | None, generate) -> str | None:

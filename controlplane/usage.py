@@ -22,7 +22,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -31,6 +31,7 @@ from prometheus_client import Counter
 from controlplane import rbac
 from controlplane.repository import API_KEYS, NODES
 from controlplane.store import CasConflict, Store
+from megarouter import latency
 from megarouter.resources import NAME_PATTERN
 from megarouter.v1 import admin_pb2, telemetry_pb2
 
@@ -57,6 +58,8 @@ class Counters:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    # Requests per megarouter.latency bucket; all zero for usage recorded before latencies were.
+    latency_ms_buckets: list[int] = field(default_factory=lambda: [0] * latency.BUCKETS)
 
     def add(self, other: Counters) -> None:
         self.requests += other.requests
@@ -64,15 +67,31 @@ class Counters:
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
         self.cost_usd += other.cost_usd
+        latency.add_into(self.latency_ms_buckets, other.latency_ms_buckets)
 
-    def as_dict(self) -> dict[str, int | float]:
+    def copy(self) -> Counters:
+        return Counters(self.requests, self.errors, self.prompt_tokens, self.completion_tokens, self.cost_usd,
+                        list(self.latency_ms_buckets))
+
+    def as_dict(self) -> dict[str, int | float | list[int]]:
         return {"requests": self.requests, "errors": self.errors, "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens, "cost_usd": self.cost_usd}
+                "completion_tokens": self.completion_tokens, "cost_usd": self.cost_usd,
+                "latency_ms_buckets": self.latency_ms_buckets}
 
     @classmethod
     def from_dict(cls, data: dict) -> Counters:
+        buckets = data.get("latency_ms_buckets")
         return cls(int(data.get("requests", 0)), int(data.get("errors", 0)), int(data.get("prompt_tokens", 0)),
-                   int(data.get("completion_tokens", 0)), float(data.get("cost_usd", 0.0)))
+                   int(data.get("completion_tokens", 0)), float(data.get("cost_usd", 0.0)),
+                   [int(b) for b in buckets] if isinstance(buckets, list) and latency.valid(buckets)
+                   else [0] * latency.BUCKETS)
+
+    def row(self, dimensions: dict[str, str]) -> admin_pb2.UsageRow:
+        return admin_pb2.UsageRow(
+            dimensions=dimensions, requests=self.requests, errors=self.errors, prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens, cost_usd=self.cost_usd,
+            latency_p50_ms=latency.percentile(self.latency_ms_buckets, 0.50),
+            latency_p99_ms=latency.percentile(self.latency_ms_buckets, 0.99))
 
 
 # (node, model, route) -> counters: the rows of one (day, key) document.
@@ -107,8 +126,7 @@ def _merge(into: Rows, rows: Rows) -> None:
     for slot, counters in rows.items():
         current = into.get(slot)
         if current is None:
-            into[slot] = Counters(counters.requests, counters.errors, counters.prompt_tokens,
-                                  counters.completion_tokens, counters.cost_usd)
+            into[slot] = counters.copy()
         else:
             current.add(counters)
 
@@ -138,6 +156,8 @@ class UsageAggregator:
             counters.prompt_tokens += record.prompt_tokens
             counters.completion_tokens += record.completion_tokens
             counters.cost_usd += record.cost_usd
+            if latency.valid(record.latency_ms_buckets):  # another release's bucket layout: ignored
+                latency.add_into(counters.latency_ms_buckets, record.latency_ms_buckets)
             accepted += 1
         if accepted:
             RECORDS.labels("accepted").inc(accepted)
@@ -266,12 +286,9 @@ async def query(store: Store, request: admin_pb2.QueryUsageRequest,
             group = tuple(values[dimension] for dimension in group_by)
             total = totals.get(group)
             if total is None:
-                totals[group] = Counters(counters.requests, counters.errors, counters.prompt_tokens,
-                                         counters.completion_tokens, counters.cost_usd)
+                totals[group] = counters.copy()
             else:
                 total.add(counters)
     ordered = sorted(totals.items(), key=lambda item: (-item[1].cost_usd, -item[1].requests, item[0]))
     return admin_pb2.QueryUsageResponse(rows=[
-        admin_pb2.UsageRow(dimensions=dict(zip(group_by, group, strict=True)), **counters.as_dict())
-        for group, counters in ordered
-    ])
+        counters.row(dict(zip(group_by, group, strict=True))) for group, counters in ordered])

@@ -67,6 +67,7 @@ def add_usage(report: telemetry_pb2.StatsReport, usage: dict[UsageKey, UsageCoun
             key=key, node=node, model=model, route=route, day=text, requests=counters.requests,
             errors=counters.errors, prompt_tokens=counters.prompt_tokens,
             completion_tokens=counters.completion_tokens, cost_usd=counters.cost_usd,
+            latency_ms_buckets=counters.latency_ms_buckets,
         ))
 
 

@@ -10,7 +10,9 @@ never content.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from megarouter import latency
 
 
 @dataclass(slots=True)
@@ -20,6 +22,8 @@ class UsageCounters:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    # Requests per latency bucket (megarouter.latency).
+    latency_ms_buckets: list[int] = field(default_factory=lambda: [0] * latency.BUCKETS)
 
     def add(self, other: UsageCounters) -> None:
         self.requests += other.requests
@@ -27,6 +31,7 @@ class UsageCounters:
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
         self.cost_usd += other.cost_usd
+        latency.add_into(self.latency_ms_buckets, other.latency_ms_buckets)
 
 
 # (API key name, the key's node, served model ("" = none), route or task, UTC day as days since the epoch)
@@ -37,7 +42,7 @@ class UsageAccount:
     """One client request's usage: counted exactly once, by the first of
     `served` (a response was relayed) or `failed` (an error response)."""
 
-    __slots__ = ("_ledger", "key", "node", "route", "done")
+    __slots__ = ("_ledger", "key", "node", "route", "done", "_started")
 
     def __init__(self, ledger: UsageLedger, key: str, node: str, route: str) -> None:
         self._ledger = ledger
@@ -45,13 +50,17 @@ class UsageAccount:
         self.node = node
         self.route = route
         self.done = False
+        self._started = time.monotonic()
 
     def served(self, model: str, error: bool = False, prompt_tokens: int = 0, completion_tokens: int = 0,
                cost_usd: float = 0.0) -> None:
+        """Counted when the response (for a stream: its last byte) has been relayed, so the
+        latency is the whole request as the client saw it."""
         if not self.done:
             self.done = True
             self._ledger.record((self.key, self.node, model, self.route, int(time.time() // 86400)),
-                                error, prompt_tokens, completion_tokens, cost_usd)
+                                error, prompt_tokens, completion_tokens, cost_usd,
+                                (time.monotonic() - self._started) * 1000)
 
     def failed(self) -> None:
         """An error response before anything was served: no model, no tokens."""
@@ -70,11 +79,12 @@ class UsageLedger:
         return UsageAccount(self, key, nodes[0] if nodes else "", route)
 
     def record(self, key: UsageKey, error: bool, prompt_tokens: int, completion_tokens: int,
-               cost_usd: float) -> None:
+               cost_usd: float, latency_ms: float = 0.0) -> None:
         counters = self._usage.get(key)
         if counters is None:
             counters = self._usage[key] = UsageCounters()
         counters.requests += 1
+        counters.latency_ms_buckets[latency.bucket_of(latency_ms)] += 1
         if error:
             counters.errors += 1
         counters.prompt_tokens += prompt_tokens

@@ -4,6 +4,7 @@
   megarouter controlplane  the gRPC control plane
   megarouter proxy         an OpenAI-compatible data-plane proxy
   megarouter sim           a simulated provider
+  megarouter console       the web console
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ COMMANDS = {
     "controlplane": ("controlplane.server", "run the gRPC control plane"),
     "proxy": ("dataplane.server", "run a data-plane proxy"),
     "sim": ("megarouter.sim.server", "run a simulated provider"),
+    "console": ("console.server", "run the web console (sign-in, API keys, usage, fleet)"),
 }
 
 

@@ -5,6 +5,7 @@
   megarouterctl delete route NAME             delete a resource
   megarouterctl keys create NAME              create an API key (secret shown once)
   megarouterctl tokens create NAME --role R   create a token (admin/operator/viewer/billing/developer, or proxy)
+  megarouterctl users add EMAIL --role R      invite a person (they sign in to the console with SSO)
   megarouterctl proxies                       connected proxies and their table versions
   megarouterctl health                        fleet-wide endpoint health
   megarouterctl usage --node N --by model     requests, tokens and cost per key, node, model, route, day
@@ -224,6 +225,40 @@ async def cmd_tokens_list(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespa
     return 0
 
 
+async def cmd_users_add(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -> int:
+    email = args.email.strip().lower()
+    put = await stub.PutUser(admin_pb2.User(email=email, display_name=args.name or ""))
+    if args.role:
+        local = "".join(ch if ch.isalnum() else "-" for ch in email.partition("@")[0]).strip("-") or "user"
+        name = f"{local}-{args.role}-{args.scope or 'all'}"[:63].rstrip("-._")
+        await stub.PutRoleBinding(admin_pb2.RoleBinding(name=name, user=email, role=args.role,
+                                                        scope=args.scope or ""))
+    where = f" as {args.role} over {args.scope or 'everything'}" if args.role else " (no role yet)"
+    print(f"user/{email} {'created' if put.created else 'updated'}{where}")
+    return 0
+
+
+async def cmd_users_list(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -> int:
+    users = await stub.ListUsers(admin_pb2.ListRequest())
+    bindings = await stub.ListRoleBindings(admin_pb2.ListRequest())
+    roles: dict[str, list[str]] = {}
+    for binding in bindings.items:
+        if binding.user:
+            roles.setdefault(binding.user, []).append(f"{binding.role}@{binding.scope or '*'}")
+    items = [{"email": u.email, "name": u.display_name, "roles": roles.get(u.email, []), "via": u.created_by,
+              "status": "disabled" if u.disabled else "active"} for u in users.items]
+    print_items(items, ["email", "name", "roles", "via", "status"], args.output)
+    return 0
+
+
+async def cmd_users_disable(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -> int:
+    user = await stub.GetUser(admin_pb2.GetRequest(name=args.email))
+    user.disabled = not args.enable
+    await stub.PutUser(user)
+    print(f"user/{user.email} {'enabled' if args.enable else 'disabled (their sessions have ended)'}")
+    return 0
+
+
 async def cmd_budgets(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace) -> int:
     statuses = await stub.ListBudgetStatus(admin_pb2.ListRequest())
     items = [{
@@ -416,6 +451,21 @@ def build_parser() -> argparse.ArgumentParser:
     token_list = tokens_sub.add_parser("list", help="tokens and their role bindings")
     token_list.add_argument("-o", "--output", choices=output_choices, default="table")
     token_list.set_defaults(handler=cmd_tokens_list)
+    users = sub.add_parser("users", help="manage people (console users: they sign in with SSO)")
+    users_sub = users.add_subparsers(dest="users_command", required=True)
+    user_add = users_sub.add_parser("add", help="add (or update) a user, optionally binding a role")
+    user_add.add_argument("email")
+    user_add.add_argument("--name", help="display name")
+    user_add.add_argument("--role", choices=["admin", "operator", "viewer", "billing", "developer"])
+    user_add.add_argument("--scope", help="org node whose subtree the role covers (default: everything)")
+    user_add.set_defaults(handler=cmd_users_add)
+    user_list = users_sub.add_parser("list", help="users and their role bindings")
+    user_list.add_argument("-o", "--output", choices=output_choices, default="table")
+    user_list.set_defaults(handler=cmd_users_list)
+    user_disable = users_sub.add_parser("disable", help="disable a user, ending their sessions (--enable: undo)")
+    user_disable.add_argument("email")
+    user_disable.add_argument("--enable", action="store_true")
+    user_disable.set_defaults(handler=cmd_users_disable)
     budgets = sub.add_parser("budgets", help="spend against each budget in its current window")
     budgets.add_argument("-o", "--output", choices=output_choices, default="table")
     budgets.set_defaults(handler=cmd_budgets)
@@ -455,8 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "rag-summarise, coding-assistant, mixed-enterprise) through the router for each "
                             "strategy, at catalog prices, offline unless --route is given.")
     workload = whatif.add_mutually_exclusive_group(required=True)
-    workload.add_argument("--log", metavar="FILE", help="usage log: one JSON object per line with prompt_tokens, "
-                          "completion_tokens; optional task, count, prompt, needed_quality, tools, vision, stream")
+    workload.add_argument("--log", metavar="FILE", help="usage log (- for stdin): one JSON object per line with "
+                          "prompt_tokens, completion_tokens; optional task, count, prompt, needed_quality, tools, "
+                          "vision, stream")
     workload.add_argument("--profile", metavar="NAME", help="built-in workload profile, or the path of a .yaml one")
     pool = whatif.add_mutually_exclusive_group()
     pool.add_argument("--models", metavar="A,B,C", help="catalog model ids to route among (default: a "

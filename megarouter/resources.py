@@ -385,27 +385,35 @@ class CreateApiKey(_Resource):
 _ENUM_PREFIXES = {"kind": "PROVIDER_KIND_", "strategy": "STRATEGY_", "default_strategy": "STRATEGY_"}
 
 
-def _rename_enums(data: Any, rename) -> Any:
-    """Walk a dict/list tree, applying `rename(prefix, value)` to enum fields."""
-    if isinstance(data, dict):
-        out = {}
-        for key, value in data.items():
-            prefix = _ENUM_PREFIXES.get(key)
-            out[key] = rename(prefix, value) if prefix and isinstance(value, str) else _rename_enums(value, rename)
-        return out
+def _rename_enums(data: Any, rename, descriptor) -> Any:
+    """Walk a dict/list tree shaped like message `descriptor`, applying `rename(prefix, value)`
+    to its enum fields — only those: OrgNode.kind is a plain string that happens to share its
+    name with Provider.kind, an enum, and must pass untouched."""
     if isinstance(data, list):
-        return [_rename_enums(item, rename) for item in data]
-    return data
+        return [_rename_enums(item, rename, descriptor) for item in data]
+    if not isinstance(data, dict) or descriptor is None:
+        return data
+    out = {}
+    for key, value in data.items():
+        field = descriptor.fields_by_name.get(key)
+        prefix = _ENUM_PREFIXES.get(key)
+        if field is not None and field.enum_type is not None and prefix and isinstance(value, str):
+            out[key] = rename(prefix, value)
+        elif field is not None and field.message_type is not None and not field.message_type.GetOptions().map_entry:
+            out[key] = _rename_enums(value, rename, field.message_type)
+        else:
+            out[key] = value
+    return out
 
 
-def _enum_to_short(data: Any) -> Any:
+def _enum_to_short(data: Any, descriptor) -> Any:
     """PROVIDER_KIND_OPENAI -> openai."""
-    return _rename_enums(data, lambda prefix, v: v[len(prefix):].lower() if v.startswith(prefix) else v)
+    return _rename_enums(data, lambda prefix, v: v[len(prefix):].lower() if v.startswith(prefix) else v, descriptor)
 
 
-def _enum_to_proto(data: Any) -> Any:
+def _enum_to_proto(data: Any, descriptor) -> Any:
     """openai -> PROVIDER_KIND_OPENAI."""
-    return _rename_enums(data, lambda prefix, v: v if v.startswith(prefix) else prefix + v.upper())
+    return _rename_enums(data, lambda prefix, v: v if v.startswith(prefix) else prefix + v.upper(), descriptor)
 
 
 # Output-only proto fields, never part of what an operator writes.
@@ -427,7 +435,7 @@ def proto_to_dict(message: Message, keep_output_only: bool = False) -> dict[str,
     if not keep_output_only:
         for field in _OUTPUT_ONLY:
             data.pop(field, None)
-    return _enum_to_short(data)
+    return _enum_to_short(data, message.DESCRIPTOR)
 
 
 def dict_to_proto(data: dict[str, Any], message_type: type[Message]) -> Message:
@@ -435,7 +443,7 @@ def dict_to_proto(data: dict[str, Any], message_type: type[Message]) -> Message:
 
     Raises json_format.ParseError naming an unknown or mistyped field.
     """
-    return json_format.ParseDict(_enum_to_proto(data), message_type())
+    return json_format.ParseDict(_enum_to_proto(data, message_type.DESCRIPTOR), message_type())
 
 
 def resource_to_proto(resource: _Resource, message_type: type[Message]) -> Message:

@@ -1,8 +1,9 @@
 """`megarouter up`: the whole system on one machine, ready for an OpenAI SDK.
 
 Starts three simulated providers, the control plane (embedded store in
-./.megarouter/), and one proxy on http://127.0.0.1:8080/v1; seeds a demo
-configuration and a dev API key; prints how to call it. Ctrl-C stops all.
+./.megarouter/), one proxy on http://127.0.0.1:8080/v1 and the web console on
+http://127.0.0.1:8090/; seeds a demo configuration and a dev API key; prints
+how to sign in and how to call it. Ctrl-C stops all.
 Each service is a child process, exactly as it runs in production.
 """
 
@@ -89,6 +90,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the first control plane's gRPC address; more replicas take the next ports")
     parser.add_argument("--proxy-listen", default="127.0.0.1:8080")
     parser.add_argument("--metrics-listen", default="127.0.0.1:9464")
+    parser.add_argument("--console-listen", default="127.0.0.1:8090",
+                        help="the web console's address")
+    parser.add_argument("--sso-config", default="",
+                        help="enable OIDC single sign-on in the console (the control plane's --sso-config; "
+                             "the console reads the client secret from MEGAROUTER_OIDC_CLIENT_SECRET)")
     parser.add_argument("--controlplanes", type=int, default=1, metavar="N",
                         help="control-plane replicas (more than one needs --store etcd://...): they elect "
                              "a leader and the proxy is given every one of them")
@@ -195,6 +201,8 @@ async def up(args: argparse.Namespace) -> int:
                 "--metrics-listen", _nth_address(args.metrics_listen, index),
                 "--admin-token-file", str(data_dir / "admin-token"), "--replica-id", name,
                 "--proxy-token-file", str(data_dir / "proxy-token"),
+                "--console-token-file", str(data_dir / "console-token"),
+                *(["--sso-config", args.sso_config] if args.sso_config else []),
             ]))
             admins.append(f"127.0.0.1:{children[-1].ready['port']}")
         admin = admins[0]
@@ -208,9 +216,14 @@ async def up(args: argparse.Namespace) -> int:
         ]))
         base_url = f"http://127.0.0.1:{children[-1].ready['port']}/v1"
         await wait_ready(base_url.removesuffix("/v1") + "/readyz", stop)
+        children.append(await _start("console", [
+            "console", "--listen", args.console_listen, "--control-plane", admin, "--proxy-url", base_url,
+            "--console-token-file", str(data_dir / "console-token"),
+        ]))
+        console_url = children[-1].ready["url"]
         if not stop.is_set():
-            print(_banner(base_url, key, admin, str(data_dir / "admin-token"), admins), flush=True)
-            announce_ready("up", base_url=base_url, admin=admin, controlplanes=admins)
+            print(_banner(base_url, key, admin, str(data_dir / "admin-token"), admins, console_url), flush=True)
+            announce_ready("up", base_url=base_url, admin=admin, controlplanes=admins, console=console_url)
         exited = [asyncio.create_task(child.process.wait()) for child in children]
         stopping = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({stopping, *exited}, return_when=asyncio.FIRST_COMPLETED)
@@ -242,12 +255,15 @@ async def _stop_all(children: list[Child]) -> None:
             await child.process.wait()
 
 
-def _banner(base_url: str, key: str, admin: str, token_file: str, admins: list[str]) -> str:
+def _banner(base_url: str, key: str, admin: str, token_file: str, admins: list[str], console_url: str) -> str:
     replicas = (f"\n  Control planes  : {', '.join(admins)} (one leads: megarouterctl controlplanes)"
                 if len(admins) > 1 else "")
     return f"""
 MegaRouter is running.
 
+  Console         : {console_url}/
+                    sign in with the operator token in {token_file}
+                    (cat {token_file}), then create an API key there
   OpenAI base URL : {base_url}
   API key         : {key}
   Admin API       : {admin}   (megarouterctl --server {admin} get routes;

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import random
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -412,9 +413,14 @@ Estimator = Callable[[dict[str, Any]], Any]
 
 
 def read_log(path: str, log_days: float = DAYS_PER_MONTH, estimator: Estimator | None = None) -> Workload:
+    """`path` "-" reads standard input (the console pipes an upload in, so it never touches disk)."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.readlines()
+        if path == "-":
+            lines = sys.stdin.buffer.read().decode("utf-8").splitlines(keepends=True)
+            path = "<stdin>"
+        else:
+            with open(path, encoding="utf-8") as handle:
+                lines = handle.readlines()
     except OSError as exc:
         raise WhatIfError(f"cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError:

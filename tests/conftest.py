@@ -27,6 +27,9 @@ os.environ["MEGAROUTER_ADMIN_TOKEN"] = ADMIN_TOKEN
 # (role proxy), and every proxy presents it.
 PROXY_TOKEN = "mr-proxy-test-token-0123456789abcdef"
 os.environ["MEGAROUTER_PROXY_TOKEN"] = PROXY_TOKEN
+# And the console's service credential (token `console`, role console).
+CONSOLE_TOKEN = "mr-console-test-token-0123456789abcdef"
+os.environ["MEGAROUTER_CONSOLE_TOKEN"] = CONSOLE_TOKEN
 _names = itertools.count(1)
 
 

@@ -3,19 +3,23 @@
 * Kubernetes manifests: validated offline against the Kubernetes OpenAPI schemas of a pinned
   version with `kubernetes-validate` (it ships the JSON schemas; strict mode rejects unknown
   fields), then checked for what the schema cannot see: references between objects, probes,
-  security contexts, and container arguments parsed by the real `megarouter` argument parsers.
+  security contexts, container arguments parsed by the real `megarouter` argument parsers,
+  and the NetworkPolicies evaluated for which pods may reach which ports.
 * docker-compose.yml: validated against the Compose Specification JSON schema vendored in
   `check-jsonschema`, then structurally (dependencies, healthchecks, ports, volumes), and its
   commands parsed by the real argument parsers.
 * The compose topology is rehearsed on loopback: a 3-member etcd cluster, both control planes,
-  the three simulators and a proxy run with the compose file's own commands (addresses
-  rewritten), the compose seed script applies deploy/examples/demo.yaml and creates the API
-  key, the compose healthcheck commands are run, and requests are served; then a control
-  plane is killed (the proxy keeps serving and gets changes made through the other one; a
-  new proxy whose first address is the dead one finds the second) and an etcd member is
-  killed (writes continue and reach the proxy). Needs the etcd binary, like the etcd store
-  tests: skipped without it, unless MEGAROUTER_REQUIRE_ETCD=1 (CI).
-* Dockerfile: parsed with `dockerfile` (Docker's own Go parser, as a wheel).
+  the three simulators, a proxy and the console run with the compose file's own commands and
+  environment (addresses rewritten), the compose seed script applies deploy/examples/demo.yaml
+  and creates the API key, the compose healthcheck commands are run, requests are served, and
+  an operator signs in to the console; then a control plane is killed (the proxy keeps serving
+  and gets changes made through the other one; a new proxy whose first address is the dead
+  one finds the second; the console, which has only that one, turns unready) and an etcd
+  member is killed (writes continue and reach the proxy). Needs the etcd binary, like the etcd
+  store tests: skipped without it, unless MEGAROUTER_REQUIRE_ETCD=1 (CI).
+* Dockerfile: parsed with `dockerfile` (Docker's own Go parser, as a wheel); its build stage's
+  `pip wheel .` is run on exactly what its COPY lines bring in, and the wheel must carry the
+  console's templates and static files.
 * Prometheus configs: loaded, targets and ports checked against compose and the manifests.
 * Grafana dashboard: every PromQL expression parsed with `promql-parser`; every metric name it
   uses must be exported by the code (found by scanning the sources for Counter/Gauge/Histogram
@@ -30,16 +34,20 @@ import asyncio
 import contextlib
 import importlib
 import importlib.resources
+import ipaddress
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
 import tomllib
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import dockerfile
@@ -51,6 +59,7 @@ import yaml
 
 from megarouter.cli import COMMANDS
 from megarouter.manifest import parse_manifest
+from tests.console_harness import ConsoleClient
 from tests.harness import Service, eventually, start_service
 
 try:
@@ -64,11 +73,11 @@ K8S = DEPLOY / "kubernetes"
 COMPOSE_FILE = DEPLOY / "docker-compose.yml"
 DEMO_CONFIG = DEPLOY / "examples" / "demo.yaml"
 DASHBOARD = DEPLOY / "grafana" / "megarouter-dashboard.json"
-SOURCE_PACKAGES = ("megarouter", "controlplane", "dataplane")
+SOURCE_PACKAGES = ("megarouter", "controlplane", "dataplane", "console")
 
 # The Kubernetes version whose OpenAPI schemas the manifests must satisfy.
 KUBERNETES_VERSION = "1.30"
-PROXY_PORT, CONTROLPLANE_PORT, METRICS_PORT, SIM_PORT = 8080, 50051, 9464, 9000
+PROXY_PORT, CONTROLPLANE_PORT, METRICS_PORT, SIM_PORT, CONSOLE_PORT = 8080, 50051, 9464, 9000, 8090
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -288,7 +297,7 @@ def test_dockerfile_runtime_installs_only_the_built_wheels(dockerfile_stages):
 def test_dockerfile_ports_entrypoint_and_env_defaults(dockerfile_stages):
     runtime = dockerfile_stages[-1]
     exposed = {int(port) for c in runtime if c.cmd == "EXPOSE" for port in c.value}
-    assert exposed == {PROXY_PORT, CONTROLPLANE_PORT, METRICS_PORT}
+    assert exposed == {PROXY_PORT, CONTROLPLANE_PORT, METRICS_PORT, CONSOLE_PORT}
     entrypoint = [c for c in runtime if c.cmd == "ENTRYPOINT"][-1]
     assert entrypoint.json and list(entrypoint.value) == ["megarouter"]
     cmd = [c for c in runtime if c.cmd == "CMD"][-1]
@@ -298,9 +307,11 @@ def test_dockerfile_ports_entrypoint_and_env_defaults(dockerfile_stages):
     env = stage_env(runtime)
     controlplane = parse_megarouter_args(["controlplane"], env)
     proxy = parse_megarouter_args(["proxy"], env)
+    console = parse_megarouter_args(["console"], env)
     assert host_port(controlplane.listen) == ("0.0.0.0", CONTROLPLANE_PORT)
     assert host_port(controlplane.metrics_listen) == ("0.0.0.0", METRICS_PORT)
     assert host_port(proxy.listen) == ("0.0.0.0", PROXY_PORT)
+    assert host_port(console.listen) == ("0.0.0.0", CONSOLE_PORT)
     assert proxy.cache_file.startswith("/var/cache/megarouter/")
     assert controlplane.store.startswith("/var/lib/megarouter/")
 
@@ -311,6 +322,31 @@ def test_dockerignore_allowlists_exactly_what_is_copied(dockerfile_stages):
     assert patterns[0] == "*", "exclude everything first, then allow the sources back"
     allowed = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
     assert allowed == {s.rstrip("/") for s in copy_sources(dockerfile_stages[0])}
+
+
+async def test_dockerfile_build_context_makes_a_wheel_with_the_console_assets(dockerfile_stages, tmp_path):
+    """The build stage's `pip wheel .`, run on exactly what its COPY lines bring in: the wheel
+    must carry the console's templates and static files (package data), or the image's
+    console would fail on its first page."""
+    context = tmp_path / "src"
+    junk = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")  # the .dockerignore's exclusions
+    for source in copy_sources(dockerfile_stages[0]):
+        path = ROOT / source.rstrip("/")
+        if path.is_dir():
+            shutil.copytree(path, context / path.name, ignore=junk)
+        else:
+            context.mkdir(exist_ok=True)
+            shutil.copy2(path, context / path.name)
+    code, out = await run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "--wheel-dir", str(tmp_path / "wheels"), "."], cwd=context, timeout=120)
+    assert code == 0, out
+    [wheel] = (tmp_path / "wheels").glob("megarouter-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    assets = {str(path.relative_to(ROOT)) for folder in ("console/templates", "console/static")
+              for path in (ROOT / folder).rglob("*") if path.is_file()}
+    assert any(name.endswith(".html") for name in assets) and any(name.endswith(".js") for name in assets)
+    assert not assets - shipped, f"the image's wheel lacks {sorted(assets - shipped)}"
+    assert "console/server.py" in shipped
 
 
 # ----------------------------------------------------------------------------------- compose
@@ -330,6 +366,42 @@ def services_running(compose, subcommand: str) -> dict[str, argparse.Namespace]:
     return {name: parse_megarouter_args(svc["command"])
             for name, svc in megarouter_services(compose).items()
             if svc.get("command") and svc["command"][0] == subcommand and "entrypoint" not in svc}
+
+
+COMPOSE_VARIABLE = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
+
+
+def compose_env(svc: dict[str, Any], shell: dict[str, str]) -> dict[str, str]:
+    """A compose service's `environment` as its container gets it, given the shell's variables:
+    `${NAME}`, `${NAME:-default}` and `${NAME:?message}` interpolated (an AssertionError, naming
+    the variable, where compose would refuse to start), and a bare `NAME` passed through only
+    when the shell sets it."""
+    environment = svc.get("environment") or {}
+    if isinstance(environment, list):
+        items = [(entry.partition("=")[0], entry.partition("=")[2] if "=" in entry else None)
+                 for entry in environment]
+    else:
+        items = list(environment.items())
+
+    def interpolate(match: re.Match) -> str:
+        name, operator, argument = match.groups()
+        value = shell.get(name)
+        if operator in (":?", ":-") and value == "":
+            value = None
+        if value is not None:
+            return value
+        if operator in (":?", "?"):
+            raise AssertionError(f"compose refuses to start without {name}: {argument}")
+        return argument or ""
+
+    env = {}
+    for name, value in items:
+        if value is None:
+            if name in shell:
+                env[name] = shell[name]
+            continue
+        env[name] = COMPOSE_VARIABLE.sub(interpolate, str(value))
+    return env
 
 
 def test_compose_validates_against_the_compose_spec(compose, compose_schema):
@@ -404,6 +476,10 @@ def test_compose_healthchecks_are_well_formed(compose):
             assert f"http://127.0.0.1:{host_port(args.listen)[1]}/readyz" in script
         elif svc["command"][0] == "sim":
             assert f"http://127.0.0.1:{args.port}/" in script
+        elif svc["command"][0] == "console":
+            assert f"http://127.0.0.1:{host_port(args.listen)[1]}/readyz" in script
+        else:
+            pytest.fail(f"no healthcheck expectation for `megarouter {svc['command'][0]}`")
 
 
 def test_compose_etcd_is_a_static_three_member_v35_cluster(compose):
@@ -450,9 +526,53 @@ def test_compose_control_planes_proxies_and_simulators(compose):
     for name in controlplanes:
         assert services[name]["environment"]["MEGAROUTER_ADMIN_TOKEN"].startswith("${MEGAROUTER_ADMIN_TOKEN:?")
         assert services[name]["environment"]["MEGAROUTER_PROXY_TOKEN"].startswith("${MEGAROUTER_PROXY_TOKEN:?")
+        assert services[name]["environment"]["MEGAROUTER_CONSOLE_TOKEN"].startswith("${MEGAROUTER_CONSOLE_TOKEN:?")
     # ... and the proxies the same proxy credential, without which the control planes refuse them.
     for name in proxies:
         assert "MEGAROUTER_PROXY_TOKEN=${MEGAROUTER_PROXY_TOKEN:?" in " ".join(services[name]["environment"])
+
+
+def test_compose_console(compose):
+    services = compose["services"]
+    assert list(services_running(compose, "console")) == ["console"]
+    svc = services["console"]
+    assert svc["command"][0] == "console" and "entrypoint" not in svc
+    shell = {"MEGAROUTER_ADMIN_TOKEN": "mr-admin-x", "MEGAROUTER_PROXY_TOKEN": "mr-proxy-x",
+             "MEGAROUTER_CONSOLE_TOKEN": "mr-console-x"}
+    env = compose_env(svc, shell)
+    args = parse_megarouter_args(svc["command"], env)
+    assert host_port(args.listen) == ("0.0.0.0", CONSOLE_PORT)
+    # One control-plane address (the console takes one), a compose control plane's gRPC port;
+    # it starts once every control plane is healthy.
+    controlplanes = services_running(compose, "controlplane")
+    assert "," not in args.control_plane
+    cp_name, cp_port = host_port(args.control_plane)
+    assert cp_name in controlplanes and cp_port == host_port(controlplanes[cp_name].listen)[1]
+    assert svc["depends_on"] == {name: {"condition": "service_healthy"} for name in controlplanes}
+    # Its credential is required (compose refuses to start without it, rather than run a
+    # console that can never be ready), and every control plane installs the same variable.
+    assert env["MEGAROUTER_CONSOLE_TOKEN"] == shell["MEGAROUTER_CONSOLE_TOKEN"]
+    with pytest.raises(AssertionError, match="without MEGAROUTER_CONSOLE_TOKEN"):
+        compose_env(svc, {})
+    for name in controlplanes:
+        assert compose_env(services[name], shell)["MEGAROUTER_CONSOLE_TOKEN"] == shell["MEGAROUTER_CONSOLE_TOKEN"]
+        with pytest.raises(AssertionError, match="without MEGAROUTER_CONSOLE_TOKEN"):
+            compose_env(services[name], {**shell, "MEGAROUTER_CONSOLE_TOKEN": ""})
+    # Published on localhost only, on the port it listens on; its public URL is that address,
+    # and the base URL its key snippets show is a proxy's published address.
+    assert svc["ports"] == [f"127.0.0.1:{CONSOLE_PORT}:{CONSOLE_PORT}"]
+    assert args.public_url == f"http://127.0.0.1:{CONSOLE_PORT}"
+    proxy_urls = {f"http://{ip}:{host}/v1" for name, proxy in services_running(compose, "proxy").items()
+                  for ip, host, container in (m.split(":") for m in services[name]["ports"])
+                  if int(container) == host_port(proxy.listen)[1]}
+    assert args.proxy_url in proxy_urls, (args.proxy_url, proxy_urls)
+    # The OIDC client secret is the variable the console reads, passed through only when set.
+    assert args.oidc_client_secret_env == "MEGAROUTER_OIDC_CLIENT_SECRET"
+    assert args.oidc_client_secret_env not in env
+    assert compose_env(svc, {**shell, "MEGAROUTER_OIDC_CLIENT_SECRET": "s3"})["MEGAROUTER_OIDC_CLIENT_SECRET"] == "s3"
+    # Readiness, not liveness: healthy only once the control plane accepts its credential.
+    assert f"http://127.0.0.1:{CONSOLE_PORT}/readyz" in svc["healthcheck"]["test"][-1]
+    assert svc["restart"] == "unless-stopped"
 
 
 def test_compose_ports_and_volumes_are_sane(compose):
@@ -592,12 +712,25 @@ async def chat(session: aiohttp.ClientSession, base: str, key: str, model: str) 
         return response
 
 
-async def test_compose_topology_runs_with_its_own_commands(compose, tmp_path):
+async def console_ready(port: int) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/readyz") as response:
+        return response.status, await response.text()
+
+
+async def test_compose_topology_runs_with_its_own_commands(compose, tmp_path, monkeypatch):
     services = compose["services"]
     admin_token = "mr-admin-deploy-test-" + "x" * 24
     proxy_token = "mr-proxy-deploy-test-" + "y" * 24
+    console_token = "mr-console-deploy-test-" + "z" * 24
+    # What the compose file interpolates from the shell. The test session's own tokens (set by
+    # conftest for every other test) are removed, so each process gets only what compose gives it.
+    shell = {"MEGAROUTER_ADMIN_TOKEN": admin_token, "MEGAROUTER_PROXY_TOKEN": proxy_token,
+             "MEGAROUTER_CONSOLE_TOKEN": console_token}
+    for name in shell:
+        monkeypatch.delenv(name, raising=False)
     cluster = start_or_skip(3)
     started: list[Service] = []
+    client: ConsoleClient | None = None
     try:
         addresses = {f"etcd{i + 1}:2379": endpoint for i, endpoint in enumerate(cluster.endpoints)}
         logs = tmp_path / "logs"
@@ -615,8 +748,7 @@ async def test_compose_topology_runs_with_its_own_commands(compose, tmp_path):
         for name in ("controlplane-1", "controlplane-2"):
             argv = localize(services[name]["command"], addresses, tmp_path)
             assert any(arg.startswith("--store=etcd://127.0.0.1:") for arg in argv)
-            cp = await start_service(name, argv, logs, env={"MEGAROUTER_ADMIN_TOKEN": admin_token,
-                                                            "MEGAROUTER_PROXY_TOKEN": proxy_token})
+            cp = await start_service(name, argv, logs, env=compose_env(services[name], shell))
             started.append(cp)
             cp_ports[name] = cp.port
             code, out = await run(healthcheck_argv(services[name], CONTROLPLANE_PORT, cp.port))
@@ -653,7 +785,8 @@ async def test_compose_topology_runs_with_its_own_commands(compose, tmp_path):
         cp_addresses = {**addresses, **{f"{name}:{CONTROLPLANE_PORT}": f"127.0.0.1:{port}"
                                         for name, port in cp_ports.items()}}
         proxy_name = "proxy-us-east"
-        proxy_env = {"MEGAROUTER_PROXY_TOKEN": proxy_token}
+        proxy_env = compose_env(services[proxy_name], shell)
+        assert proxy_env == {"MEGAROUTER_PROXY_TOKEN": proxy_token}
         proxy = await start_service(proxy_name, [
             *localize(services[proxy_name]["command"], cp_addresses, tmp_path), "--telemetry-interval=1"], logs,
             env=proxy_env)
@@ -682,10 +815,54 @@ async def test_compose_topology_runs_with_its_own_commands(compose, tmp_path):
             for model in ("chat", "demo-large"):  # demo-large: only the anthropic and gemini wires serve it
                 assert await served(model), model
 
+            # The console, with its compose command and environment (its control-plane address
+            # made local). Its public URL still names host port 8090: that decides only the
+            # cookies' Secure flag (http: off either way) and the SSO redirect, unused here.
+            console_env = {name: localize([value], cp_addresses, tmp_path)[0]
+                           for name, value in compose_env(services["console"], shell).items()}
+            assert console_env["MEGAROUTER_CONTROL_PLANE"] == f"127.0.0.1:{cp_ports['controlplane-1']}"
+            assert console_env["MEGAROUTER_CONSOLE_TOKEN"] == console_token
+            console = await start_service("console", localize(services["console"]["command"], cp_addresses,
+                                                              tmp_path), logs, env=console_env)
+            started.append(console)
+            console_check = healthcheck_argv(services["console"], CONSOLE_PORT, console.port)
+
+            async def console_healthy() -> bool:
+                return (await run(console_check))[0] == 0
+            # Ready only because the control planes installed the token compose gave them.
+            await eventually(console_healthy, timeout=30, interval=0.2, what="the console healthcheck to pass")
+            assert await console_ready(console.port) == (200, "ready\n")
+            async with session.get(f"http://127.0.0.1:{console.port}/healthz") as response:
+                assert response.status == 200
+            # A console whose token the control plane does not know never turns ready.
+            stranger = await start_service("console-wrong-token", localize(
+                services["console"]["command"], cp_addresses, tmp_path), logs,
+                env={**console_env, "MEGAROUTER_CONSOLE_TOKEN": "mr-console-not-installed-" + "w" * 24})
+            started.append(stranger)
+
+            async def refused() -> bool:
+                return await console_ready(stranger.port) == (503, "control plane: UNAUTHENTICATED\n")
+            await eventually(refused, timeout=15, interval=0.2, what="the wrong-token console's /readyz to say 503")
+            assert (await run(healthcheck_argv(services["console"], CONSOLE_PORT, stranger.port)))[0] != 0
+            await stranger.stop()
+            # An operator signs in with the admin token, as the compose file's header says.
+            client = ConsoleClient.open(f"http://127.0.0.1:{console.port}")
+            signed_in = await client.sign_in(admin_token)
+            assert signed_in.status == 303 and client.session_cookie(), signed_in.status
+            status, page = await client.page("/")
+            assert status == 200 and "Control plane unavailable" not in page, status
+
             # A control plane dies: the proxy keeps serving, and a change made through the
             # other replica (same etcd) still reaches it.
             await next(s for s in started if s.name == "controlplane-1").stop(signal.SIGKILL)
             assert await served("auto") and await served("chat")
+            # The console has only that address: it turns unready (and compose marks it
+            # unhealthy) rather than failing requests silently.
+
+            async def console_unready() -> bool:
+                return (await console_ready(console.port))[0] == 503 and not await console_healthy()
+            await eventually(console_unready, timeout=15, interval=0.2,
+                             what="the console to turn unready without its control plane")
             assert await apply_via("controlplane-2", "route: {name: after-cp-loss, tiers: [{models: [demo-small]}]}")
             await eventually(lambda: served("after-cp-loss"), timeout=30, interval=0.2,
                              what="a route created through the surviving control plane to be served")
@@ -709,6 +886,8 @@ async def test_compose_topology_runs_with_its_own_commands(compose, tmp_path):
             await eventually(lambda: served("after-etcd-loss"), timeout=30, interval=0.2,
                              what="a route written with one etcd member down to be served")
     finally:
+        if client is not None:
+            await client.close()
         for service in reversed(started):
             with contextlib.suppress(Exception):
                 await service.stop()
@@ -865,6 +1044,8 @@ def test_kubernetes_controlplane(k8s_objects):
     assert token["valueFrom"]["secretKeyRef"].get("optional") is not True, "a new store needs the token"
     proxy_token = next(v for v in container["env"] if v["name"] == "MEGAROUTER_PROXY_TOKEN")
     assert proxy_token["valueFrom"]["secretKeyRef"] == {"name": "megarouter-proxy-token", "key": "token"}
+    console_token = next(v for v in container["env"] if v["name"] == "MEGAROUTER_CONSOLE_TOKEN")
+    assert console_token["valueFrom"]["secretKeyRef"] == {"name": "megarouter-console-token", "key": "token"}
 
 
 def test_kubernetes_proxy(k8s_objects):
@@ -905,6 +1086,150 @@ def test_kubernetes_proxy(k8s_objects):
     assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]
 
 
+def test_kubernetes_console(k8s_objects):
+    configmaps = by_kind(k8s_objects, "ConfigMap")
+    deployment = by_kind(k8s_objects, "Deployment")["megarouter-console"]
+    # Two replicas: sessions live in the control plane's store, so either serves anyone.
+    assert deployment["spec"]["replicas"] >= 2
+    container = container_of(k8s_objects, "Deployment", "megarouter-console")
+    assert container["args"] == ["console"]
+    args = parse_megarouter_args(container["args"], resolved_env(container, configmaps))
+    assert host_port(args.listen) == ("0.0.0.0", CONSOLE_PORT)
+    # The control plane's Service and gRPC port (one address, in front of every ready replica).
+    service = by_kind(k8s_objects, "Service")["megarouter-controlplane"]
+    assert args.control_plane == f"{service['metadata']['name']}:{CONTROLPLANE_PORT}"
+    assert urlsplit(args.public_url).scheme in ("http", "https") and urlsplit(args.public_url).hostname
+    assert urlsplit(args.proxy_url).scheme in ("http", "https") and args.proxy_url.endswith("/v1")
+    # Probes on the container port: ready only while the control plane accepts its credential.
+    assert container["ports"] == [{"name": "http", "containerPort": CONSOLE_PORT}]
+    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    # A ClusterIP Service on 8090 in front of the console pods only.
+    console_service = by_kind(k8s_objects, "Service")["megarouter-console"]
+    assert console_service["spec"]["type"] == "ClusterIP"
+    assert [(p["port"], p["targetPort"]) for p in console_service["spec"]["ports"]] == [(CONSOLE_PORT, "http")]
+    selected = [w for w, tpl in pod_templates(k8s_objects)
+                if console_service["spec"]["selector"].items() <= tpl["metadata"]["labels"].items()]
+    assert selected == ["Deployment/megarouter-console"]
+    # Its credential comes from the Secret the control plane installs as token `console`; the
+    # OIDC client secret (SSO only) from an optional Secret, in the variable the console reads.
+    env = {v["name"]: v for v in container["env"]}
+    assert env["MEGAROUTER_CONSOLE_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "megarouter-console-token", "key": "token"}
+    controlplane = container_of(k8s_objects, "Deployment", "megarouter-controlplane")
+    assert next(v for v in controlplane["env"] if v["name"] == "MEGAROUTER_CONSOLE_TOKEN")["valueFrom"] == \
+        env["MEGAROUTER_CONSOLE_TOKEN"]["valueFrom"]
+    assert args.oidc_client_secret_env == "MEGAROUTER_OIDC_CLIENT_SECRET"
+    oidc = env[args.oidc_client_secret_env]["valueFrom"]["secretKeyRef"]
+    assert oidc["optional"] is True and oidc["name"] == "megarouter-oidc-client"
+    # Locked down exactly like the proxy.
+    proxy = by_kind(k8s_objects, "Deployment")["megarouter-proxy"]["spec"]["template"]["spec"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"] == proxy["securityContext"]
+    assert container["securityContext"] == proxy["containers"][0]["securityContext"]
+    assert pod["automountServiceAccountToken"] is False
+    pdb = by_kind(k8s_objects, "PodDisruptionBudget")["megarouter-console"]
+    assert pdb["spec"]["minAvailable"] < deployment["spec"]["replicas"], "a drain must be able to proceed"
+
+
+# A pod, or an address outside the cluster, as NetworkPolicies see it: a pod in our namespace
+# (`namespace` None) or in another namespace (its labels), or an IP address.
+Peer = dict[str, Any]
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, f"only matchLabels is evaluated here: {selector}"
+    return selector.get("matchLabels", {}).items() <= labels.items()
+
+
+def _peer_matches(rule: dict[str, Any], peer: Peer, namespace_labels: dict[str, str]) -> bool:
+    if "ipBlock" in rule:
+        if "ip" not in peer:
+            return False  # pods' addresses against ipBlocks: implementation-defined, not relied on
+        address = ipaddress.ip_address(peer["ip"])
+        networks = [ipaddress.ip_network(rule["ipBlock"]["cidr"])]
+        excepted = [ipaddress.ip_network(cidr) for cidr in rule["ipBlock"].get("except", [])]
+        return any(address.version == n.version and address in n for n in networks) and \
+            not any(address.version == n.version and address in n for n in excepted)
+    if "ip" in peer:
+        return False
+    if "namespaceSelector" in rule:
+        in_namespace = _selects(rule["namespaceSelector"], peer["namespace"] or namespace_labels)
+    else:
+        in_namespace = peer["namespace"] is None
+    return in_namespace and _selects(rule.get("podSelector", {}), peer["labels"])
+
+
+def _port_matches(rule: dict[str, Any], port: int, protocol: str) -> bool:
+    ports = rule.get("ports")
+    if not ports:
+        return True
+    for entry in ports:
+        assert isinstance(entry.get("port", 0), int), f"named ports are not evaluated here: {entry}"
+        if entry.get("protocol", "TCP") == protocol and entry.get("port") in (None, port):
+            return True
+    return False
+
+
+def network_allows(policies: list[dict[str, Any]], namespace_labels: dict[str, str], source: Peer,
+                   destination: Peer, port: int, protocol: str = "TCP") -> bool:
+    """Whether NetworkPolicies let `source` open `port` on `destination`: the source's egress
+    and the destination's ingress must both allow it (a pod no policy of that direction
+    selects is unrestricted in it; the policies only govern pods in our namespace)."""
+    def allows(pod: Peer, direction: str, other: Peer) -> bool:
+        if "ip" in pod or pod["namespace"] is not None:
+            return True
+        selecting = [p for p in policies if _selects(p["spec"]["podSelector"], pod["labels"])
+                     and direction.capitalize() in p["spec"]["policyTypes"]]
+        peers = "from" if direction == "ingress" else "to"
+        return not selecting or any(
+            _port_matches(rule, port, protocol)
+            and (peers not in rule or any(_peer_matches(peer, other, namespace_labels) for peer in rule[peers]))
+            for policy in selecting for rule in policy["spec"].get(direction, []))
+    return allows(source, "egress", destination) and allows(destination, "ingress", source)
+
+
+def test_kubernetes_network_policies(k8s_objects, kustomization):
+    policies = list(by_kind(k8s_objects, "NetworkPolicy").values())
+    namespace = {"kubernetes.io/metadata.name": kustomization["namespace"]}
+    templates = dict(pod_templates(k8s_objects))
+
+    def pod(where: str) -> Peer:
+        return {"labels": templates[where]["metadata"]["labels"], "namespace": None}
+
+    def allowed(source: Peer, destination: Peer, port: int, protocol: str = "TCP") -> bool:
+        return network_allows(policies, namespace, source, destination, port, protocol)
+
+    console, controlplane = pod("Deployment/megarouter-console"), pod("Deployment/megarouter-controlplane")
+    proxy, etcd, seed = pod("Deployment/megarouter-proxy"), pod("StatefulSet/etcd"), pod("Job/megarouter-seed")
+    ingress_controller = {"labels": {"app.kubernetes.io/name": "ingress-nginx"},
+                          "namespace": {"kubernetes.io/metadata.name": "ingress-nginx"}}
+    kube_dns = {"labels": {"k8s-app": "kube-dns"}, "namespace": {"kubernetes.io/metadata.name": "kube-system"}}
+    stranger = {"labels": {"app": "other"}, "namespace": {"kubernetes.io/metadata.name": "other"}}
+    identity_provider, identity_provider_v6 = {"ip": "203.0.113.7"}, {"ip": "2001:db8::7"}
+    # The console: browsers (through the Ingress controller) reach it on its port ...
+    assert allowed(ingress_controller, console, CONSOLE_PORT)
+    # ... and it reaches the admin API, DNS and, for SSO, the identity provider over HTTPS ...
+    assert allowed(console, controlplane, CONTROLPLANE_PORT)
+    assert allowed(console, kube_dns, 53, "UDP") and allowed(console, kube_dns, 53, "TCP")
+    assert allowed(console, identity_provider, 443) and allowed(console, identity_provider_v6, 443)
+    # ... and nothing else: not etcd, not the proxies, not plain HTTP out.
+    assert not allowed(console, etcd, 2379)
+    assert not allowed(console, proxy, PROXY_PORT)
+    assert not allowed(console, controlplane, METRICS_PORT)
+    assert not allowed(console, identity_provider, 80)
+    # The rest holds: MegaRouter's pods reach the admin API, nobody else does; only control
+    # planes (and etcd peers) reach etcd.
+    assert allowed(proxy, controlplane, CONTROLPLANE_PORT) and allowed(seed, controlplane, CONTROLPLANE_PORT)
+    assert not allowed(stranger, controlplane, CONTROLPLANE_PORT) and allowed(stranger, controlplane, METRICS_PORT)
+    assert allowed(controlplane, etcd, 2379) and allowed(etcd, etcd, 2380)
+    assert not allowed(proxy, etcd, 2379) and not allowed(stranger, etcd, 2379)
+    # The ports named are the ones the containers listen on.
+    console_ports = {p["containerPort"] for p in container_of(k8s_objects, "Deployment", "megarouter-console")["ports"]}
+    assert console_ports == {CONSOLE_PORT}
+
+
 def test_kubernetes_etcd_statefulset(k8s_objects):
     etcd = by_kind(k8s_objects, "StatefulSet")["etcd"]
     spec = etcd["spec"]
@@ -934,12 +1259,13 @@ def test_kubernetes_megarouter_containers_parse_with_the_real_cli(k8s_objects):
             if container["image"].startswith("megarouter:") and "command" not in container:
                 parse_megarouter_args(container["args"], resolved_env(container, configmaps))
                 seen.add(container["args"][0])
-    assert seen == {"controlplane", "proxy", "sim"}
+    assert seen == {"controlplane", "proxy", "sim", "console"}
 
 
 def test_secret_example_holds_only_placeholders(kustomization):
     secrets = load_yaml_documents(K8S / "secret.example.yaml")
     assert {s["metadata"]["name"] for s in secrets} == {"megarouter-admin-token", "megarouter-proxy-token",
+                                                        "megarouter-console-token", "megarouter-oidc-client",
                                                         "megarouter-provider-keys"}
     for secret in secrets:
         assert secret["kind"] == "Secret" and "data" not in secret
@@ -1154,7 +1480,9 @@ def test_readme_documents_the_commands_and_files():
     for needle in ("docker build -f deploy/Dockerfile", "docker compose -f deploy/docker-compose.yml",
                    "kubectl apply -k deploy/kubernetes", "MEGAROUTER_ADMIN_TOKEN", "megarouter-provider-keys",
                    "megarouter-admin-token", "MEGAROUTER_PROXY_TOKEN", "megarouter-proxy-token",
-                   "kubernetes-validate"):
+                   "MEGAROUTER_CONSOLE_TOKEN", "megarouter-console-token", "megarouter-oidc-client",
+                   "MEGAROUTER_OIDC_CLIENT_SECRET", "MEGAROUTER_SSO_CONFIG", "MEGAROUTER_CONSOLE_PUBLIC_URL",
+                   "http://127.0.0.1:8090", "port-forward svc/megarouter-console", "kubernetes-validate"):
         assert needle in text, f"deploy/README.md does not mention {needle}"
     # Every deploy/ path it names exists.
     named = set(re.findall(r"deploy/(?:[\w-]+/)*(?:[\w-]+\.[\w.]+|Dockerfile)", text))

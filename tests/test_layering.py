@@ -1,5 +1,6 @@
-"""Layering: megarouter/ is the base the two planes stand on, so it imports neither, and the
-planes do not import each other.
+"""Layering: megarouter/ is the base the two planes and the console stand on, so it imports
+none of them; the planes do not import each other; and the console — a client of the admin
+API like megarouterctl — imports neither plane, nor does either plane import it.
 
 Checked on the source with `ast`, so an import inside a function counts as much as one at the
 top of a module. An import is an `import`/`from ... import` statement, an
@@ -85,9 +86,10 @@ def _sources(package: str) -> list[Path]:
 
 
 @pytest.mark.parametrize(("package", "forbidden"), [
-    ("megarouter", PLANES),
-    ("controlplane", ("dataplane",)),
-    ("dataplane", ("controlplane",)),
+    ("megarouter", (*PLANES, "console")),
+    ("controlplane", ("dataplane", "console")),
+    ("dataplane", ("controlplane", "console")),
+    ("console", PLANES),
 ])
 def test_no_layer_imports_what_stands_beside_or_on_it(package: str, forbidden: tuple[str, ...]) -> None:
     files = _sources(package)

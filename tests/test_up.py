@@ -23,7 +23,7 @@ DEV_KEY = "sk-mr-dev-test-key-0123456789"
 async def test_up_serves_the_openai_sdk_and_stops_cleanly(tmp_path) -> None:
     up = await start_service("up", [
         "up", "--data-dir", str(tmp_path / "data"), "--admin-listen", "127.0.0.1:0",
-        "--proxy-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+        "--proxy-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--console-listen", "127.0.0.1:0",
     ], tmp_path / "logs", env={"MEGAROUTER_DEV_KEY": DEV_KEY})
     try:
         client = openai.AsyncOpenAI(base_url=up.ready["base_url"], api_key=DEV_KEY, max_retries=0)
@@ -44,13 +44,31 @@ async def test_up_serves_the_openai_sdk_and_stops_cleanly(tmp_path) -> None:
                                                messages=[{"role": "user", "content": "hello"}])
         assert message.content[0].text and message.stop_reason == "end_turn"
         await claude.close()
+        await _console_signs_in_with_the_printed_token(up.ready["console"], tmp_path / "data" / "admin-token")
         children = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(p) == up.process.pid]
-        assert len(children) == 5  # three simulators, control plane, proxy
+        assert len(children) == 6  # three simulators, control plane, proxy, console
     finally:
         code = await up.stop(signal.SIGINT)
     assert code == 0
     # Ctrl-C took every child with it.
     assert [pid for pid in children if os.path.exists(f"/proc/{pid}")] == []
+
+
+async def _console_signs_in_with_the_printed_token(console_url: str, token_file) -> None:
+    """The banner's console URL serves the sign-in page, and the token `up` points at signs in.
+    (The browser tests drive the console itself; this checks `up` wires it.)"""
+    token = os.environ["MEGAROUTER_ADMIN_TOKEN"] or token_file.read_text().strip()
+    # unsafe=True: keep cookies from an IP-address host (aiohttp's jar drops them by default).
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with http.get(console_url + "/signin") as page:
+            assert page.status == 200
+            html = await page.text()
+        csrf = html.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        async with http.post(console_url + "/signin/token", data={"csrf": csrf, "token": token, "next": "/keys"},
+                             allow_redirects=False) as signed_in:
+            assert signed_in.status == 303 and signed_in.headers["Location"] == "/keys"
+        async with http.get(console_url + "/keys") as keys:
+            assert keys.status == 200 and 'data-key="dev"' in await keys.text()
 
 
 async def test_up_runs_replicated_control_planes_on_etcd(tmp_path) -> None:
@@ -60,7 +78,7 @@ async def test_up_runs_replicated_control_planes_on_etcd(tmp_path) -> None:
     try:
         up = await start_service("up-ha", [
             "up", "--data-dir", str(tmp_path / "data"), "--admin-listen", "127.0.0.1:0",
-            "--proxy-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+            "--proxy-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--console-listen", "127.0.0.1:0",
             "--store", f"etcd://{cluster.endpoints[0]}/up-test", "--controlplanes", "2",
         ], tmp_path / "logs", env={"MEGAROUTER_DEV_KEY": DEV_KEY, "MEGAROUTER_ADMIN_TOKEN": ""})
         try:

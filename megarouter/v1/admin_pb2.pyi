@@ -93,7 +93,14 @@ class ListBudgetsResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[_routing_pb2.Budget, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class BudgetStatus(_message.Message):
-    __slots__ = ("budget", "window", "limit", "spent", "leased", "used_ratio", "alerts_crossed", "resets_at_unix_ms", "unit", "action")
+    __slots__ = ("budget", "window", "limit", "spent", "leased", "used_ratio", "alerts_crossed", "resets_at_unix_ms", "unit", "action", "leased_by_proxy")
+    class LeasedByProxyEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     BUDGET_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +111,7 @@ class BudgetStatus(_message.Message):
     RESETS_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     UNIT_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
+    LEASED_BY_PROXY_FIELD_NUMBER: _ClassVar[int]
     budget: str
     window: str
     limit: float
@@ -114,7 +122,8 @@ class BudgetStatus(_message.Message):
     resets_at_unix_ms: int
     unit: str
     action: str
-    def __init__(self, budget: _Optional[str] = ..., window: _Optional[str] = ..., limit: _Optional[float] = ..., spent: _Optional[float] = ..., leased: _Optional[float] = ..., used_ratio: _Optional[float] = ..., alerts_crossed: _Optional[_Iterable[float]] = ..., resets_at_unix_ms: _Optional[int] = ..., unit: _Optional[str] = ..., action: _Optional[str] = ...) -> None: ...
+    leased_by_proxy: _containers.ScalarMap[str, float]
+    def __init__(self, budget: _Optional[str] = ..., window: _Optional[str] = ..., limit: _Optional[float] = ..., spent: _Optional[float] = ..., leased: _Optional[float] = ..., used_ratio: _Optional[float] = ..., alerts_crossed: _Optional[_Iterable[float]] = ..., resets_at_unix_ms: _Optional[int] = ..., unit: _Optional[str] = ..., action: _Optional[str] = ..., leased_by_proxy: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class ListBudgetStatusResponse(_message.Message):
     __slots__ = ("items",)
@@ -237,16 +246,18 @@ class ListAdminTokensResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[AdminToken, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class RoleBinding(_message.Message):
-    __slots__ = ("name", "token", "role", "scope")
+    __slots__ = ("name", "token", "role", "scope", "user")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
     name: str
     token: str
     role: str
     scope: str
-    def __init__(self, name: _Optional[str] = ..., token: _Optional[str] = ..., role: _Optional[str] = ..., scope: _Optional[str] = ...) -> None: ...
+    user: str
+    def __init__(self, name: _Optional[str] = ..., token: _Optional[str] = ..., role: _Optional[str] = ..., scope: _Optional[str] = ..., user: _Optional[str] = ...) -> None: ...
 
 class ListRoleBindingsResponse(_message.Message):
     __slots__ = ("items", "revision")
@@ -261,14 +272,98 @@ class WhoAmIRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WhoAmIResponse(_message.Message):
-    __slots__ = ("token", "bindings", "permissions")
+    __slots__ = ("token", "bindings", "permissions", "user", "display_name", "session_expires_at_unix_ms")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     BINDINGS_FIELD_NUMBER: _ClassVar[int]
     PERMISSIONS_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    SESSION_EXPIRES_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     token: str
     bindings: _containers.RepeatedCompositeFieldContainer[RoleBinding]
     permissions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, token: _Optional[str] = ..., bindings: _Optional[_Iterable[_Union[RoleBinding, _Mapping]]] = ..., permissions: _Optional[_Iterable[str]] = ...) -> None: ...
+    user: str
+    display_name: str
+    session_expires_at_unix_ms: int
+    def __init__(self, token: _Optional[str] = ..., bindings: _Optional[_Iterable[_Union[RoleBinding, _Mapping]]] = ..., permissions: _Optional[_Iterable[str]] = ..., user: _Optional[str] = ..., display_name: _Optional[str] = ..., session_expires_at_unix_ms: _Optional[int] = ...) -> None: ...
+
+class User(_message.Message):
+    __slots__ = ("email", "display_name", "disabled", "created_at_unix_ms", "created_by")
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    DISABLED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    email: str
+    display_name: str
+    disabled: bool
+    created_at_unix_ms: int
+    created_by: str
+    def __init__(self, email: _Optional[str] = ..., display_name: _Optional[str] = ..., disabled: _Optional[bool] = ..., created_at_unix_ms: _Optional[int] = ..., created_by: _Optional[str] = ...) -> None: ...
+
+class ListUsersResponse(_message.Message):
+    __slots__ = ("items", "revision")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[User]
+    revision: int
+    def __init__(self, items: _Optional[_Iterable[_Union[User, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class CreateSessionRequest(_message.Message):
+    __slots__ = ("ttl_s",)
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    ttl_s: int
+    def __init__(self, ttl_s: _Optional[int] = ...) -> None: ...
+
+class ExchangeIdTokenRequest(_message.Message):
+    __slots__ = ("id_token", "nonce", "ttl_s")
+    ID_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    id_token: str
+    nonce: str
+    ttl_s: int
+    def __init__(self, id_token: _Optional[str] = ..., nonce: _Optional[str] = ..., ttl_s: _Optional[int] = ...) -> None: ...
+
+class SessionResponse(_message.Message):
+    __slots__ = ("secret", "expires_at_unix_ms", "idle_timeout_s", "user", "token", "signed_up")
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    IDLE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_UP_FIELD_NUMBER: _ClassVar[int]
+    secret: str
+    expires_at_unix_ms: int
+    idle_timeout_s: int
+    user: str
+    token: str
+    signed_up: bool
+    def __init__(self, secret: _Optional[str] = ..., expires_at_unix_ms: _Optional[int] = ..., idle_timeout_s: _Optional[int] = ..., user: _Optional[str] = ..., token: _Optional[str] = ..., signed_up: _Optional[bool] = ...) -> None: ...
+
+class EndSessionRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class EndSessionResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetSignInOptionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SignInOptions(_message.Message):
+    __slots__ = ("sso_enabled", "issuer", "client_id", "scopes")
+    SSO_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SCOPES_FIELD_NUMBER: _ClassVar[int]
+    sso_enabled: bool
+    issuer: str
+    client_id: str
+    scopes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, sso_enabled: _Optional[bool] = ..., issuer: _Optional[str] = ..., client_id: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListProxiesRequest(_message.Message):
     __slots__ = ()
@@ -311,6 +406,32 @@ class GetRoutingTableRequest(_message.Message):
 class GetFleetHealthRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class GetFleetHealthHistoryRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class EndpointHealthSeries(_message.Message):
+    __slots__ = ("endpoint", "at_unix_ms", "success_rate", "latency_ms", "requests")
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_RATE_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    endpoint: str
+    at_unix_ms: _containers.RepeatedScalarFieldContainer[int]
+    success_rate: _containers.RepeatedScalarFieldContainer[float]
+    latency_ms: _containers.RepeatedScalarFieldContainer[float]
+    requests: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, endpoint: _Optional[str] = ..., at_unix_ms: _Optional[_Iterable[int]] = ..., success_rate: _Optional[_Iterable[float]] = ..., latency_ms: _Optional[_Iterable[float]] = ..., requests: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class FleetHealthHistory(_message.Message):
+    __slots__ = ("step_s", "endpoints")
+    STEP_S_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    step_s: float
+    endpoints: _containers.RepeatedCompositeFieldContainer[EndpointHealthSeries]
+    def __init__(self, step_s: _Optional[float] = ..., endpoints: _Optional[_Iterable[_Union[EndpointHealthSeries, _Mapping]]] = ...) -> None: ...
 
 class ListControlPlanesRequest(_message.Message):
     __slots__ = ()
@@ -359,7 +480,7 @@ class QueryUsageRequest(_message.Message):
     def __init__(self, node: _Optional[str] = ..., key: _Optional[str] = ..., since_unix_ms: _Optional[int] = ..., until_unix_ms: _Optional[int] = ..., group_by: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UsageRow(_message.Message):
-    __slots__ = ("dimensions", "requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd")
+    __slots__ = ("dimensions", "requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd", "latency_p50_ms", "latency_p99_ms")
     class DimensionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -373,13 +494,17 @@ class UsageRow(_message.Message):
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COST_USD_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P99_MS_FIELD_NUMBER: _ClassVar[int]
     dimensions: _containers.ScalarMap[str, str]
     requests: int
     errors: int
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float
-    def __init__(self, dimensions: _Optional[_Mapping[str, str]] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cost_usd: _Optional[float] = ...) -> None: ...
+    latency_p50_ms: float
+    latency_p99_ms: float
+    def __init__(self, dimensions: _Optional[_Mapping[str, str]] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cost_usd: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ...) -> None: ...
 
 class QueryUsageResponse(_message.Message):
     __slots__ = ("rows",)

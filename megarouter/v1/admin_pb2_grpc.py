@@ -216,6 +216,46 @@ class AdminStub:
                 request_serializer=megarouter_dot_v1_dot_admin__pb2.WhoAmIRequest.SerializeToString,
                 response_deserializer=megarouter_dot_v1_dot_admin__pb2.WhoAmIResponse.FromString,
                 _registered_method=True)
+        self.PutUser = channel.unary_unary(
+                '/megarouter.v1.Admin/PutUser',
+                request_serializer=megarouter_dot_v1_dot_admin__pb2.User.SerializeToString,
+                response_deserializer=megarouter_dot_v1_dot_admin__pb2.PutResponse.FromString,
+                _registered_method=True)
+        self.GetUser = channel.unary_unary(
+                '/megarouter.v1.Admin/GetUser',
+                request_serializer=megarouter_dot_v1_dot_admin__pb2.GetRequest.SerializeToString,
+                response_deserializer=megarouter_dot_v1_dot_admin__pb2.User.FromString,
+                _registered_method=True)
+        self.ListUsers = channel.unary_unary(
+                '/megarouter.v1.Admin/ListUsers',
+                request_serializer=megarouter_dot_v1_dot_admin__pb2.ListRequest.SerializeToString,
+                response_deserializer=megarouter_dot_v1_dot_admin__pb2.ListUsersResponse.FromString,
+                _registered_method=True)
+        self.DeleteUser = channel.unary_unary(
+                '/megarouter.v1.Admin/DeleteUser',
+                request_serializer=megarouter_dot_v1_dot_admin__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=megarouter_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
+                _registered_method=True)
+        self.CreateSession = channel.unary_unary(
+                '/megarouter.v1.Admin/CreateSession',
+                request_serializer=megarouter_dot_v1_dot_admin__pb2.CreateSessionRequest.SerializeToString,
+                response_deserializer=megarouter_dot_v1_dot_admin__pb2.SessionResponse.FromString,
+                _registered_method=True)
+        self.ExchangeIdToken = channel.unary_unary(
+                '/megarouter.v1.Admin/ExchangeIdToken',
+                request_serializer=megarouter_dot_v1_dot_admin__pb2.ExchangeIdTokenRequest.SerializeToString,
+                response_deserializer=megarouter_dot_v1_dot_admin__pb2.SessionResponse.FromString,
+                _registered_method=True)
+        self.EndSession = channel.unary_unary(
+                '/megarouter.v1.Admin/EndSession',
+                request_serializer=megarouter_dot_v1_dot_admin__pb2.EndSessionRequest.SerializeToString,
+                response_deserializer=megarouter_dot_v1_dot_admin__pb2.EndSessionResponse.FromString,
+                _registered_method=True)
+        self.GetSignInOptions = channel.unary_unary(
+                '/megarouter.v1.Admin/GetSignInOptions',
+                request_serializer=megarouter_dot_v1_dot_admin__pb2.GetSignInOptionsRequest.SerializeToString,
+                response_deserializer=megarouter_dot_v1_dot_admin__pb2.SignInOptions.FromString,
+                _registered_method=True)
         self.GetDefaults = channel.unary_unary(
                 '/megarouter.v1.Admin/GetDefaults',
                 request_serializer=megarouter_dot_v1_dot_admin__pb2.GetDefaultsRequest.SerializeToString,
@@ -235,6 +275,11 @@ class AdminStub:
                 '/megarouter.v1.Admin/GetFleetHealth',
                 request_serializer=megarouter_dot_v1_dot_admin__pb2.GetFleetHealthRequest.SerializeToString,
                 response_deserializer=megarouter_dot_v1_dot_discovery__pb2.FleetHealth.FromString,
+                _registered_method=True)
+        self.GetFleetHealthHistory = channel.unary_unary(
+                '/megarouter.v1.Admin/GetFleetHealthHistory',
+                request_serializer=megarouter_dot_v1_dot_admin__pb2.GetFleetHealthHistoryRequest.SerializeToString,
+                response_deserializer=megarouter_dot_v1_dot_admin__pb2.FleetHealthHistory.FromString,
                 _registered_method=True)
         self.ListControlPlanes = channel.unary_unary(
                 '/megarouter.v1.Admin/ListControlPlanes',
@@ -476,6 +521,64 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutUser(self, request, context):
+        """People. A user (keyed by email) holds role bindings like a token does, and acts
+        through short-lived sessions only: there is no user secret to leak.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUser(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUsers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteUser(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateSession(self, request, context):
+        """Sessions: short-lived credentials the console acts with, one per signed-in person.
+        CreateSession trades the caller's own operator token for a session with the same
+        rights (token sign-in). ExchangeIdToken trades an OIDC ID token, which the control
+        plane verifies against the issuer itself, for a session of the user it names —
+        creating that user on a first sign-in where self-service sign-up is on; only a
+        `console` credential may call it, and that credential can do nothing else.
+        EndSession ends the session the call is made with (sign-out).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExchangeIdToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EndSession(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSignInOptions(self, request, context):
+        """What the console needs to offer single sign-on: the issuer and client id (no secret).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetDefaults(self, request, context):
         """Fleet-wide defaults (strategy, balanced weights).
         """
@@ -498,6 +601,13 @@ class AdminServicer:
 
     def GetFleetHealth(self, request, context):
         """The fleet-wide health view (what proxies receive).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFleetHealthHistory(self, request, context):
+        """The last half hour of that view, one point per step, per endpoint (for sparklines).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -708,6 +818,46 @@ def add_AdminServicer_to_server(servicer, server):
                     request_deserializer=megarouter_dot_v1_dot_admin__pb2.WhoAmIRequest.FromString,
                     response_serializer=megarouter_dot_v1_dot_admin__pb2.WhoAmIResponse.SerializeToString,
             ),
+            'PutUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutUser,
+                    request_deserializer=megarouter_dot_v1_dot_admin__pb2.User.FromString,
+                    response_serializer=megarouter_dot_v1_dot_admin__pb2.PutResponse.SerializeToString,
+            ),
+            'GetUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUser,
+                    request_deserializer=megarouter_dot_v1_dot_admin__pb2.GetRequest.FromString,
+                    response_serializer=megarouter_dot_v1_dot_admin__pb2.User.SerializeToString,
+            ),
+            'ListUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUsers,
+                    request_deserializer=megarouter_dot_v1_dot_admin__pb2.ListRequest.FromString,
+                    response_serializer=megarouter_dot_v1_dot_admin__pb2.ListUsersResponse.SerializeToString,
+            ),
+            'DeleteUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteUser,
+                    request_deserializer=megarouter_dot_v1_dot_admin__pb2.DeleteRequest.FromString,
+                    response_serializer=megarouter_dot_v1_dot_admin__pb2.DeleteResponse.SerializeToString,
+            ),
+            'CreateSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSession,
+                    request_deserializer=megarouter_dot_v1_dot_admin__pb2.CreateSessionRequest.FromString,
+                    response_serializer=megarouter_dot_v1_dot_admin__pb2.SessionResponse.SerializeToString,
+            ),
+            'ExchangeIdToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExchangeIdToken,
+                    request_deserializer=megarouter_dot_v1_dot_admin__pb2.ExchangeIdTokenRequest.FromString,
+                    response_serializer=megarouter_dot_v1_dot_admin__pb2.SessionResponse.SerializeToString,
+            ),
+            'EndSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.EndSession,
+                    request_deserializer=megarouter_dot_v1_dot_admin__pb2.EndSessionRequest.FromString,
+                    response_serializer=megarouter_dot_v1_dot_admin__pb2.EndSessionResponse.SerializeToString,
+            ),
+            'GetSignInOptions': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSignInOptions,
+                    request_deserializer=megarouter_dot_v1_dot_admin__pb2.GetSignInOptionsRequest.FromString,
+                    response_serializer=megarouter_dot_v1_dot_admin__pb2.SignInOptions.SerializeToString,
+            ),
             'GetDefaults': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDefaults,
                     request_deserializer=megarouter_dot_v1_dot_admin__pb2.GetDefaultsRequest.FromString,
@@ -727,6 +877,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetFleetHealth,
                     request_deserializer=megarouter_dot_v1_dot_admin__pb2.GetFleetHealthRequest.FromString,
                     response_serializer=megarouter_dot_v1_dot_discovery__pb2.FleetHealth.SerializeToString,
+            ),
+            'GetFleetHealthHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFleetHealthHistory,
+                    request_deserializer=megarouter_dot_v1_dot_admin__pb2.GetFleetHealthHistoryRequest.FromString,
+                    response_serializer=megarouter_dot_v1_dot_admin__pb2.FleetHealthHistory.SerializeToString,
             ),
             'ListControlPlanes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListControlPlanes,
@@ -1727,6 +1882,222 @@ class Admin:
             _registered_method=True)
 
     @staticmethod
+    def PutUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/megarouter.v1.Admin/PutUser',
+            megarouter_dot_v1_dot_admin__pb2.User.SerializeToString,
+            megarouter_dot_v1_dot_admin__pb2.PutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/megarouter.v1.Admin/GetUser',
+            megarouter_dot_v1_dot_admin__pb2.GetRequest.SerializeToString,
+            megarouter_dot_v1_dot_admin__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/megarouter.v1.Admin/ListUsers',
+            megarouter_dot_v1_dot_admin__pb2.ListRequest.SerializeToString,
+            megarouter_dot_v1_dot_admin__pb2.ListUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/megarouter.v1.Admin/DeleteUser',
+            megarouter_dot_v1_dot_admin__pb2.DeleteRequest.SerializeToString,
+            megarouter_dot_v1_dot_admin__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/megarouter.v1.Admin/CreateSession',
+            megarouter_dot_v1_dot_admin__pb2.CreateSessionRequest.SerializeToString,
+            megarouter_dot_v1_dot_admin__pb2.SessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExchangeIdToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/megarouter.v1.Admin/ExchangeIdToken',
+            megarouter_dot_v1_dot_admin__pb2.ExchangeIdTokenRequest.SerializeToString,
+            megarouter_dot_v1_dot_admin__pb2.SessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/megarouter.v1.Admin/EndSession',
+            megarouter_dot_v1_dot_admin__pb2.EndSessionRequest.SerializeToString,
+            megarouter_dot_v1_dot_admin__pb2.EndSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSignInOptions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/megarouter.v1.Admin/GetSignInOptions',
+            megarouter_dot_v1_dot_admin__pb2.GetSignInOptionsRequest.SerializeToString,
+            megarouter_dot_v1_dot_admin__pb2.SignInOptions.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetDefaults(request,
             target,
             options=(),
@@ -1824,6 +2195,33 @@ class Admin:
             '/megarouter.v1.Admin/GetFleetHealth',
             megarouter_dot_v1_dot_admin__pb2.GetFleetHealthRequest.SerializeToString,
             megarouter_dot_v1_dot_discovery__pb2.FleetHealth.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFleetHealthHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/megarouter.v1.Admin/GetFleetHealthHistory',
+            megarouter_dot_v1_dot_admin__pb2.GetFleetHealthHistoryRequest.SerializeToString,
+            megarouter_dot_v1_dot_admin__pb2.FleetHealthHistory.FromString,
             options,
             channel_credentials,
             insecure,

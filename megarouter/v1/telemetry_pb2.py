@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from megarouter.v1 import discovery_pb2 as megarouter_dot_v1_dot_discovery__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmegarouter/v1/telemetry.proto\x12\rmegarouter.v1\x1a\x1dmegarouter/v1/discovery.proto\"\xdc\x02\n\rEndpointStats\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x04\x12\x11\n\tsuccesses\x18\x03 \x01(\x04\x12H\n\x0f\x65rrors_by_class\x18\x04 \x03(\x0b\x32/.megarouter.v1.EndpointStats.ErrorsByClassEntry\x12\x16\n\x0elatency_ms_sum\x18\x05 \x01(\x01\x12\x13\n\x0bttft_ms_sum\x18\x06 \x01(\x01\x12\x12\n\nttft_count\x18\x07 \x01(\x04\x12\x15\n\rprompt_tokens\x18\x08 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\t \x01(\x04\x12\x10\n\x08\x63ost_usd\x18\n \x01(\x01\x12\x0f\n\x07\x65jected\x18\x0b \x01(\x08\x1a\x34\n\x12\x45rrorsByClassEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xb9\x01\n\x0bUsageRecord\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\r\n\x05route\x18\x04 \x01(\t\x12\x0b\n\x03\x64\x61y\x18\x05 \x01(\t\x12\x10\n\x08requests\x18\x06 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x07 \x01(\x04\x12\x15\n\rprompt_tokens\x18\x08 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\t \x01(\x04\x12\x10\n\x08\x63ost_usd\x18\n \x01(\x01\"\xa1\x01\n\x0bStatsReport\x12!\n\x04node\x18\x01 \x01(\x0b\x32\x13.megarouter.v1.Node\x12\x13\n\x0binterval_ms\x18\x02 \x01(\x04\x12/\n\tendpoints\x18\x03 \x03(\x0b\x32\x1c.megarouter.v1.EndpointStats\x12)\n\x05usage\x18\x04 \x03(\x0b\x32\x1a.megarouter.v1.UsageRecord\"$\n\x08StatsAck\x12\x18\n\x10reports_received\x18\x01 \x01(\x04\x32Q\n\tTelemetry\x12\x44\n\x0bReportStats\x12\x1a.megarouter.v1.StatsReport\x1a\x17.megarouter.v1.StatsAck(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmegarouter/v1/telemetry.proto\x12\rmegarouter.v1\x1a\x1dmegarouter/v1/discovery.proto\"\xdc\x02\n\rEndpointStats\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x04\x12\x11\n\tsuccesses\x18\x03 \x01(\x04\x12H\n\x0f\x65rrors_by_class\x18\x04 \x03(\x0b\x32/.megarouter.v1.EndpointStats.ErrorsByClassEntry\x12\x16\n\x0elatency_ms_sum\x18\x05 \x01(\x01\x12\x13\n\x0bttft_ms_sum\x18\x06 \x01(\x01\x12\x12\n\nttft_count\x18\x07 \x01(\x04\x12\x15\n\rprompt_tokens\x18\x08 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\t \x01(\x04\x12\x10\n\x08\x63ost_usd\x18\n \x01(\x01\x12\x0f\n\x07\x65jected\x18\x0b \x01(\x08\x1a\x34\n\x12\x45rrorsByClassEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xd5\x01\n\x0bUsageRecord\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\r\n\x05route\x18\x04 \x01(\t\x12\x0b\n\x03\x64\x61y\x18\x05 \x01(\t\x12\x10\n\x08requests\x18\x06 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x07 \x01(\x04\x12\x15\n\rprompt_tokens\x18\x08 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\t \x01(\x04\x12\x10\n\x08\x63ost_usd\x18\n \x01(\x01\x12\x1a\n\x12latency_ms_buckets\x18\x0b \x03(\x04\"\xa1\x01\n\x0bStatsReport\x12!\n\x04node\x18\x01 \x01(\x0b\x32\x13.megarouter.v1.Node\x12\x13\n\x0binterval_ms\x18\x02 \x01(\x04\x12/\n\tendpoints\x18\x03 \x03(\x0b\x32\x1c.megarouter.v1.EndpointStats\x12)\n\x05usage\x18\x04 \x03(\x0b\x32\x1a.megarouter.v1.UsageRecord\"$\n\x08StatsAck\x12\x18\n\x10reports_received\x18\x01 \x01(\x04\x32Q\n\tTelemetry\x12\x44\n\x0bReportStats\x12\x1a.megarouter.v1.StatsReport\x1a\x17.megarouter.v1.StatsAck(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,11 +39,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENDPOINTSTATS_ERRORSBYCLASSENTRY']._serialized_start=376
   _globals['_ENDPOINTSTATS_ERRORSBYCLASSENTRY']._serialized_end=428
   _globals['_USAGERECORD']._serialized_start=431
-  _globals['_USAGERECORD']._serialized_end=616
-  _globals['_STATSREPORT']._serialized_start=619
-  _globals['_STATSREPORT']._serialized_end=780
-  _globals['_STATSACK']._serialized_start=782
-  _globals['_STATSACK']._serialized_end=818
-  _globals['_TELEMETRY']._serialized_start=820
-  _globals['_TELEMETRY']._serialized_end=901
+  _globals['_USAGERECORD']._serialized_end=644
+  _globals['_STATSREPORT']._serialized_start=647
+  _globals['_STATSREPORT']._serialized_end=808
+  _globals['_STATSACK']._serialized_start=810
+  _globals['_STATSACK']._serialized_end=846
+  _globals['_TELEMETRY']._serialized_start=848
+  _globals['_TELEMETRY']._serialized_end=929
 # @@protoc_insertion_point(module_scope)

@@ -41,7 +41,7 @@ class EndpointStats(_message.Message):
     def __init__(self, endpoint: _Optional[str] = ..., requests: _Optional[int] = ..., successes: _Optional[int] = ..., errors_by_class: _Optional[_Mapping[str, int]] = ..., latency_ms_sum: _Optional[float] = ..., ttft_ms_sum: _Optional[float] = ..., ttft_count: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cost_usd: _Optional[float] = ..., ejected: _Optional[bool] = ...) -> None: ...
 
 class UsageRecord(_message.Message):
-    __slots__ = ("key", "node", "model", "route", "day", "requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd")
+    __slots__ = ("key", "node", "model", "route", "day", "requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd", "latency_ms_buckets")
     KEY_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class UsageRecord(_message.Message):
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COST_USD_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_BUCKETS_FIELD_NUMBER: _ClassVar[int]
     key: str
     node: str
     model: str
@@ -62,7 +63,8 @@ class UsageRecord(_message.Message):
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float
-    def __init__(self, key: _Optional[str] = ..., node: _Optional[str] = ..., model: _Optional[str] = ..., route: _Optional[str] = ..., day: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cost_usd: _Optional[float] = ...) -> None: ...
+    latency_ms_buckets: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, key: _Optional[str] = ..., node: _Optional[str] = ..., model: _Optional[str] = ..., route: _Optional[str] = ..., day: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cost_usd: _Optional[float] = ..., latency_ms_buckets: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class StatsReport(_message.Message):
     __slots__ = ("node", "interval_ms", "endpoints", "usage")
