@@ -15,12 +15,13 @@ from typing import Any
 import yaml
 from aiohttp import web
 from google.protobuf.message import Message
+from pydantic import ValidationError
 
 from console import usage_view, whatif
 from console.admin import AdminError
 from console.app import admin_call, render, state_of
 from megarouter.manifest import ManifestError, parse_manifest
-from megarouter.resources import proto_to_dict
+from megarouter.resources import PROTO_TYPES, proto_to_dict, resource_to_proto, validation_message
 from megarouter.v1 import admin_pb2, routing_pb2
 
 STRATEGIES = ("unspecified", "balanced", "cost", "latency", "availability")
@@ -50,6 +51,8 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/org", org_page)
     r.add_post("/org/nodes", put_node)
     r.add_post("/org/people", invite_person)
+    r.add_post("/org/bindings", grant_role)
+    r.add_post("/org/bindings/{name}/delete", revoke_role)
     r.add_get("/whatif", whatif_page)
     r.add_post("/whatif", run_whatif)
 
@@ -275,6 +278,18 @@ def _manifest_yaml(kind: str, message: Message) -> str:
     return yaml.safe_dump({kind: proto_to_dict(message)}, sort_keys=False)
 
 
+# The resource model the control plane validates each manifest kind with (megarouter.resources).
+_MODELS = {model_type: model for model, model_type in PROTO_TYPES.items()}
+
+
+def _normalised(resource) -> Message:
+    """The resource as the control plane would store it — validated by the same model, unset
+    fields at their defaults — so a preview's diff shows real changes only. ValidationError
+    names the field, as the admin API would."""
+    model = _MODELS[type(resource.message)]
+    return resource_to_proto(model.model_validate(proto_to_dict(resource.message)), type(resource.message))
+
+
 async def edit_yaml_page(request: web.Request) -> web.Response:
     name = request.query.get("route", "")
     text = ""
@@ -313,11 +328,17 @@ async def edit_yaml(request: web.Request) -> web.Response:
     if not resources:
         return render(request, "edit_yaml.html", status=400, text=text, diff=None, error="the editor is empty",
                       applied=[], route=route)
+    try:
+        normalised = [_normalised(resource) for resource in resources]
+    except ValidationError as exc:
+        failed = next(r for r in resources if _fails(r))
+        return render(request, "edit_yaml.html", status=400, text=text, diff=None, applied=[], route=route,
+                      error=f"{failed.source}: {validation_message(failed.type.singular, exc)}")
     if action != "apply":
         chunks = []
-        for resource in resources:
+        for resource, message in zip(resources, normalised, strict=True):
             before = await _current_yaml(request, resource)
-            after = _manifest_yaml(resource.type.singular, resource.message)
+            after = _manifest_yaml(resource.type.singular, message)
             label = f"{resource.type.singular} {resource.name}"
             chunks.append("".join(difflib.unified_diff(before.splitlines(True), after.splitlines(True),
                                                        f"{label} (stored)", f"{label} (edited)"))
@@ -335,6 +356,14 @@ async def edit_yaml(request: web.Request) -> web.Response:
         outcome = "created" if result.created else "configured" if result.changed else "unchanged"
         applied.append(f"{resource.type.singular} {resource.name}: {outcome} (revision {result.revision})")
     return render(request, "edit_yaml.html", text=text, diff=None, error="", applied=applied, route=route)
+
+
+def _fails(resource) -> bool:
+    try:
+        _normalised(resource)
+    except ValidationError:
+        return True
+    return False
 
 
 # --------------------------------------------------------------------- fleet
@@ -408,8 +437,7 @@ async def invite_person(request: web.Request) -> web.Response:
     form = await request.post()
     email = str(form.get("email", "")).strip().lower()
     role, scope = str(form.get("role", "")), str(form.get("scope", "")).strip()
-    local = re.sub(r"[^a-z0-9-]+", "-", email.partition("@")[0]).strip("-") or "user"
-    binding_name = f"{local}-{role}-{scope or 'all'}"[:63].rstrip("-._")
+    binding_name = _binding_name(email, role, scope)
     try:
         user = admin_pb2.User(email=email, display_name=str(form.get("display_name", "")).strip())
         await admin_call(request, "PutUser", user)
@@ -421,6 +449,34 @@ async def invite_person(request: web.Request) -> web.Response:
         raise
     raise web.HTTPSeeOther("/org")
 
+
+
+def _binding_name(subject: str, role: str, scope: str) -> str:
+    local = re.sub(r"[^a-z0-9-]+", "-", subject.partition("@")[0].lower()).strip("-") or "subject"
+    return f"{local}-{role}-{scope or 'all'}"[:63].rstrip("-._")
+
+
+async def grant_role(request: web.Request) -> web.Response:
+    """Bind a role to a user or a token over a node's subtree (or everything)."""
+    form = await request.post()
+    kind, _, subject = str(form.get("subject", "")).partition(":")
+    role, scope = str(form.get("role", "")), str(form.get("scope", "")).strip()
+    if kind not in ("user", "token") or not subject:
+        return await org_page(request, form_error="subject: choose a person or a token", status=400)
+    binding = admin_pb2.RoleBinding(name=_binding_name(subject, role, scope), role=role, scope=scope,
+                                    **{kind: subject})
+    try:
+        await admin_call(request, "PutRoleBinding", binding)
+    except AdminError as exc:
+        if exc.invalid or exc.denied:
+            return await org_page(request, form_error=exc.message, status=403 if exc.denied else 400)
+        raise
+    raise web.HTTPSeeOther("/org#h-bindings")
+
+
+async def revoke_role(request: web.Request) -> web.Response:
+    await admin_call(request, "DeleteRoleBinding", admin_pb2.DeleteRequest(name=request.match_info["name"]))
+    raise web.HTTPSeeOther("/org#h-bindings")
 
 
 # ------------------------------------------------------------------- what-if

@@ -55,6 +55,7 @@ from megarouter.resources import (
     api_key_public,
     proto_to_dict,
     resource_to_proto,
+    validation_message,
 )
 from megarouter.v1 import admin_pb2, admin_pb2_grpc, discovery_pb2, routing_pb2
 
@@ -68,16 +69,6 @@ Authorize = Callable[[StoreContents, Any], Awaitable[None]]
 
 class _ConfigChanged(Exception):
     """A guarded commit lost to a concurrent configuration change: read and check again."""
-
-
-def validation_message(kind: str, error: ValidationError) -> str:
-    """'invalid provider: base_url: must be ...' — one clause per bad field."""
-    clauses = []
-    for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"]) or "(body)"
-        message = item["msg"].removeprefix("Value error, ")
-        clauses.append(f"{field}: {message}")
-    return f"invalid {kind}: " + "; ".join(clauses)
 
 
 async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:

@@ -35,7 +35,7 @@ from joserfc.jwk import KeySet
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from controlplane.repository import Collection
-from megarouter.resources import NAME_PATTERN
+from megarouter.resources import NAME_PATTERN, validation_message
 
 EMAIL_PATTERN = r"^[a-z0-9._%+'-]+@[a-z0-9-]+(\.[a-z0-9-]+)+$"
 SESSION_PREFIX = "mr-session-"
@@ -196,9 +196,7 @@ def load_sso_settings(path: str) -> SsoSettings:
     try:
         return SsoSettings.model_validate(data or {})
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(file)'}: "
-                             f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
-        raise SsoConfigError(f"invalid {path}: {problems}") from None
+        raise SsoConfigError(validation_message(path, exc)) from None
 
 
 # ------------------------------------------------------------------------ ID tokens

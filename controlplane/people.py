@@ -10,12 +10,13 @@ import time
 from typing import TYPE_CHECKING, NoReturn
 
 import grpc
+from pydantic import ValidationError
 
 from controlplane import identity, rbac
 from controlplane.identity import USERS, SignInRefused, SsoSettings, UserRecord
 from controlplane.repository import BUDGETS, CONFIG_GUARD_KEY, NODES, StoreContents
 from controlplane.store import CasConflict
-from megarouter.resources import Budget, OrgNode
+from megarouter.resources import Budget, OrgNode, validation_message
 from megarouter.v1 import admin_pb2
 
 if TYPE_CHECKING:
@@ -54,8 +55,7 @@ class PeopleAdmin:
     async def PutUser(self: AdminService, request, context):
         try:
             user = UserRecord(email=request.email, display_name=request.display_name, disabled=request.disabled)
-        except ValueError as exc:
-            from controlplane.admin import validation_message
+        except ValidationError as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, validation_message("user", exc))
 
         async def write() -> admin_pb2.PutResponse:

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from megarouter.presets import PRESETS
 from megarouter.v1 import admin_pb2, routing_pb2
@@ -378,6 +378,17 @@ class CreateApiKey(_Resource):
         if secret and not re.fullmatch(r"[A-Za-z0-9._~+/=-]{16,200}", secret):
             raise ValueError("secret must be 16-200 characters of letters, digits or ._~+/=-")
         return secret
+
+
+def validation_message(kind: str, error: ValidationError) -> str:
+    """'invalid provider: base_url: must be ...' — one clause per bad field. The admin API's
+    INVALID_ARGUMENT details, and the console's preview of a manifest, say it the same way."""
+    clauses = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "(body)"
+        message = item["msg"].removeprefix("Value error, ")
+        clauses.append(f"{field}: {message}")
+    return f"invalid {kind}: " + "; ".join(clauses)
 
 
 # ---------------------------------------------------------------- conversion

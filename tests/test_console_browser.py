@@ -33,7 +33,16 @@ from tests.harness import Service
 USAGE_TIMEOUT_S = 30
 
 
+VIEWER_A = "mr-admin-test-browser-viewer-a-000000"
+DEVELOPER_A = "mr-admin-test-browser-developer-a-000"
+
+
 async def _seed(system: System) -> int:
+    for name, node in (("key-a", "team-a"), ("key-b", "team-b")):
+        await system.admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(name=name, node=node))
+    for name, secret, role in (("viewer-a", VIEWER_A, "viewer"), ("developer-a", DEVELOPER_A, "developer")):
+        await system.admin.CreateAdminToken(admin_pb2.CreateAdminTokenRequest(name=name, secret=secret))
+        await system.admin.PutRoleBinding(admin_pb2.RoleBinding(name=name, token=name, role=role, scope="team-a"))
     await system.admin.PutBudget(routing_pb2.Budget(name="team-a-monthly", node="team-a", window="monthly",
                                                     unit="usd", limit=25, action="pause"))
     put = await system.admin.PutBudget(routing_pb2.Budget(name="acme-daily-requests", node="acme", window="daily",
@@ -269,3 +278,41 @@ async def test_what_if_replays_an_uploaded_usage_log_without_keeping_it(setup) -
         assert leaked == []
     finally:
         await client.close()
+
+
+def _scoped_flow(base: str, tmp: Path) -> int:
+    """A viewer of team A sees only team A; a developer of team A forging a revoke of team B's
+    key from inside the page (the page's own CSRF token, a fetch() no form offers) is refused."""
+    viewer = start_browser(tmp / "viewer-a")
+    try:
+        _sign_in_with_token(viewer, base, VIEWER_A)
+        _open(viewer, base + "/keys", "keys as viewer")
+        listed = {row.get_attribute("data-key") for row in viewer.find_elements(By.CSS_SELECTOR, "tr[data-key]")}
+        assert listed == {"key-a"}, listed
+        assert not viewer.find_elements(By.CSS_SELECTOR, "form[action='/keys']")  # no create form
+        _open(viewer, base + "/usage?group_by=key&group_by=node", "usage as viewer")
+        assert "team-b" not in viewer.find_element(By.ID, "usage-table").text
+        nav = viewer.find_element(By.CSS_SELECTOR, "header nav").text
+        assert "Fleet" not in nav and "Routes" not in nav  # system-wide pages need a global role
+    finally:
+        viewer.quit()
+    developer = start_browser(tmp / "developer-a")
+    try:
+        _sign_in_with_token(developer, base, DEVELOPER_A)
+        _open(developer, base + "/keys", "keys as developer")
+        return developer.execute_async_script("""
+            const done = arguments[arguments.length - 1];
+            const csrf = document.querySelector('meta[name="csrf-token"]').content;
+            fetch('/keys/key-b/revoke', {method: 'POST', body: new URLSearchParams({csrf}),
+                                         headers: {'Content-Type': 'application/x-www-form-urlencoded'}})
+              .then((response) => done(response.status), () => done(-1));
+        """)
+    finally:
+        developer.quit()
+
+
+async def test_a_scoped_viewer_sees_only_their_team_and_a_forged_post_is_refused(setup) -> None:
+    system, console, tmp = setup
+    status = await asyncio.to_thread(_scoped_flow, console_url(console), tmp)
+    assert status == 403
+    assert (await system.admin.GetApiKey(admin_pb2.GetRequest(name="key-b"))).node == "team-b"  # still there
