@@ -8,6 +8,7 @@ redirect, or "the control plane is unavailable".
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import grpc
@@ -17,6 +18,8 @@ from megarouter.v1 import admin_pb2_grpc
 
 # How long a page waits for one admin call; the control plane answers on loopback in ms.
 CALL_TIMEOUT_S = 10.0
+# What a bearer credential may look like (ours are mr-<kind>-<urlsafe base64>).
+_CREDENTIAL = re.compile(r"[\x21-\x7e]{1,512}")
 
 
 class AdminError(Exception):
@@ -52,7 +55,9 @@ class AdminGateway:
 
     async def call(self, method: str, request: Any, credential: str) -> Any:
         """`Admin.<method>(request)` as the holder of `credential`."""
-        if not credential:
+        if not credential or not _CREDENTIAL.fullmatch(credential):
+            # Also what a pasted token or a cookie with spaces, control or non-ASCII characters
+            # gets: gRPC metadata could not carry it, and no credential we issue looks like that.
             raise AdminError(grpc.StatusCode.UNAUTHENTICATED, "not signed in")
         try:
             return await getattr(self._stub, method)(

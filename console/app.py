@@ -8,6 +8,7 @@ admin call the page makes runs with that same credential.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ class ConsoleConfig:
     sso_client_secret: str = ""
     signin_limit: int = 5                # failed sign-ins per address or account …
     signin_window_s: float = 300.0       # … within this window, then refused until it passes
+    forwarded_for_hops: int = 0          # trusted proxies in front that append to X-Forwarded-For
 
     @property
     def secure_cookies(self) -> bool:
@@ -100,8 +102,10 @@ def templates() -> jinja2.Environment:
 def _ms_date(ms: int, with_time: bool = True) -> str:
     if not ms:
         return "—"
-    import datetime as dt
-    moment = dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+    try:
+        moment = dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+    except (ValueError, OverflowError, OSError):  # beyond the calendar: never let one row break a page
+        return "—"
     return moment.strftime("%Y-%m-%d %H:%M UTC" if with_time else "%Y-%m-%d")
 
 
@@ -122,6 +126,16 @@ def error_page(request: web.Request, status: int, title: str, message: str) -> w
     return render(request, "error.html", status=status, title=title, message=message)
 
 
+async def form_fields(request: web.Request) -> dict[str, str]:
+    """A submitted form's text fields (a file where text was expected counts as absent);
+    a body that is not UTF-8 is a 400, not a stack trace."""
+    try:
+        form = await request.post()
+    except (UnicodeDecodeError, ValueError):
+        raise web.HTTPBadRequest(text="the form is not valid UTF-8 form data\n") from None
+    return {name: value for name, value in form.items() if isinstance(value, str)}
+
+
 async def admin_call(request: web.Request, method: str, message: Any) -> Any:
     """An admin call as the viewer."""
     viewer: Viewer = request["viewer"]
@@ -135,7 +149,7 @@ async def resolve_viewer(request: web.Request) -> Viewer | None:
     try:
         me = await state_of(request).admin.call("WhoAmI", admin_pb2.WhoAmIRequest(), credential)
     except AdminError as exc:
-        if exc.signed_out:
+        if exc.signed_out or exc.denied:  # ended — or a credential the admin API no longer takes
             return None
         raise
     return Viewer(credential=credential, token=me.token, user=me.user, display_name=me.display_name,
@@ -188,7 +202,7 @@ async def signed_in(request: web.Request, handler) -> web.StreamResponse:
     if request.method not in ("GET", "HEAD", "OPTIONS") and viewer is not None and not public:
         given = request.headers.get(security.CSRF_HEADER)
         if given is None and request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-            given = (await request.post()).get(security.CSRF_FIELD)
+            given = (await form_fields(request)).get(security.CSRF_FIELD)
         if not security.csrf_matches(viewer.csrf, given if isinstance(given, str) else None):
             return error_page(request, 403, "Request refused",
                               "This form has expired or did not come from this console. Reload the page and try "

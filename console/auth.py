@@ -16,7 +16,7 @@ from aiohttp import web
 
 from console import security
 from console.admin import AdminError
-from console.app import render, set_session_cookie, state_of
+from console.app import form_fields, render, set_session_cookie, state_of
 from console.oidc import SsoError
 from megarouter.v1 import admin_pb2
 
@@ -35,7 +35,8 @@ def add_routes(app: web.Application) -> None:
 
 
 def _client_address(request: web.Request) -> str:
-    return f"addr:{request.remote or '?'}"
+    hops = state_of(request).config.forwarded_for_hops
+    return "addr:" + security.client_address(request.remote, request.headers.get("X-Forwarded-For"), hops)
 
 
 def _signin(request: web.Request, *, status: int = 200, error: str = "", notice: str = "") -> web.Response:
@@ -60,23 +61,26 @@ async def signin_page(request: web.Request) -> web.Response:
 
 
 async def signin_token(request: web.Request) -> web.Response:
-    form = await request.post()
+    form = await form_fields(request)
     request["next_path"] = form.get("next", "/")
     if not security.csrf_matches(request.cookies.get(security.PRESESSION_COOKIE, ""), form.get(security.CSRF_FIELD)):
         return _signin(request, status=403, error="The sign-in form expired. Try again.")
     state = state_of(request)
     token = str(form.get("token", "")).strip()
     account = "token:" + hashlib.sha256(token.encode()).hexdigest()[:16] if token else ""
-    if state.limiter.blocked(_client_address(request), account):
+    keys = (_client_address(request), account)
+    if state.limiter.blocked(*keys):
         return _signin(request, status=429, error=TOO_MANY)
+    state.limiter.attempt(*keys)
     try:
         session = await state.admin.call("CreateSession", admin_pb2.CreateSessionRequest(), token)
     except AdminError as exc:
         if exc.code.name == "UNAVAILABLE":
+            state.limiter.forgive(*keys)  # not the person's fault
             return _signin(request, status=503, error="The control plane is unavailable. Try again in a moment.")
-        state.limiter.record_failure(_client_address(request), account)
         log.info("token sign-in refused (%s)", exc.code.name)
         return _signin(request, status=401, error=GENERIC_FAILURE)
+    state.limiter.forgive(*keys)
     response = web.HTTPSeeOther(security.safe_return_path(str(form.get("next", "/"))))
     set_session_cookie(response, state.config, session.secret, _seconds_left(session))
     response.del_cookie(security.PRESESSION_COOKIE, path="/signin")
@@ -106,16 +110,17 @@ async def signin_callback(request: web.Request) -> web.Response:
     pending = state.signer.verify(request.cookies.get(security.SSO_STATE_COOKIE))
     address = _client_address(request)
     if state.sso is None or pending is None or request.query.get("state") != pending.get("state"):
-        state.limiter.record_failure(address)
+        # Not counted against the address: it costs nothing to send, so counting it would let
+        # anyone lock everyone behind the same proxy out. Nothing is attempted either.
         log.info("SSO callback refused: no matching sign-in in flight")
         return _signin(request, status=400, error=GENERIC_FAILURE)
     request["next_path"] = pending.get("next", "/")
     if state.limiter.blocked(address):
         return _signin(request, status=429, error=TOO_MANY)
-    if "error" in request.query:
-        log.info("the identity provider returned error %r", request.query.get("error"))
-        state.limiter.record_failure(address)
+    if "error" in request.query:  # the IdP refused or the person cancelled: not a guess, not counted
+        log.info("the identity provider returned error %r", request.query.get("error", "")[:100])
         return _signin(request, status=401, error=GENERIC_FAILURE)
+    state.limiter.attempt(address)
     try:
         id_token, nonce = await state.sso.finish(state.config.public_url.rstrip("/") + request.path_qs, pending)
         session = await state.admin.call(
@@ -123,14 +128,14 @@ async def signin_callback(request: web.Request) -> web.Response:
             state.config.console_token)
     except SsoError as exc:
         log.info("SSO sign-in failed: %s", exc)
-        state.limiter.record_failure(address)
         return _signin(request, status=401, error=GENERIC_FAILURE)
     except AdminError as exc:
         if exc.code.name == "UNAVAILABLE":
+            state.limiter.forgive(address)
             return _signin(request, status=503, error="The control plane is unavailable. Try again in a moment.")
         log.info("SSO sign-in refused by the control plane (%s)", exc.code.name)
-        state.limiter.record_failure(address)
         return _signin(request, status=401, error=GENERIC_FAILURE)
+    state.limiter.forgive(address)
     target = "/keys?welcome=1" if session.signed_up else security.safe_return_path(pending.get("next"))
     response = web.HTTPSeeOther(target)
     set_session_cookie(response, state.config, session.secret, _seconds_left(session))

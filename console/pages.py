@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import hashlib
 import re
 from typing import Any
 
@@ -19,7 +20,7 @@ from pydantic import ValidationError
 
 from console import usage_view, whatif
 from console.admin import AdminError
-from console.app import admin_call, render, state_of
+from console.app import admin_call, error_page, form_fields, render, state_of
 from megarouter.manifest import ManifestError, parse_manifest
 from megarouter.resources import PROTO_TYPES, proto_to_dict, resource_to_proto, validation_message
 from megarouter.v1 import admin_pb2, routing_pb2
@@ -127,12 +128,18 @@ async def keys_page(request: web.Request, *, form_error: str = "", form: dict | 
                   welcome=bool(request.query.get("welcome")), **await _key_form_context(request))
 
 
+def _field(form, name: str) -> str:
+    """A form field as text: "" when absent or not text (a file where a field was expected)."""
+    value = form.get(name, "")
+    return value if isinstance(value, str) else ""
+
+
 def _split_list(value: str) -> list[str]:
     return [item for item in re.split(r"[\s,]+", value.strip()) if item]
 
 
 async def create_key(request: web.Request) -> web.Response:
-    form = dict(await request.post())
+    form = await form_fields(request)
     viewer = request["viewer"]
     expires_ms = 0
     if form.get("expires", "").strip():
@@ -238,7 +245,7 @@ async def budgets_page(request: web.Request, *, form_error: str = "", form: dict
 
 
 async def put_budget(request: web.Request) -> web.Response:
-    form = dict(await request.post())
+    form = await form_fields(request)
     try:
         limit = float(form.get("limit", ""))
     except ValueError:
@@ -290,7 +297,13 @@ def _normalised(resource) -> Message:
     return resource_to_proto(model.model_validate(proto_to_dict(resource.message)), type(resource.message))
 
 
+# The editor takes manifests up to this size (a large org tree is still far below it).
+MAX_MANIFEST_BYTES = 256 * 1024
+
+
 async def edit_yaml_page(request: web.Request) -> web.Response:
+    if not request["viewer"].can("config.write"):
+        return error_page(request, 403, "Not allowed", "Applying YAML needs the config.write permission.")
     name = request.query.get("route", "")
     text = ""
     if name:
@@ -316,15 +329,18 @@ async def _current_yaml(request: web.Request, resource) -> str:
 async def edit_yaml(request: web.Request) -> web.Response:
     """Preview (validate and diff) or apply a YAML manifest — the same parsing as
     `megarouterctl apply`, and the same server-side validation, whose errors are shown here."""
-    form = await request.post()
-    text = str(form.get("text", ""))
-    action = form.get("action", "preview")
-    route = str(form.get("route", ""))
+    if not request["viewer"].can("config.write"):
+        return error_page(request, 403, "Not allowed", "Applying YAML needs the config.write permission.")
+    form = await form_fields(request)
+    text, action, route = _field(form, "text"), _field(form, "action") or "preview", _field(form, "route")
+    if len(text.encode()) > MAX_MANIFEST_BYTES:
+        return render(request, "edit_yaml.html", status=413, text="", diff=None, applied=[], route=route,
+                      error=f"text: larger than {MAX_MANIFEST_BYTES // 1024} KiB; apply it with megarouterctl")
     try:
-        resources = parse_manifest(text, "the editor")
+        resources = parse_manifest(text, "the editor", allow_aliases=False)
     except ManifestError as exc:
-        return render(request, "edit_yaml.html", status=400, text=text, diff=None, error=str(exc), applied=[],
-                      route=route)
+        return render(request, "edit_yaml.html", status=400, text=text, diff=None, error=str(exc)[:2000],
+                      applied=[], route=route)
     if not resources:
         return render(request, "edit_yaml.html", status=400, text=text, diff=None, error="the editor is empty",
                       applied=[], route=route)
@@ -420,7 +436,7 @@ async def org_page(request: web.Request, *, form_error: str = "", status: int = 
 
 
 async def put_node(request: web.Request) -> web.Response:
-    form = await request.post()
+    form = await form_fields(request)
     node = routing_pb2.OrgNode(name=str(form.get("name", "")).strip(), parent=str(form.get("parent", "")).strip(),
                                kind=str(form.get("kind", "")), display_name=str(form.get("display_name", "")).strip())
     try:
@@ -434,12 +450,19 @@ async def put_node(request: web.Request) -> web.Response:
 
 async def invite_person(request: web.Request) -> web.Response:
     """Add (or update) a user and bind a role: they sign in through SSO afterwards."""
-    form = await request.post()
+    form = await form_fields(request)
     email = str(form.get("email", "")).strip().lower()
     role, scope = str(form.get("role", "")), str(form.get("scope", "")).strip()
     binding_name = _binding_name(email, role, scope)
     try:
-        user = admin_pb2.User(email=email, display_name=str(form.get("display_name", "")).strip())
+        try:  # an existing user keeps what the form does not say: their name, and being disabled
+            user = await admin_call(request, "GetUser", admin_pb2.GetRequest(name=email))
+        except AdminError as exc:
+            if exc.code.name != "NOT_FOUND":
+                raise
+            user = admin_pb2.User(email=email)
+        if form.get("display_name", "").strip():
+            user.display_name = form["display_name"].strip()
         await admin_call(request, "PutUser", user)
         await admin_call(request, "PutRoleBinding", admin_pb2.RoleBinding(name=binding_name, user=email, role=role,
                                                                           scope=scope))
@@ -452,13 +475,16 @@ async def invite_person(request: web.Request) -> web.Response:
 
 
 def _binding_name(subject: str, role: str, scope: str) -> str:
-    local = re.sub(r"[^a-z0-9-]+", "-", subject.partition("@")[0].lower()).strip("-") or "subject"
-    return f"{local}-{role}-{scope or 'all'}"[:63].rstrip("-._")
+    """Readable and unique per (subject, role, scope): bob@example.com and bob@partner.example
+    must not share a binding name, or granting one would replace the other's."""
+    local = re.sub(r"[^a-z0-9-]+", "-", subject.partition("@")[0].lower()).strip("-")[:24] or "subject"
+    digest = hashlib.sha256(f"{subject}|{role}|{scope}".encode()).hexdigest()[:8]
+    return f"{local}-{role}-{digest}"
 
 
 async def grant_role(request: web.Request) -> web.Response:
     """Bind a role to a user or a token over a node's subtree (or everything)."""
-    form = await request.post()
+    form = await form_fields(request)
     kind, _, subject = str(form.get("subject", "")).partition(":")
     role, scope = str(form.get("role", "")), str(form.get("scope", "")).strip()
     if kind not in ("user", "token") or not subject:
@@ -494,8 +520,12 @@ async def whatif_page(request: web.Request) -> web.Response:
 
 async def run_whatif(request: web.Request) -> web.Response:
     """Replay a built-in profile or an uploaded usage log through each strategy."""
-    form = await request.post()
-    fields = {name: str(form.get(name, "")) for name in ("profile", "route", "samples", "log_days")}
+    try:
+        form = await request.post()
+    except (UnicodeDecodeError, ValueError):
+        raise web.HTTPBadRequest(text="the form is not valid form data\n") from None
+    fields = {name: value if isinstance(value := form.get(name, ""), str) else ""
+              for name in ("profile", "route", "samples", "log_days")}
     upload = form.get("log")
     log = upload.file.read(whatif.MAX_LOG_BYTES + 1) if isinstance(upload, web.FileField) else b""
 

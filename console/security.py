@@ -106,30 +106,62 @@ class FailureLimiter:
     """Failed sign-ins per client address and per account: after `limit` failures within
     `window_s`, further attempts are refused until the oldest failure ages out. In memory
     per replica (a burst spread over N replicas gets N × limit tries, still far too few to
-    guess a 256-bit token); `clock` is for tests."""
+    guess a 256-bit token); `clock` is for tests.
+
+    An attempt counts as a failure from the moment it starts (`attempt`) and is forgiven if it
+    succeeds, so N guesses sent in parallel cannot all pass the check before any is counted."""
 
     limit: int = 5
     window_s: float = 300.0
     clock: object = time.monotonic
+    max_keys: int = 100_000
     _failures: dict[str, deque[float]] = field(default_factory=dict)
 
-    def _recent(self, key: str) -> deque[float]:
+    def _recent(self, key: str) -> int:
+        failures = self._failures.get(key)
+        if failures is None:
+            return 0
         now = self.clock()
-        failures = self._failures.setdefault(key, deque())
         while failures and now - failures[0] > self.window_s:
             failures.popleft()
         if not failures:
-            self._failures.pop(key, None)
-        return failures
+            del self._failures[key]
+        return len(failures)
 
     def blocked(self, *keys: str) -> bool:
-        return any(len(self._recent(key)) >= self.limit for key in keys if key)
+        return any(self._recent(key) >= self.limit for key in keys if key)
 
     def record_failure(self, *keys: str) -> None:
         now = self.clock()
         for key in keys:
-            if key:
-                self._failures.setdefault(key, deque()).append(now)
-        if len(self._failures) > 100_000:  # a flood of distinct keys: forget the stalest
-            for stale in list(self._failures)[:50_000]:
-                del self._failures[stale]
+            if not key:
+                continue
+            failures = self._failures.get(key)
+            if failures is None:
+                if len(self._failures) >= self.max_keys:  # a flood of distinct keys: forget the stalest
+                    for stale in list(self._failures)[: self.max_keys // 2]:
+                        del self._failures[stale]
+                failures = self._failures[key] = deque(maxlen=self.limit)
+            failures.append(now)
+
+    attempt = record_failure  # counted until forgiven
+
+    def forgive(self, *keys: str) -> None:
+        """The attempt succeeded: take back the failure `attempt` counted."""
+        for key in keys:
+            failures = self._failures.get(key)
+            if failures:
+                failures.pop()
+                if not failures:
+                    del self._failures[key]
+
+
+def client_address(remote: str | None, forwarded_for: str | None, trusted_hops: int) -> str:
+    """The client's address for rate limits: the peer's, or — behind `trusted_hops` proxies
+    that each append to X-Forwarded-For — the entry the outermost trusted proxy added. Entries
+    further left were written by the client and are not believed."""
+    if trusted_hops > 0 and forwarded_for:
+        hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+        if len(hops) >= trusted_hops:
+            return hops[-trusted_hops]
+    return remote or "?"

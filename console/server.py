@@ -46,6 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--signin-limit", type=int, default=int(env_default("CONSOLE_SIGNIN_LIMIT", 5)),
                         help="failed sign-ins per client address or account within 5 minutes before further "
                              "attempts are refused [MEGAROUTER_CONSOLE_SIGNIN_LIMIT]")
+    parser.add_argument("--forwarded-for-hops", type=int, default=int(env_default("CONSOLE_FORWARDED_FOR_HOPS", 0)),
+                        help="reverse proxies in front of the console that append the client's address to "
+                             "X-Forwarded-For (for per-client sign-in limits; 0: use the peer address) "
+                             "[MEGAROUTER_CONSOLE_FORWARDED_FOR_HOPS]")
     parser.add_argument("--log-level", default=None)
 
 
@@ -100,7 +104,7 @@ async def serve(args: argparse.Namespace) -> int:
     console_token = _read_secret("MEGAROUTER_CONSOLE_TOKEN", args.console_token_file)
     config = ConsoleConfig(public_url=public_url, proxy_url=args.proxy_url, console_token=console_token,
                            sso_client_secret=_read_secret(args.oidc_client_secret_env, args.oidc_client_secret_file),
-                           signin_limit=args.signin_limit)
+                           signin_limit=args.signin_limit, forwarded_for_hops=max(0, args.forwarded_for_hops))
     if args.signin_limit < 1:
         raise SystemExit("megarouter console: --signin-limit must be at least 1")
     if urlsplit(public_url).scheme == "http" and urlsplit(public_url).hostname not in ("127.0.0.1", "localhost", "::1"):

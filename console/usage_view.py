@@ -141,13 +141,20 @@ def day_series(rows: list[admin_pb2.UsageRow], metric: str, since: dt.date, unti
             "x": [_ms(day) // 1000 for day in days], "series": series}
 
 
+def _cell(text: str) -> str:
+    """A label made safe for spreadsheets: a leading = + - @ (or tab/CR) would make Excel or
+    Sheets evaluate the cell as a formula, so it gets a quote first (OWASP's CSV injection
+    advice). Names are ours, but model and route labels come from proxies' reports."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def to_csv(rows: list[admin_pb2.UsageRow], group_by: list[str]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     columns = [*ADDITIVE, "latency_p50_ms", "latency_p99_ms"]
     writer.writerow([*group_by, *columns])
     for row in rows:
-        writer.writerow([*(row.dimensions.get(d, "") for d in group_by),
+        writer.writerow([*(_cell(row.dimensions.get(d, "")) for d in group_by),
                          *(f"{getattr(row, m):.6f}" if m == "cost_usd" else
                            f"{getattr(row, m):.1f}" if m.startswith("latency") else getattr(row, m)
                            for m in columns)])

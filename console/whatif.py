@@ -27,6 +27,10 @@ MAX_LOG_BYTES = 2 * 1024 * 1024
 MAX_SAMPLES = 50_000
 
 
+# Environment the child keeps (plus MEGAROUTER_CONTROL_PLANE_* for TLS, PYTHON*, LC_*).
+_PASSED_ENV = {"PATH", "HOME", "LANG", "TMPDIR", "VIRTUAL_ENV", "SSL_CERT_FILE", "SSL_CERT_DIR"}
+
+
 class WhatIfFailed(Exception):
     """The replay refused its input (the message is megarouterctl's, naming the problem)."""
 
@@ -58,9 +62,17 @@ class WhatIfRequest:
         return argv
 
 
-async def run_whatif(control_plane: str, credential: str, request: WhatIfRequest) -> dict[str, Any]:
-    env = {name: value for name, value in os.environ.items() if not name.startswith("MEGAROUTER_ADMIN_TOKEN")}
+def child_env(credential: str) -> dict[str, str]:
+    """Only what megarouterctl needs, and the viewer's credential: the console's own secrets
+    (its service token, the OIDC client secret) and everything else stay out of the child."""
+    env = {name: value for name, value in os.environ.items()
+           if name in _PASSED_ENV or name.startswith(("MEGAROUTER_CONTROL_PLANE_", "PYTHON", "LC_"))}
     env["MEGAROUTER_ADMIN_TOKEN"] = credential
+    return env
+
+
+async def run_whatif(control_plane: str, credential: str, request: WhatIfRequest) -> dict[str, Any]:
+    env = child_env(credential)
     async with _CONCURRENT_RUNS:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "megarouter.ctl", "--server", control_plane, *request.argv(),
@@ -75,4 +87,7 @@ async def run_whatif(control_plane: str, credential: str, request: WhatIfRequest
         lines = [line for line in stderr.decode(errors="replace").splitlines() if line.strip()]
         message = lines[-1].removeprefix("error: ") if lines else f"exit status {process.returncode}"
         raise WhatIfFailed(message[:500])
-    return orjson.loads(stdout)
+    try:
+        return orjson.loads(stdout)
+    except orjson.JSONDecodeError:
+        raise WhatIfFailed("the replay's report could not be read") from None

@@ -452,6 +452,12 @@ class AdminService(PeopleAdmin, admin_pb2_grpc.AdminServicer):
             await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, "; ".join(problems))
 
         async def authorize(contents: StoreContents, existing: rbac.RoleBindingRecord | None) -> None:
+            if existing is not None and (existing.token, existing.user) != (binding.token, binding.user):
+                # Re-pointing a binding at someone else by reusing its name would silently take
+                # the role from its holder: a new holder gets a new binding.
+                who = f"user {existing.user!r}" if existing.user else f"token {existing.token!r}"
+                await _abort(context, grpc.StatusCode.ALREADY_EXISTS,
+                             f"role binding {binding.name!r} already binds {who}; delete it first or use another name")
             parents = _parents_of(contents)
             await rbac.require_change(context, "access.admin",
                                       rbac.node_chain(existing.scope, parents) if existing else rbac.ABSENT,

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import httpx
 import yaml
-from joserfc import jwt
+from joserfc import jws, jwt
 from joserfc.errors import BadSignatureError, InvalidKeyIdError, JoseError
 from joserfc.jwk import KeySet
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -91,6 +91,10 @@ class SessionRecord(BaseModel):
     idle_timeout_s: int
     last_seen_unix_ms: int
     grants: tuple[SessionGrant, ...] = ()
+    # Which incarnation of its user or token the session belongs to (the token's hash, the
+    # user's creation time): one deleted and re-created under the same name does not inherit it,
+    # even if ending the old sessions failed half way.
+    subject_check: str = ""
 
     @property
     def name(self) -> str:
@@ -130,7 +134,7 @@ class GroupBinding(BaseModel):
 
 
 class StarterBudget(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     limit_usd: float = Field(gt=0)
     window: Literal["daily", "monthly", "total"] = "monthly"
 
@@ -254,10 +258,14 @@ class IdTokenVerifier:
         if not nonce:
             raise SignInRefused("nonce: required (the one sent in the authorization request)")
         try:
+            kid = jws.extract_compact(id_token.encode()).headers().get("kid")
+        except (JoseError, ValueError) as exc:
+            raise SignInRefused(f"id_token: not a JWT: {exc}") from None
+        try:
             try:
-                token = jwt.decode(id_token, await self._key_set(), algorithms=self._algorithms)
+                token = self._decode(id_token, kid, await self._key_set())
             except (BadSignatureError, InvalidKeyIdError):
-                token = jwt.decode(id_token, await self._key_set(refresh=True), algorithms=self._algorithms)
+                token = self._decode(id_token, kid, await self._key_set(refresh=True))
             jwt.JWTClaimsRegistry(
                 leeway=self._settings.leeway_s,
                 iss={"essential": True, "value": self._settings.issuer},
@@ -268,9 +276,24 @@ class IdTokenVerifier:
         except (JoseError, ValueError) as exc:
             raise SignInRefused(f"id_token: {exc.__class__.__name__}: {exc}") from None
         audience = token.claims["aud"]
-        if isinstance(audience, list) and len(audience) > 1 and token.claims.get("azp") != self._settings.client_id:
-            raise SignInRefused("id_token: several audiences and azp is not this client")
+        azp = token.claims.get("azp")
+        if (isinstance(audience, list) and len(audience) > 1 and azp != self._settings.client_id) or (
+                azp is not None and azp != self._settings.client_id):
+            raise SignInRefused("id_token: azp (the party it was issued to) is not this client")
         return token.claims
+
+    def _decode(self, id_token: str, kid: str | None, keys: KeySet):
+        """Verify the signature with the key `kid` names — or, for a token without one and a
+        JWKS with several keys, with each key in turn (joserfc alone would refuse it)."""
+        if kid is not None or len(keys.keys) <= 1:
+            return jwt.decode(id_token, keys, algorithms=self._algorithms)
+        failure: Exception = BadSignatureError()
+        for key in keys.keys:
+            try:
+                return jwt.decode(id_token, key, algorithms=self._algorithms)
+            except (JoseError, ValueError) as exc:
+                failure = exc
+        raise failure
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -306,9 +329,11 @@ def signup_node_name(email: str, parent: str, taken: set[str]) -> str:
     alice@b.com both signing up)."""
     local = re.sub(r"[^a-z0-9-]+", "-", email.partition("@")[0]).strip("-") or "user"
     base = f"{parent}-{local}"[:50].rstrip("-._")
-    if base not in taken:
-        return base
-    return f"{base}-{hashlib.sha256(email.encode()).hexdigest()[:8]}"
+    for candidate in (base, f"{base}-{hashlib.sha256(email.encode()).hexdigest()[:8]}"):
+        if candidate not in taken:
+            return candidate
+    # Both taken — someone signed up as the predictable fallback: a random suffix cannot be squatted.
+    return f"{base}-{secrets.token_hex(4)}"
 
 
 def now_ms() -> int:

@@ -101,6 +101,10 @@ class PeopleAdmin:
         await self._end_sessions(user=email)
         return response
 
+    async def _has_bindings(self: AdminService, email: str) -> bool:
+        bindings, _ = await self.store.list(rbac.BINDINGS.prefix)
+        return any(rbac.BINDINGS.decode(kv).user == email for kv in bindings)
+
     async def _end_sessions(self: AdminService, *, user: str = "", token: str = "") -> None:
         items, _ = await self.store.list(identity.SESSIONS.prefix)
         for session in (identity.SESSIONS.decode(kv) for kv in items):
@@ -134,8 +138,12 @@ class PeopleAdmin:
             await _abort(context, grpc.StatusCode.PERMISSION_DENIED,
                          f"{principal.describe} is a service credential; sessions are for people")
         ttl = await self._session_ttl(request.ttl_s, context)
+        token = await self.store.get(rbac.TOKENS.key(principal.token))
+        if token is None:  # deleted between authenticating this call and here
+            await _abort(context, grpc.StatusCode.UNAUTHENTICATED, f"token {principal.token!r} no longer exists")
         secret, session = await rbac.start_session(self.store, token=principal.token, ttl_s=ttl,
-                                                   idle_timeout_s=self.session_policy.idle_timeout_s)
+                                                   idle_timeout_s=self.session_policy.idle_timeout_s,
+                                                   subject_check=rbac.TOKENS.decode(token).token_hash)
         log.info("session started for token %r", principal.token)
         return self._session_response(secret, session)
 
@@ -166,8 +174,12 @@ class PeopleAdmin:
             log.info("SSO sign-in refused: %s", refused)
             await _abort(context, grpc.StatusCode.PERMISSION_DENIED, f"sign-in refused: {refused}")
         grants = identity.group_grants(self.sso, claims, set((await self.contents()).nodes))
+        if not grants and not await self._has_bindings(user.email):
+            log.info("SSO sign-in refused: %s has no role (bind one, or map one of their groups)", user.email)
+            await _abort(context, grpc.StatusCode.PERMISSION_DENIED, f"sign-in refused: {user.email} has no role")
         secret, session = await rbac.start_session(self.store, user=user.email, ttl_s=ttl,
-                                                   idle_timeout_s=self.session_policy.idle_timeout_s, grants=grants)
+                                                   idle_timeout_s=self.session_policy.idle_timeout_s, grants=grants,
+                                                   subject_check=rbac.user_check(user))
         log.info("SSO sign-in of %s%s%s", user.email, " (signed up)" if signed_up else "",
                  f" with groups {sorted({g.group for g in grants})}" if grants else "")
         return self._session_response(secret, session, signed_up)

@@ -184,8 +184,9 @@ class Principal:
 
     @property
     def operator(self) -> bool:
-        """Holds some role of the admin plane (not only `proxy`)."""
-        return any(binding.role != "proxy" for binding in self.bindings)
+        """A caller of the admin plane: a person (whatever roles they hold, none included), or a
+        token holding some role other than `proxy`."""
+        return bool(self.user) or any(binding.role != "proxy" for binding in self.bindings)
 
     def allows(self, permission: str, node_chain: tuple[str, ...] | None = None) -> bool:
         """`node_chain`: the resource's node and its ancestors (None: a
@@ -230,7 +231,7 @@ class AccessDirectory:
         self._clock = clock
         self._revision = -1
         self._tokens: dict[str, AdminTokenRecord] = {}      # by hash
-        self._token_names: set[str] = set()
+        self._token_names: dict[str, str] = {}              # name -> hash
         self._users: dict[str, identity.UserRecord] = {}    # by email
         self._bindings: dict[str, list[RoleBindingRecord]] = {}       # by token name
         self._user_bindings: dict[str, list[RoleBindingRecord]] = {}  # by email
@@ -244,7 +245,7 @@ class AccessDirectory:
         users, _ = await self._store.list(identity.USERS.prefix)
         bindings, _ = await self._store.list(BINDINGS.prefix)
         self._tokens = {t.token_hash: t for t in (TOKENS.decode(kv) for kv in tokens)}
-        self._token_names = {t.name for t in self._tokens.values()}
+        self._token_names = {t.name: t.token_hash for t in self._tokens.values()}
         self._users = {u.email: u for u in (identity.USERS.decode(kv) for kv in users)}
         by_token: dict[str, list[RoleBindingRecord]] = {}
         by_user: dict[str, list[RoleBindingRecord]] = {}
@@ -287,15 +288,15 @@ class AccessDirectory:
         await self._refresh()
         if session.user:
             user = self._users.get(session.user)
-            if user is None or user.disabled:
+            if user is None or user.disabled or session.subject_check != user_check(user):
                 return None
             grants = tuple(RoleBindingRecord(name=f"group-{index}", user=user.email, role=grant.role, scope=grant.scope)
                            for index, grant in enumerate(session.grants))
             principal = Principal("", (*self._user_bindings.get(user.email, ()), *grants), user=user.email,
                                   display_name=user.display_name, session=session)
         else:
-            if session.token not in self._token_names:
-                return None  # the token it was traded for has been deleted
+            if self._token_names.get(session.token) != session.subject_check:
+                return None  # the token it was traded for has been deleted (or re-created)
             principal = Principal(session.token, tuple(self._bindings.get(session.token, ())), session=session)
         if now_ms - session.last_seen_unix_ms >= identity.TOUCH_INTERVAL_S * 1000:
             touched = session.model_copy(update={"last_seen_unix_ms": now_ms})
@@ -306,16 +307,20 @@ class AccessDirectory:
         return principal
 
     async def has_operator_tokens(self) -> bool:
-        """Whether any token holds a person's role (service credentials — proxy, console — do
-        not count: a store that has only those still needs its bootstrap admin)."""
+        """Whether anyone can operate the system already: a token that is not only a service
+        credential (proxy, console), or a user with a role. A store with only service tokens
+        still needs its bootstrap admin; one whose admins are people signing in with SSO does
+        not, and must not get a bootstrap token back after it was deleted."""
         await self._refresh()
         service_only = {name for name, bindings in self._bindings.items()
                         if bindings and all(binding.role in SERVICE_ROLES for binding in bindings)}
+        if any(bindings for email, bindings in self._user_bindings.items() if email in self._users):
+            return True
         return any(token.name not in service_only for token in self._tokens.values())
 
 
 async def start_session(store: Store, *, user: str = "", token: str = "", ttl_s: int, idle_timeout_s: int,
-                        grants: tuple[identity.SessionGrant, ...] = (), clock=time.time,
+                        subject_check: str, grants: tuple[identity.SessionGrant, ...] = (), clock=time.time,
                         ) -> tuple[str, identity.SessionRecord]:
     """A new session for `user` or `token`: its secret (returned once, stored as a hash) and
     record, under a store lease that deletes it at its absolute end."""
@@ -325,10 +330,15 @@ async def start_session(store: Store, *, user: str = "", token: str = "", ttl_s:
     record = identity.SessionRecord(
         session_hash=hash_token(secret), user=user, token=token, lease=lease, issued_at_unix_ms=now_ms,
         expires_at_unix_ms=now_ms + ttl_s * 1000, idle_timeout_s=idle_timeout_s, last_seen_unix_ms=now_ms,
-        grants=grants)
+        grants=grants, subject_check=subject_check)
     await store.put(identity.SESSIONS.key(record.session_hash), identity.SESSIONS.encode(record),
                     expected_revision=0, lease=lease)
     return secret, record
+
+
+def user_check(user: identity.UserRecord) -> str:
+    """A session's `subject_check` for a user: their creation time, new with each re-creation."""
+    return f"user@{user.created_at_unix_ms}"
 
 
 async def end_session(store: Store, session: identity.SessionRecord) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import importlib
 import json
 import sys
@@ -229,8 +230,10 @@ async def cmd_users_add(stub: admin_pb2_grpc.AdminStub, args: argparse.Namespace
     email = args.email.strip().lower()
     put = await stub.PutUser(admin_pb2.User(email=email, display_name=args.name or ""))
     if args.role:
-        local = "".join(ch if ch.isalnum() else "-" for ch in email.partition("@")[0]).strip("-") or "user"
-        name = f"{local}-{args.role}-{args.scope or 'all'}"[:63].rstrip("-._")
+        # Unique per (person, role, scope): bob@a.example and bob@b.example must not share one.
+        local = "".join(ch if ch.isalnum() else "-" for ch in email.partition("@")[0].lower()).strip("-")[:24]
+        digest = hashlib.sha256(f"{email}|{args.role}|{args.scope or ''}".encode()).hexdigest()[:8]
+        name = f"{local or 'user'}-{args.role}-{digest}"
         await stub.PutRoleBinding(admin_pb2.RoleBinding(name=name, user=email, role=args.role,
                                                         scope=args.scope or ""))
     where = f" as {args.role} over {args.scope or 'everything'}" if args.role else " (no role yet)"

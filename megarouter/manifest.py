@@ -76,9 +76,21 @@ class Resource:
         return getattr(self.message, "name", self.type.singular)
 
 
-def parse_manifest(text: str, source: str = "<input>") -> list[Resource]:
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without anchors and aliases: a few hundred bytes of nested aliases expand to
+    gigabytes ("billion laughs"). For manifests from a web form; files keep their aliases."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not accepted here",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def parse_manifest(text: str, source: str = "<input>", *, allow_aliases: bool = True) -> list[Resource]:
     try:
-        documents = list(yaml.safe_load_all(text))
+        documents = list(yaml.load_all(text, Loader=yaml.SafeLoader if allow_aliases else _NoAliasLoader))
     except yaml.YAMLError as exc:
         raise ManifestError(f"{source}: not valid YAML: {exc}") from None
     resources: list[Resource] = []

@@ -27,6 +27,8 @@ NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,62})$"
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+# The last millisecond of year 9999: later times have no calendar date to show or compare.
+MAX_UNIX_MS = 253_402_300_799_999
 # Labels a key may set with x-megarouter-task: like names, so they are safe as usage dimensions.
 TaskLabel = Annotated[str, Field(pattern=NAME_PATTERN)]
 ModelName = Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]
@@ -49,7 +51,9 @@ DEFAULT_TOTAL_TIMEOUT_S = 180.0
 
 
 class _Resource(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No infinities or NaNs anywhere: JSON (the store's encoding) has no spelling for them, so
+    # a budget limit of 1e999 would be stored as null and break every later read of the store.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class CredentialRef(_Resource):
@@ -356,7 +360,7 @@ class ApiKey(_Resource):
     created_at_unix_ms: int = 0
     default_strategy: StrategyName = "unspecified"
     node: str = ""
-    expires_at_unix_ms: int = Field(0, ge=0)
+    expires_at_unix_ms: int = Field(0, ge=0, le=MAX_UNIX_MS)
     metadata: dict[str, str] = {}
     tasks: list[TaskLabel] = []
 
@@ -368,7 +372,7 @@ class CreateApiKey(_Resource):
     secret: str = ""
     default_strategy: StrategyName = "unspecified"
     node: str = ""
-    expires_at_unix_ms: int = Field(0, ge=0)
+    expires_at_unix_ms: int = Field(0, ge=0, le=MAX_UNIX_MS)
     metadata: dict[str, str] = {}
     tasks: list[TaskLabel] = Field([], max_length=64)
 

@@ -164,3 +164,50 @@ async def test_usage_filters_and_csv(setup, admin_session) -> None:
     assert any(line.startswith("test,demo-small,") for line in lines[1:])
     async with admin_session.http.get(admin_session.url + "/usage/series.json?metric=nope") as response:
         assert response.status == 400 and (await response.json())["error"]["param"] == "metric"
+
+
+async def test_the_yaml_editor_refuses_aliases_oversized_text_and_people_without_config_write(
+        setup, admin_session) -> None:
+    bomb = "a: &a [x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\nroute: [*b, *b, *b, *b]\n"
+    status, page, _ = await admin_session.post("/routes/edit", {"text": bomb, "action": "preview"},
+                                               csrf_from="/routes/edit")
+    assert status == 400 and "aliases" in page
+    status, page, _ = await admin_session.post("/routes/edit", {"text": "#" * 300_000, "action": "preview"},
+                                               csrf_from="/routes/edit")
+    assert status == 413
+    system, _ = setup
+    await system.admin.CreateAdminToken(admin_pb2.CreateAdminTokenRequest(name="reader",
+                                                                          secret="mr-admin-test-pages-reader-00000"))
+    await system.admin.PutRoleBinding(admin_pb2.RoleBinding(name="reader", token="reader", role="viewer"))
+    reader = ConsoleClient.open(console_url(setup[1]))
+    try:
+        await reader.sign_in("mr-admin-test-pages-reader-00000")
+        assert (await reader.page("/routes/edit"))[0] == 403
+        status, _, _ = await reader.post("/routes/edit", {"text": "route: {name: x}", "action": "preview"},
+                                         csrf_from="/routes")
+        assert status == 403
+    finally:
+        await reader.close()
+
+
+async def test_a_budget_limit_that_json_cannot_store_is_refused(setup, admin_session) -> None:
+    form = {"name": "infinite", "node": "team-a", "window": "monthly", "unit": "tokens", "limit": "1e999",
+            "action": "pause"}
+    status, page, _ = await admin_session.post("/budgets", form, csrf_from="/budgets")
+    assert status == 400 and "limit" in page and "finite" in page
+    assert (await admin_session.page("/budgets"))[0] == 200  # the store and the page still work
+
+
+async def test_inviting_an_existing_person_keeps_them_disabled_and_bindings_never_collide(
+        setup, admin_session) -> None:
+    system, _ = setup
+    await system.admin.PutUser(admin_pb2.User(email="gil@example.com", display_name="Gil", disabled=True))
+    for email in ("gil@example.com", "gil@partner.example"):
+        status, _, _ = await admin_session.post("/org/people", {"email": email, "role": "viewer", "scope": "team-a"},
+                                                csrf_from="/org")
+        assert status == 303
+    gil = await system.admin.GetUser(admin_pb2.GetRequest(name="gil@example.com"))
+    assert gil.disabled and gil.display_name == "Gil"
+    holders = {b.user for b in (await system.admin.ListRoleBindings(admin_pb2.ListRequest())).items
+               if b.role == "viewer" and b.scope == "team-a"}
+    assert {"gil@example.com", "gil@partner.example"} <= holders  # two bindings, not one re-pointed

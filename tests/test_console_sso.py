@@ -272,3 +272,28 @@ async def test_the_control_plane_verifies_id_tokens_itself(sso: Sso) -> None:
             await admin_pb2_grpc.AdminStub(channel).ExchangeIdToken(
                 admin_pb2.ExchangeIdTokenRequest(id_token=id_token, nonce="nonce-1"))
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_an_invited_person_without_any_role_cannot_sign_in(sso: Sso) -> None:
+    await sso.system.admin.PutUser(admin_pb2.User(email="ivy@partner.example"))
+    sso.issuer.add_user("ivy", email="ivy@partner.example", name="Ivy")
+    client, status, _, body = await sign_in_over_http(sso, "ivy")
+    await client.close()
+    assert status == 401 and "Sign-in failed" in body
+
+
+async def test_callbacks_that_cost_nothing_do_not_lock_anyone_out(sso: Sso, tmp_path) -> None:
+    """Bare callbacks and IdP errors are not counted: otherwise anyone could lock out everyone
+    behind the same proxy. A console with a limit of 2 shows it."""
+    console = await start_console(sso.system, tmp_path, "--signin-limit", "2", name="console-limit-2",
+                                  env={"MEGAROUTER_OIDC_CLIENT_SECRET": CLIENT_SECRET})
+    client = ConsoleClient.open(console_url(console))
+    try:
+        for _ in range(5):
+            status, _ = await client.page("/signin/callback?code=x&state=y")
+            assert status == 400
+        response = await client.sign_in("mr-admin-test-token-0123456789abcdef")
+        assert response.status == 303
+    finally:
+        await client.close()
+        await console.stop()

@@ -62,3 +62,50 @@ def test_csv_has_one_line_per_row_with_latencies() -> None:
     header, line = text.strip().splitlines()
     assert header.split(",")[:3] == ["day", "model", "requests"] and header.endswith("latency_p50_ms,latency_p99_ms")
     assert line.startswith("2026-12-01,m,2,") and "0.500000" in line and line.endswith("12.3,56.8")
+
+
+def test_csv_cells_that_a_spreadsheet_would_evaluate_are_quoted() -> None:
+    row = admin_pb2.UsageRow(dimensions={"model": "=HYPERLINK(\"http://x\")", "route": "-1+2"}, requests=1)
+    line = usage_view.to_csv([row], ["model", "route"]).splitlines()[1]
+    assert line.startswith("\"'=HYPERLINK(\"\"http://x\"\")\",'-1+2,1,")
+
+
+def test_dates_beyond_the_calendar_do_not_break_a_page() -> None:
+    from console.app import _ms_date
+    assert _ms_date(253_402_300_800_000 * 10) == "—" and _ms_date(0) == "—"
+    assert _ms_date(1_765_000_000_000, with_time=False) == "2025-12-06"
+
+
+def test_the_what_if_child_gets_the_viewers_credential_and_none_of_the_consoles_secrets(monkeypatch) -> None:
+    from console.whatif import child_env
+    monkeypatch.setenv("MEGAROUTER_CONSOLE_TOKEN", "mr-console-secret")
+    monkeypatch.setenv("MEGAROUTER_OIDC_CLIENT_SECRET", "oidc-secret")
+    monkeypatch.setenv("MEGAROUTER_ADMIN_TOKEN_FILE", "/somewhere/admin-token")
+    monkeypatch.setenv("MEGAROUTER_CONTROL_PLANE_CA", "/etc/ca.pem")
+    env = child_env("mr-session-viewer")
+    assert env["MEGAROUTER_ADMIN_TOKEN"] == "mr-session-viewer" and env["MEGAROUTER_CONTROL_PLANE_CA"] == "/etc/ca.pem"
+    assert not {"MEGAROUTER_CONSOLE_TOKEN", "MEGAROUTER_OIDC_CLIENT_SECRET", "MEGAROUTER_ADMIN_TOKEN_FILE"} & set(env)
+
+
+def test_the_sign_in_limiter_counts_attempts_until_forgiven_and_bounds_memory() -> None:
+    from console.security import FailureLimiter
+    now = [0.0]
+    limiter = FailureLimiter(limit=3, window_s=60, clock=lambda: now[0])
+    for _ in range(3):  # three guesses in flight at once: the fourth is refused before any answer
+        assert not limiter.blocked("addr:a")
+        limiter.attempt("addr:a")
+    assert limiter.blocked("addr:a")
+    limiter.forgive("addr:a")  # one of them was right
+    assert not limiter.blocked("addr:a")
+    for _ in range(50):
+        limiter.record_failure("addr:b")
+    assert len(limiter._failures["addr:b"]) == 3  # bounded per key
+    now[0] += 61
+    assert not limiter.blocked("addr:a", "addr:b")
+
+
+def test_the_client_address_believes_only_the_trusted_proxies() -> None:
+    from console.security import client_address
+    assert client_address("10.0.0.9", "6.6.6.6, 203.0.113.7", 0) == "10.0.0.9"
+    assert client_address("10.0.0.9", "6.6.6.6, 203.0.113.7", 1) == "203.0.113.7"  # the client wrote 6.6.6.6
+    assert client_address("10.0.0.9", "203.0.113.7", 2) == "10.0.0.9"  # fewer hops than promised

@@ -163,8 +163,9 @@ async def test_sessions_end_when_idle_or_past_their_lifetime(tmp_path) -> None:
         now = [1_000_000.0]
         directory = rbac.AccessDirectory(store, clock=lambda: now[0])
         await rbac.bootstrap(store, "mr-admin-test-idle-0000000000000000")
+        token_hash = rbac.TOKENS.decode(await store.get(rbac.TOKENS.key("bootstrap"))).token_hash
         secret, _ = await rbac.start_session(store, token="bootstrap", ttl_s=3600, idle_timeout_s=300,
-                                             clock=lambda: now[0])
+                                             subject_check=token_hash, clock=lambda: now[0])
         bearer = f"Bearer {secret}"
         assert (await directory.authenticate(bearer)).token == "bootstrap"
         now[0] += 200          # used within the idle time-out: touched (200 s > the touch interval)
@@ -177,7 +178,7 @@ async def test_sessions_end_when_idle_or_past_their_lifetime(tmp_path) -> None:
         assert (await store.list(identity.SESSIONS.prefix))[0] == []
 
         secret, _ = await rbac.start_session(store, token="bootstrap", ttl_s=600, idle_timeout_s=300,
-                                             clock=lambda: now[0])
+                                             subject_check=token_hash, clock=lambda: now[0])
         for _ in range(3):     # kept busy, it still ends at its absolute lifetime
             now[0] += 200
             result = await directory.authenticate(f"Bearer {secret}")
@@ -208,3 +209,25 @@ async def test_megarouterctl_manages_users(cp: Service) -> None:
     assert {row["email"]: row for row in json.loads(listed.stdout)}["dana@example.com"]["status"] == "disabled"
     bad = await asyncio.to_thread(ctl, "users", "add", "nope")
     assert bad.returncode != 0 and "email" in bad.stderr
+
+
+async def test_a_binding_cannot_be_re_pointed_at_someone_else_by_reusing_its_name(cp: Service) -> None:
+    async with admin_channel(f"127.0.0.1:{cp.port}") as channel:
+        admin = stub(channel)
+        await admin.PutUser(admin_pb2.User(email="hal@example.com"))
+        await admin.PutRoleBinding(admin_pb2.RoleBinding(name="shared-name", user="hal@example.com", role="viewer"))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await admin.PutRoleBinding(admin_pb2.RoleBinding(name="shared-name", token="viewer-a", role="viewer"))
+        assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS and "hal@example.com" in refused.value.details()
+        # Changing the role or scope of the same holder is an update, as before.
+        await admin.PutRoleBinding(admin_pb2.RoleBinding(name="shared-name", user="hal@example.com", role="billing"))
+        await admin.DeleteRoleBinding(admin_pb2.DeleteRequest(name="shared-name"))
+        await admin.DeleteUser(admin_pb2.DeleteRequest(name="hal@example.com"))
+
+
+async def test_api_keys_cannot_expire_beyond_the_calendar(cp: Service) -> None:
+    async with admin_channel(f"127.0.0.1:{cp.port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub(channel).CreateApiKey(admin_pb2.CreateApiKeyRequest(
+                name="forever", node="team-a", expires_at_unix_ms=10 ** 15))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "expires_at_unix_ms" in refused.value.details()
