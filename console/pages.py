@@ -92,7 +92,11 @@ async def overview(request: web.Request) -> web.Response:
                        chart_latency=usage_view.UsageFilters(group_by=["day"]).query_string(metric="latency"),
                        chart_latency_model=chart.query_string(metric="latency_p99_ms", split="model"),
                        chart_cost_node=usage_view.UsageFilters(group_by=["day", "node"]).query_string(
-                           metric="cost_usd", split="node"))
+                           metric="cost_usd", split="node"),
+                       chart_latency_node=usage_view.UsageFilters(group_by=["day", "node"]).query_string(
+                           metric="latency_p99_ms", split="node"),
+                       chart_requests_node=usage_view.UsageFilters(group_by=["day", "node"]).query_string(
+                           metric="requests", split="node"))
     budgets = await _optional(request, "budgets.read", "ListBudgetStatus", LIST)
     context["budgets"] = list(budgets.items) if budgets is not None else None
     health = await _optional(request, "config.read", "GetFleetHealth", admin_pb2.GetFleetHealthRequest())
