@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from dataplane.failover.policy import DEFAULT_POLICY, FailoverPolicy
 from dataplane.providers import Adapter, adapter_for
+from dataplane.providers.base import RequestSigner
 from megarouter.catalog import PriceTier, Pricing
 from megarouter.resources import DEFAULT_PROVIDER_TIMEOUT_S
 from megarouter.v1 import routing_pb2
@@ -41,6 +42,9 @@ class ProviderRuntime:
     options: dict[str, str]     # adapter-specific settings
     timeout_s: float
     unusable_reason: str        # non-empty: e.g. its secret is missing here
+    # Signs each request when auth depends on the request itself (Bedrock's SigV4); None
+    # when the static headers above authenticate.
+    signer: RequestSigner | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,16 +293,19 @@ def _load_providers(table: routing_pb2.RoutingTable, secrets: SecretReader) -> d
                 unusable = f"credential {where!r} is not available on this proxy"
                 # The reference is named, never the secret.
                 log.warning("provider %s skipped: %s", name, unusable)
+        make_signer = getattr(adapter, "request_signer", None)
+        base_url = provider.base_url.rstrip("/")
         providers[name] = ProviderRuntime(
             name=name,
             kind=kind,
             adapter=adapter,
-            base_url=provider.base_url.rstrip("/"),
+            base_url=base_url,
             region=provider.region,
             headers={**provider.headers, **adapter.auth_headers(secret), "Content-Type": "application/json"},
             options=dict(provider.options),
             timeout_s=provider.timeout_s or DEFAULT_PROVIDER_TIMEOUT_S,
             unusable_reason=unusable,
+            signer=make_signer(name, base_url, provider.options, secret) if make_signer is not None else None,
         )
     return providers
 

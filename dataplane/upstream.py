@@ -11,6 +11,7 @@ import asyncio
 
 import aiohttp
 import orjson
+import yarl
 
 from dataplane.errors import ClientError, NoEndpointError, UpstreamError, error_body
 from dataplane.providers.base import ErrorClass, ProviderError
@@ -62,14 +63,23 @@ async def send(
     endpoint = translator.endpoint
     provider = endpoint.provider
     headers = {**provider.headers, **upstream.headers} if upstream.headers else provider.headers
+    url: str | yarl.URL = upstream.url
+    if provider.signer is not None:
+        try:
+            headers = {**headers, **await provider.signer.headers_for("POST", upstream.url, upstream.body, headers)}
+        except ProviderError as failure:
+            failure.endpoint = endpoint.name
+            raise
+        # Sent exactly as signed: yarl would otherwise re-quote the path (`%3A` in a Bedrock
+        # model id back to `:`), and the provider would compute a different signature.
+        url = yarl.URL(upstream.url, encoded=True)
     timeout = (
         aiohttp.ClientTimeout(total=timeout_s)
         if read_timeout_s is None
         else aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=read_timeout_s)
     )
     try:
-        request = sessions.get(provider.name).post(upstream.url, data=upstream.body, headers=headers,
-                                                   timeout=timeout)
+        request = sessions.get(provider.name).post(url, data=upstream.body, headers=headers, timeout=timeout)
         # Streams: the stall timeout applies to reads of the body; waiting
         # for the headers is bounded by the per-try timeout.
         if read_timeout_s is None:
@@ -93,6 +103,8 @@ async def send(
         response.release()
     failure = translator.error(response.status, response.headers, error)
     failure.endpoint = endpoint.name
+    if provider.signer is not None:
+        provider.signer.after_failure(failure)
     raise failure
 
 

@@ -33,12 +33,15 @@ MAX_UNIX_MS = 253_402_300_799_999
 TaskLabel = Annotated[str, Field(pattern=NAME_PATTERN)]
 ModelName = Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]
 
-ProviderKindName = Literal["openai", "azure_openai", "anthropic", "gemini"]
+ProviderKindName = Literal["openai", "azure_openai", "anthropic", "gemini", "bedrock"]
 StrategyName = Literal["unspecified", "balanced", "cost", "latency", "availability"]
 
 # Provider kinds this release of the proxy can serve. The admin API rejects
 # the others so that no table ever names a kind the proxies would NACK.
-SUPPORTED_PROVIDER_KINDS: frozenset[str] = frozenset({"openai", "azure_openai", "anthropic", "gemini"})
+SUPPORTED_PROVIDER_KINDS: frozenset[str] = frozenset({"openai", "azure_openai", "anthropic", "gemini", "bedrock"})
+# Options a Bedrock provider may set (requests are signed for aws_region with the credentials of
+# aws_profile, or of botocore's default chain; embedding_input_type is Cohere's input_type).
+_BEDROCK_OPTIONS = frozenset({"aws_region", "aws_profile", "embedding_input_type"})
 
 # Headers that carry credentials must come from a credential reference, never
 # from the stored config.
@@ -109,6 +112,21 @@ class Provider(_Resource):
             if self.kind != "openai":
                 raise ValueError("options.responses_api: only an openai provider can serve the Responses API "
                                  "natively")
+        return self
+
+    @model_validator(mode="after")
+    def _bedrock(self) -> Provider:
+        if self.kind != "bedrock":
+            return self
+        unknown = sorted(set(self.options) - _BEDROCK_OPTIONS)
+        if unknown:
+            raise ValueError(f"options: unknown Bedrock option(s) {unknown} (known: {sorted(_BEDROCK_OPTIONS)})")
+        region = self.options.get("aws_region", "")
+        if region and not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d", region):
+            raise ValueError(f"options.aws_region: {region!r} is not an AWS region (e.g. us-east-1)")
+        if not region and not re.search(r"://bedrock-runtime(-fips)?\.[a-z0-9-]+\.amazonaws\.com", self.base_url):
+            raise ValueError("options.aws_region: required unless base_url is https://bedrock-runtime.<region>"
+                             ".amazonaws.com (requests are signed for a region)")
         return self
 
     @field_validator("kind")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataplane.providers.anthropic import AnthropicAdapter
 from dataplane.providers.azure_openai import AzureOpenAIAdapter
 from dataplane.providers.base import Adapter
+from dataplane.providers.bedrock import BedrockAdapter
 from dataplane.providers.gemini import GeminiAdapter
 from dataplane.providers.openai import OpenAIAdapter
 from megarouter.presets import PRESETS
@@ -20,6 +21,7 @@ ADAPTERS: dict[str, Adapter] = {
     "azure_openai": AzureOpenAIAdapter(),
     "anthropic": AnthropicAdapter(),
     "gemini": GeminiAdapter(),
+    "bedrock": BedrockAdapter(),
 }
 
 _PRESET_ADAPTERS: dict[str, Adapter] = {

@@ -93,6 +93,18 @@ class StreamTranslator(Protocol):
     def finish(self) -> bytes: ...
 
 
+class RequestSigner(Protocol):
+    """Authentication computed from each request (AWS SigV4 covers the URL, the body and the
+    time): `headers_for` gives the headers one request needs; `after_failure` sees each failed
+    answer, so credentials the provider refused are resolved afresh and the message says where
+    they came from."""
+
+    async def headers_for(self, method: str, url: str, body: bytes, headers: Mapping[str, str]) -> dict[str, str]:
+        ...
+
+    def after_failure(self, failure: ProviderError) -> None: ...
+
+
 class Adapter(Protocol):
     kind: str
     supports_embeddings: bool

@@ -1,4 +1,4 @@
-"""Provider simulator: OpenAI, Azure OpenAI, Anthropic or Gemini wire format with scriptable faults."""
+"""Provider simulator: OpenAI, Azure OpenAI, Anthropic, Gemini or Bedrock wire format with scriptable faults."""
 
 from megarouter.sim.server import SimSettings, add_arguments, build_app, run
 

@@ -11,7 +11,7 @@ from megarouter.sim.server import add_arguments, run
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m megarouter.sim",
-        description="Provider simulator (OpenAI, Azure OpenAI, Anthropic or Gemini wire) with scriptable faults.",
+        description="Provider simulator (OpenAI, Azure OpenAI, Anthropic, Gemini or Bedrock wire), scriptable faults.",
     )
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -44,6 +44,9 @@ class SimState:
         self.responses_requests = 0
         # Responses API requests answered with store not false (the API's default is true).
         self.responses_stored = 0
+        # Requests refused for their credentials (so far counted by the Bedrock wire): lets a
+        # test assert that a client with bad credentials gave up instead of retrying.
+        self.auth_failures = 0
         self.by_status: dict[str, int] = {}
 
     def count_kind(self, kind: str | None) -> None:
@@ -72,6 +75,8 @@ class SimState:
             stats["responses_requests"] = self.responses_requests
         if self.responses_stored:
             stats["responses_stored"] = self.responses_stored
+        if self.auth_failures:
+            stats["auth_failures"] = self.auth_failures
         return stats
 
 

@@ -1,11 +1,11 @@
-"""Provider simulator: OpenAI, Azure OpenAI, Anthropic or Gemini wire format with scriptable faults.
+"""Provider simulator: OpenAI, Azure OpenAI, Anthropic, Gemini or Bedrock wire format with scriptable faults.
 
 Integration tests, the local demo and benchmarks point MegaRouter at this
 instead of a real provider. Faults (latency, error rates, 429s, outages,
 stalled streams) are changed at run time through ``/_sim/config``.
 
 This module assembles the app: one wire module (``wire_openai``,
-``wire_azure``, ``wire_anthropic`` or ``wire_gemini``) supplies the model routes and its
+``wire_azure``, ``wire_anthropic``, ``wire_gemini`` or ``wire_bedrock``) supplies the model routes and its
 provider's error and auth conventions; the gate here applies stats, outages
 and auth to them; the control API and ``run`` are the same for every wire.
 
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
+import inspect
 import json
 import signal
 import sys
@@ -25,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from megarouter.sim import faults, wire_anthropic, wire_azure, wire_gemini, wire_openai
+from megarouter.sim import faults, wire_openai
 from megarouter.sim.common import STATE, SimState, json_response, read_json
 from megarouter.sim.settings import (
     DEFAULT_MODELS,
@@ -41,8 +43,15 @@ __all__ = ["STATE", "SimSettings", "add_arguments", "build_app", "run", "setting
 # Each wire module provides: PREFIXES (paths it gates), add_routes(app),
 # kind_of(path) for stats, check_auth(request, state), status_error(status,
 # settings) for scripted failures and http_error(status, reason) for aiohttp's.
-_WIRE_MODULES: dict[str, ModuleType] = {"openai": wire_openai, "azure": wire_azure,
-                                        "anthropic": wire_anthropic, "gemini": wire_gemini}
+# check_auth may be a coroutine function (Bedrock's SigV4 signs the body, so it
+# must read it); a wire with state of its own may provide reset(app), called by
+# /_sim/reset.
+#
+# Wires are imported when chosen: the Bedrock wire needs botocore (its SigV4
+# signer), and the other wires must run where it is not installed.
+_WIRE_MODULES: dict[str, str] = {"openai": "megarouter.sim.wire_openai", "azure": "megarouter.sim.wire_azure",
+                                 "anthropic": "megarouter.sim.wire_anthropic",
+                                 "gemini": "megarouter.sim.wire_gemini", "bedrock": "megarouter.sim.wire_bedrock"}
 _WIRE = web.AppKey("megarouter_sim_wire", ModuleType)
 
 
@@ -58,7 +67,7 @@ async def _gate(request: web.Request, handler: Any) -> web.StreamResponse:
     state.requests += 1
     state.count_kind(wire.kind_of(request.path))
     try:
-        resp = _admit(request, state, wire)
+        resp = await _admit(request, state, wire)
         trigger = state.settings.fail_on_text
         if resp is None and trigger and trigger.encode() in await request.read():
             resp = wire.status_error(500, state.settings)
@@ -73,13 +82,16 @@ async def _gate(request: web.Request, handler: Any) -> web.StreamResponse:
     return resp
 
 
-def _admit(request: web.Request, state: SimState, wire: ModuleType) -> web.StreamResponse | None:
+async def _admit(request: web.Request, state: SimState, wire: ModuleType) -> web.StreamResponse | None:
     outage = state.settings.outage
     if outage == "503":
         return wire.status_error(503, state.settings)
     if outage == "reset":
         return faults.drop_connection(request)
-    return wire.check_auth(request, state)
+    verdict = wire.check_auth(request, state)
+    if inspect.isawaitable(verdict):
+        verdict = await verdict
+    return verdict
 
 
 # ---------------------------------------------------------- control routes
@@ -121,6 +133,9 @@ async def _reset_stats(request: web.Request) -> web.Response:
     state.reset_stats()
     # Restarting the random sequence lets a test replay a seeded fault pattern.
     state.rng.seed(state.settings.seed)
+    reset_wire = getattr(request.app[_WIRE], "reset", None)
+    if reset_wire is not None:
+        reset_wire(request.app)
     return await _get_stats(request)
 
 
@@ -139,8 +154,9 @@ def build_app(settings: SimSettings | None = None, name: str = "sim",
     # Multimodal prompts carry base64 images: allow bodies well past 1 MiB.
     app = web.Application(middlewares=[_gate], client_max_size=64 * 1024 * 1024)
     app[STATE] = SimState(settings or SimSettings(), name, models, api_key, wire)
-    app[_WIRE] = _WIRE_MODULES[wire]
-    _WIRE_MODULES[wire].add_routes(app)
+    module = importlib.import_module(_WIRE_MODULES[wire])
+    app[_WIRE] = module
+    module.add_routes(app)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/_sim/config", _get_config)
     app.router.add_put("/_sim/config", _put_config)

@@ -10,13 +10,16 @@ import argparse
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
 ENV_PREFIX = "MEGAROUTER_SIM_"
 DEFAULT_MODELS = "sim-small,sim-medium,sim-large"
 OUTAGE_MODES = ("none", "503", "reset")
-WIRES = ("openai", "azure", "anthropic", "gemini")
+WIRES = ("openai", "azure", "anthropic", "gemini", "bedrock")
+# Bedrock Runtime errors that can be sent inside a ConverseStream (``stream_error_status``), by HTTP status.
+STREAM_ERROR_STATUSES = (400, 424, 429, 500, 503)
 
 
 class SettingError(ValueError):
@@ -47,10 +50,27 @@ class SimSettings:
     # Answer 500 to any request whose body contains this text: a provider bug that one
     # particular input triggers ("" = none).
     fail_on_text: str = ""
+    # A stream that fails after this many content chunks with an error sent *inside* the
+    # stream (after a 200), of the kind ``stream_error_status`` names; -1 = never. Only the
+    # Bedrock wire sends in-stream errors so far (its event-stream exception frames).
+    stream_error_after_chunks: int = -1
+    stream_error_status: int = 424
+    # The AWS credentials the Bedrock wire accepts in SigV4 signatures ("" key = none; the
+    # other wires ignore these). A session token makes them temporary credentials: requests
+    # must carry it, and ``aws_session_token_expired`` makes AWS's ExpiredTokenException the
+    # answer. Changing them through /_sim/config rotates the keys at run time.
+    aws_access_key_id: str = ""
+    aws_secret_access_key: str = ""
+    aws_session_token: str = ""
+    aws_session_token_expired: bool = False
+    aws_region: str = "us-east-1"
 
     def __post_init__(self) -> None:
         for name, (check, _) in _FIELDS.items():
             setattr(self, name, check(name, getattr(self, name)))
+        # A key without its secret could never verify a signature: refuse it up front.
+        if self.aws_access_key_id and not self.aws_secret_access_key:
+            raise SettingError("aws_secret_access_key", "aws_secret_access_key is required with aws_access_key_id")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -83,6 +103,34 @@ def _text(name: str, value: Any) -> str:
     if not isinstance(value, str) or len(value) > 200:
         raise SettingError(name, f"{name} must be a string of at most 200 characters, got {value!r}")
     return value
+
+
+def _credential(name: str, value: Any, pattern: str, limit: int) -> str:
+    # Credentials have no surrounding whitespace or odd characters in AWS; a
+    # stray newline from a shell variable is a mistake worth reporting early.
+    if not isinstance(value, str) or len(value) > limit or (value and not re.fullmatch(pattern, value)):
+        raise SettingError(name, f"{name} must be a string of at most {limit} characters matching {pattern}")
+    return value
+
+
+def _boolean(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise SettingError(name, f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return lowered in ("true", "1", "yes")
+
+
+def _stream_error_status(name: str, value: Any) -> int:
+    status = _integer(name, value, 400, 599)
+    if status not in STREAM_ERROR_STATUSES:
+        raise SettingError(name, f"{name} must be one of {', '.join(map(str, STREAM_ERROR_STATUSES))}, got {value!r}")
+    return status
 
 
 def _outage(name: str, value: Any) -> str:
@@ -124,6 +172,14 @@ _FIELDS: dict[str, tuple[Any, Any]] = {
     "seed": (_seed, _parse_seed),
     "context_window": (lambda n, v: _integer(n, v, 0), int),
     "fail_on_text": (lambda n, v: _text(n, v), str),
+    "stream_error_after_chunks": (lambda n, v: _integer(n, v, -1), int),
+    "stream_error_status": (_stream_error_status, int),
+    "aws_access_key_id": (lambda n, v: _credential(n, v, r"[A-Za-z0-9]+", 128), str),
+    "aws_secret_access_key": (lambda n, v: _credential(n, v, r"[A-Za-z0-9+/=]+", 128), str),
+    # STS session tokens are long (often over 1000 characters) base64 text.
+    "aws_session_token": (lambda n, v: _credential(n, v, r"[A-Za-z0-9+/=]+", 4096), str),
+    "aws_session_token_expired": (_boolean, _parse_bool),
+    "aws_region": (lambda n, v: _credential(n, v, r"[a-z]{2}(-[a-z]+)+-[0-9]+", 32), str),
 }
 
 

@@ -14,6 +14,7 @@ class ProviderKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PROVIDER_KIND_AZURE_OPENAI: _ClassVar[ProviderKind]
     PROVIDER_KIND_ANTHROPIC: _ClassVar[ProviderKind]
     PROVIDER_KIND_GEMINI: _ClassVar[ProviderKind]
+    PROVIDER_KIND_BEDROCK: _ClassVar[ProviderKind]
 
 class Strategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -27,6 +28,7 @@ PROVIDER_KIND_OPENAI: ProviderKind
 PROVIDER_KIND_AZURE_OPENAI: ProviderKind
 PROVIDER_KIND_ANTHROPIC: ProviderKind
 PROVIDER_KIND_GEMINI: ProviderKind
+PROVIDER_KIND_BEDROCK: ProviderKind
 STRATEGY_UNSPECIFIED: Strategy
 STRATEGY_BALANCED: Strategy
 STRATEGY_COST: Strategy

@@ -29,8 +29,11 @@ from dataplane.providers.base import ErrorClass, Usage
 from dataplane.table import EndpointRuntime, ProviderRuntime
 from dataplane.usage import UsageLedger
 from megarouter.catalog import PriceTier, Pricing
+from megarouter.sim import eventstream
 
-BACKENDS = ("openai", "azure_openai", "anthropic", "gemini")
+BACKENDS = ("openai", "azure_openai", "anthropic", "gemini", "bedrock")
+# Backends whose streams are binary framing, not text: no CRLF variant of them exists.
+BINARY_STREAMS = frozenset({"bedrock"})
 TOOL = {"type": "function", "function": {"name": "lookup", "description": "Find",
                                          "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}
 
@@ -66,6 +69,9 @@ JSON_ANSWERS = {
                                "finishReason": "MAX_TOKENS", "index": 0}],
                "usageMetadata": {"promptTokenCount": 11, "candidatesTokenCount": 7, "totalTokenCount": 18},
                "modelVersion": "up", "responseId": "r1"},
+    "bedrock": {"output": {"message": {"role": "assistant", "content": [{"text": "Hello"}]}},
+                "stopReason": "max_tokens", "usage": {"inputTokens": 11, "outputTokens": 7, "totalTokens": 18},
+                "metrics": {"latencyMs": 5}},
 }
 JSON_ANSWERS["azure_openai"] = JSON_ANSWERS["openai"]
 
@@ -114,6 +120,14 @@ STREAM_ANSWERS = {
               "responseId": "r1"})),
 }
 STREAM_ANSWERS["azure_openai"] = STREAM_ANSWERS["openai"]
+STREAM_ANSWERS["bedrock"] = b"".join(eventstream.event(name, payload) for name, payload in (
+    ("messageStart", {"role": "assistant"}),
+    ("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "Hel"}}),
+    ("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "lo"}}),
+    ("contentBlockStop", {"contentBlockIndex": 0}),
+    ("messageStop", {"stopReason": "max_tokens"}),
+    ("metadata", {"usage": {"inputTokens": 11, "outputTokens": 7, "totalTokens": 18}, "metrics": {"latencyMs": 5}}),
+))
 
 # (status, body) -> the class each backend's error must get.
 _OPENAI_ERRORS = [
@@ -130,7 +144,30 @@ _OPENAI_ERRORS = [
     (400, {"error": {"message": "bad field", "type": "invalid_request_error", "param": "x"}},
      ErrorClass.INVALID_REQUEST),
 ]
+def _aws(name: str) -> dict[str, str]:
+    return {"x-amzn-ErrorType": f"{name}:http://internal.amazon.com/coral/com.amazon.bedrock/"}
+
+
 ERRORS = {
+    "bedrock": [
+        (429, {"message": "Too many requests, please wait before trying again."}, ErrorClass.RATE_LIMITED,
+         _aws("ThrottlingException")),
+        (408, {"message": "Model has timed out in processing the request."}, ErrorClass.TIMEOUT,
+         _aws("ModelTimeoutException")),
+        (503, {"message": "Bedrock is unable to process your request."}, ErrorClass.RETRYABLE,
+         _aws("ServiceUnavailableException")),
+        (500, {"message": "boom"}, ErrorClass.RETRYABLE, _aws("InternalServerException")),
+        (403, {"message": "You don't have access to the model with the specified model ID."}, ErrorClass.ENDPOINT,
+         _aws("AccessDeniedException")),
+        (403, {"message": "The security token included in the request is expired"}, ErrorClass.ENDPOINT,
+         _aws("ExpiredTokenException")),
+        (400, {"message": "Input is too long for requested model."}, ErrorClass.CONTEXT_LENGTH,
+         _aws("ValidationException")),
+        (400, {"message": "Malformed input request: #: extraneous key [foo] is not permitted"},
+         ErrorClass.INVALID_REQUEST, _aws("ValidationException")),
+        # The name may come in the body instead (`__type`, with or without a namespace).
+        (429, {"__type": "com.amazon.bedrock#ThrottlingException", "message": "slow"}, ErrorClass.RATE_LIMITED),
+    ],
     "openai": _OPENAI_ERRORS,
     "azure_openai": _OPENAI_ERRORS,
     "anthropic": [
@@ -244,9 +281,11 @@ def _stream_finish(api: str, events) -> str:
 def test_streams_decode_the_same_whole_split_and_with_crlf(api: str, backend: str) -> None:
     wire = STREAM_ANSWERS[backend]
     outputs = []
-    for pieces in ([wire], [wire[i:i + 1] for i in range(len(wire))],
-                   [wire.replace(b"\n", b"\r\n")], [wire.replace(b"\n", b"\r\n")[i:i + 7]
-                                                    for i in range(0, len(wire) * 2, 7)]):
+    variants = [[wire], [wire[i:i + 1] for i in range(len(wire))], [wire[i:i + 7] for i in range(0, len(wire), 7)]]
+    if backend not in BINARY_STREAMS:
+        crlf = wire.replace(b"\n", b"\r\n")
+        variants += [[crlf], [crlf[i:i + 7] for i in range(0, len(crlf), 7)]]
+    for pieces in variants:
         stream = translator_for(api, backend, REQUESTS[api], stream=True).stream()
         out = _stream_output(stream, pieces)
         assert stream.complete, pieces[:1]
@@ -280,8 +319,8 @@ def _without_volatile(data: bytes) -> object:
 @pytest.mark.parametrize(("api", "backend"), PAIRS)
 def test_every_error_class_is_classified(api: str, backend: str) -> None:
     translator = translator_for(api, backend, REQUESTS[api])
-    for status, body, expected in ERRORS[backend]:
-        failure = translator.error(status, {}, orjson.dumps(body))
+    for status, body, expected, *headers in ERRORS[backend]:
+        failure = translator.error(status, headers[0] if headers else {}, orjson.dumps(body))
         assert failure.error_class is expected, (status, body)
 
 
