@@ -60,7 +60,8 @@ def _record(stats: EndpointStats, endpoint: EndpointRuntime, outcome: str, laten
     if on_usage is not None:
         on_usage(endpoint, usage, cost)
     if account is not None:
-        account.served(endpoint.model, outcome != "success", usage.prompt_tokens, usage.completion_tokens, cost)
+        account.served(endpoint.model, outcome != "success", usage.prompt_tokens, usage.completion_tokens, cost,
+                       cached_tokens=usage.cached_prompt_tokens, ttft_s=ttft)
     return cost
 
 

@@ -16,6 +16,7 @@ from dataplane.control_plane import ControlPlaneLink, CredentialError, resolve_p
 from dataplane.discovery_client import DiscoveryClient, load_cached_table
 from dataplane.failover.outlier import BASE_EJECTION_S
 from dataplane.http_server import HardenedAppRunner, HttpLimits
+from dataplane.request_log import RequestLog
 from dataplane.routing import cascade, complexity
 from dataplane.telemetry_client import report_stats
 from dataplane.workers import parse_workers, supervise
@@ -77,6 +78,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-header-bytes", type=int,
                         default=int(env_default("MAX_HEADER_BYTES", limits.max_field_bytes)),
                         help="longest request line or header (then 431) [MEGAROUTER_MAX_HEADER_BYTES]")
+    parser.add_argument("--request-log", default=env_default("REQUEST_LOG", ""), metavar="stdout|FILE",
+                        help="write one JSON line per request (names, counts, outcomes; never content) to stdout "
+                             "or a file rotated by size [MEGAROUTER_REQUEST_LOG]")
+    parser.add_argument("--request-log-max-bytes", type=int,
+                        default=int(env_default("REQUEST_LOG_MAX_BYTES", 100 * 1024 * 1024)),
+                        help="rotate the request-log file at this size [MEGAROUTER_REQUEST_LOG_MAX_BYTES]")
+    parser.add_argument("--request-log-backups", type=int, default=int(env_default("REQUEST_LOG_BACKUPS", 5)),
+                        help="rotated request-log files kept [MEGAROUTER_REQUEST_LOG_BACKUPS]")
     parser.add_argument("--max-headers", type=int, default=int(env_default("MAX_HEADERS", limits.max_headers)),
                         help="most headers in one request (then 431) [MEGAROUTER_MAX_HEADERS]")
     parser.add_argument("--log-level", default=None)
@@ -103,6 +112,11 @@ def run(args: argparse.Namespace) -> int:
     except (complexity.ModelError, cascade.CascadeModelError) as exc:
         raise SystemExit(f"megarouter proxy: {exc}") from None
     workers = parse_workers(args.workers)
+    if workers > 1 and args.request_log not in ("", "stdout"):
+        # Several processes rotating one file would lose or duplicate lines.
+        raise SystemExit("megarouter proxy: --request-log FILE needs --workers 1 (or use --request-log stdout)")
+    if args.request_log_max_bytes < 1024 or args.request_log_backups < 0:
+        raise SystemExit("megarouter proxy: --request-log-max-bytes must be at least 1024, --request-log-backups >= 0")
     if workers > 1:
         return run_service(supervise(args, workers))
     return run_service(serve(args))
@@ -117,6 +131,13 @@ async def serve(args: argparse.Namespace) -> int:
     except (TlsConfigError, CredentialError, ValueError) as exc:
         raise SystemExit(f"megarouter proxy: {exc}") from None
     state = ProxyState(link, ejection_base_s=args.ejection_base_s, node_id=args.node_id, region=args.region)
+    if args.request_log:
+        try:
+            state.pipeline.request_log = RequestLog(args.request_log, max_bytes=args.request_log_max_bytes,
+                                                    backups=args.request_log_backups, node_id=args.node_id)
+        except OSError as exc:
+            raise SystemExit(f"megarouter proxy: --request-log: cannot open {args.request_log}: {exc.strerror}") \
+                from None
     cache_path = Path(args.cache_file) if args.cache_file else None
     if cache_path is not None:
         cached, state.not_ready_reason = load_cached_table(cache_path)
@@ -154,4 +175,6 @@ async def serve(args: argparse.Namespace) -> int:
     await asyncio.gather(*tasks, return_exceptions=True)
     await runner.cleanup()
     await state.budgets.close()  # report the last consumption before exiting
+    if state.pipeline.request_log is not None:
+        state.pipeline.request_log.close()
     return 0

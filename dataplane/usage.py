@@ -34,6 +34,19 @@ class UsageCounters:
         latency.add_into(self.latency_ms_buckets, other.latency_ms_buckets)
 
 
+@dataclass(slots=True, frozen=True)
+class Recorded:
+    """One request's usage as the ledger counted it."""
+    model: str
+    error: bool
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cost_usd: float
+    latency_ms: float
+    ttft_ms: float | None
+
+
 # (API key name, the key's node, served model ("" = none), route or task, UTC day as days since the epoch)
 UsageKey = tuple[str, str, str, str, int]
 
@@ -42,7 +55,7 @@ class UsageAccount:
     """One client request's usage: counted exactly once, by the first of
     `served` (a response was relayed) or `failed` (an error response)."""
 
-    __slots__ = ("_ledger", "key", "node", "route", "done", "_started")
+    __slots__ = ("_ledger", "key", "node", "route", "done", "_started", "recorded")
 
     def __init__(self, ledger: UsageLedger, key: str, node: str, route: str) -> None:
         self._ledger = ledger
@@ -51,16 +64,20 @@ class UsageAccount:
         self.route = route
         self.done = False
         self._started = time.monotonic()
+        # What was counted, for the request log (which must agree with the ledger).
+        self.recorded: Recorded | None = None
 
     def served(self, model: str, error: bool = False, prompt_tokens: int = 0, completion_tokens: int = 0,
-               cost_usd: float = 0.0) -> None:
+               cost_usd: float = 0.0, *, cached_tokens: int = 0, ttft_s: float | None = None) -> None:
         """Counted when the response (for a stream: its last byte) has been relayed, so the
         latency is the whole request as the client saw it."""
         if not self.done:
             self.done = True
+            latency_ms = (time.monotonic() - self._started) * 1000
             self._ledger.record((self.key, self.node, model, self.route, int(time.time() // 86400)),
-                                error, prompt_tokens, completion_tokens, cost_usd,
-                                (time.monotonic() - self._started) * 1000)
+                                error, prompt_tokens, completion_tokens, cost_usd, latency_ms)
+            self.recorded = Recorded(model, error, prompt_tokens, completion_tokens, cached_tokens, cost_usd,
+                                     latency_ms, ttft_s * 1000 if ttft_s is not None else None)
 
     def failed(self) -> None:
         """An error response before anything was served: no model, no tokens."""

@@ -76,8 +76,10 @@ async def first_success(
     *,
     stream: bool,
     payload: dict | None = None,
+    failures: list[tuple[str, str]] | None = None,
 ) -> Success:
-    """`payload`: the client's request, only to name the field of a too-deeply-nested one."""
+    """`payload`: the client's request, only to name the field of a too-deeply-nested one.
+    `failures`, if given, gets each failed attempt's (endpoint, error class), for the request log."""
     policy: FailoverPolicy = target.policy
     loop = asyncio.get_running_loop()
     deadline = loop.time() + policy.total_timeout_s
@@ -118,6 +120,8 @@ async def first_success(
             verdicts.settle(served=False, cancelled=True)
             raise
         except ProviderError as failure:
+            if failures is not None:
+                failures.append((endpoint.name, failure.error_class.value))
             verdicts.failed(endpoint, failure, loop.time() - started, judge_later=not known_bad)
             if failure.error_class not in policy.retry_on:
                 ATTEMPTS.observe(attempts)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -38,6 +38,10 @@ class Exchange:
     target: Target | None = None
     strategy: str = ""
     needs: Needs | None = None
+    request_id: str = ""
+    # For the request log: each failed attempt's (endpoint, error class), and what served.
+    attempt_failures: list[tuple[str, str]] = field(default_factory=list)
+    served_by: EndpointRuntime | None = None
 
     def chat_view_needs(self, min_quality: int, output_tokens: int = 0) -> Needs:
         """What a model needs for this request, read from its chat view — or sized by its body

@@ -14,11 +14,12 @@ import orjson
 from aiohttp import web
 
 from dataplane.budgets import BudgetEnforcer, BudgetExhausted, Charge
-from dataplane.errors import ApiError, ClientError, NoEndpointError, model_not_found
+from dataplane.errors import ApiError, BudgetError, ClientError, NoEndpointError, model_not_found
 from dataplane.failover.budget import RetryBudgets
 from dataplane.failover.engine import Success, first_success
 from dataplane.pipeline.exchange import Exchange, Operation
 from dataplane.relay import relay_json, relay_stream
+from dataplane.request_log import RequestLog, request_id
 from dataplane.routing import router
 from dataplane.routing.cascade import judge
 from dataplane.routing.complexity import Complexity, QualityDecision, estimate, quality_decision
@@ -70,7 +71,9 @@ class Pipeline:
     settle the usage ledger."""
 
     def __init__(self, sessions: SessionPool, stats: EndpointStats, usage: UsageLedger,
-                 retry_budgets: RetryBudgets, budgets: BudgetEnforcer, region: str = "") -> None:
+                 retry_budgets: RetryBudgets, budgets: BudgetEnforcer, region: str = "",
+                 request_log: RequestLog | None = None) -> None:
+        self.request_log = request_log
         self._sessions = sessions
         self._stats = stats
         self._usage = usage
@@ -85,15 +88,27 @@ class Pipeline:
         model = payload.get("model")
         task = request_task(request, key, model if isinstance(model, str) else "", table)
         account = self._usage.account(key.name, key.nodes, task)
-        exchange = Exchange(request, table, key, payload, task, account)
+        exchange = Exchange(request, table, key, payload, task, account,
+                            request_id=request_id(request.headers.get(REQUEST_ID_HEADER)))
+        status, error = 499, None  # 499: the client left first (nginx's name for it)
         try:
-            return await self._serve(operation, exchange)
+            response = await self._serve(operation, exchange)
+            status = response.status
+            return response
+        except ApiError as exc:
+            status, error = exc.status, exc
+            account.failed()
+            raise
         except Exception:
+            status = 500
             account.failed()
             raise
         except BaseException:
             account.served("")  # the client left before anything was served
             raise
+        finally:
+            if self.request_log is not None:
+                self.request_log.write(log_record(operation.api, exchange, status, error))
 
     async def _serve(self, operation: Operation, exchange: Exchange) -> web.StreamResponse:
         # parse/validate
@@ -178,10 +193,11 @@ class Pipeline:
             success = await first_success(
                 self._sessions, self._stats, self._retry_budgets, exchange.target, charge.endpoints,
                 lambda endpoint: operation.translator(endpoint, exchange),
-                stream=exchange.stream, payload=exchange.payload)
+                stream=exchange.stream, payload=exchange.payload, failures=exchange.attempt_failures)
+            exchange.served_by = success.endpoint
             charge.served_by(success.endpoint.model)
             headers = {**success.headers(exchange.target, strategy or exchange.strategy), **charge.headers(),
-                       **(extra_headers or {})}
+                       **(extra_headers or {}), REQUEST_ID_HEADER: exchange.request_id}
             if TASK_HEADER in exchange.request.headers:
                 # Echoed when asked for, so a label the key may not set is visibly not honoured.
                 headers[TASK_HEADER] = exchange.task
@@ -247,6 +263,59 @@ class Pipeline:
         total = float(cheap.headers["x-megarouter-cost-usd"]) + float(strong.headers["x-megarouter-cost-usd"])
         strong.headers["x-megarouter-cost-usd"] = f"{total:.8f}"
         return strong
+
+
+REQUEST_ID_HEADER = "x-request-id"
+
+
+def _error_class(status: int, error: ApiError | None, failures: list[tuple[str, str]]) -> str:
+    """Why a request failed, in the failover engine's vocabulary: the last attempt's class when
+    an attempt was made; otherwise what the gateway itself refused it for."""
+    if error is None and status < 400:
+        return ""
+    if failures:
+        return failures[-1][1]
+    if isinstance(error, BudgetError):
+        return "budget"
+    if isinstance(error, NoEndpointError):
+        return "no_endpoint"
+    return "invalid_request" if status < 500 else "internal"
+
+
+def log_record(api: str, exchange: Exchange, status: int, error: ApiError | None) -> dict[str, Any]:
+    """The request log's line for one request: names, counts and outcomes — never content
+    (nothing here is read from a request or response body)."""
+    recorded = exchange.account.recorded
+    endpoint = exchange.served_by
+    failures = exchange.attempt_failures
+    target = exchange.target
+    record: dict[str, Any] = {
+        "request_id": exchange.request_id,
+        "api": api,
+        "key": exchange.key.name,
+        "node": exchange.account.node,
+        "route": target.name if target is not None else exchange.task,
+        "route_kind": target.kind if target is not None else "",
+        "task": exchange.task,
+        "strategy": exchange.strategy,
+        "stream": exchange.stream,
+        "status": status,
+        "model": recorded.model if recorded is not None else "",
+        "endpoint": endpoint.name if endpoint is not None else "",
+        "provider": endpoint.provider.name if endpoint is not None else "",
+        "region": endpoint.region if endpoint is not None else "",
+        "attempts": len(failures) + (1 if endpoint is not None else 0),
+        "failovers": [{"endpoint": name, "error_class": error_class} for name, error_class in failures],
+        "error_class": _error_class(status, error, failures),
+        "error_code": (error.code or error.type) if error is not None else "",
+        "prompt_tokens": recorded.prompt_tokens if recorded is not None else 0,
+        "completion_tokens": recorded.completion_tokens if recorded is not None else 0,
+        "cached_tokens": recorded.cached_tokens if recorded is not None else 0,
+        "cost_usd": round(recorded.cost_usd, 8) if recorded is not None else 0.0,
+        "latency_ms": round(recorded.latency_ms, 1) if recorded is not None else None,
+        "ttft_ms": round(recorded.ttft_ms, 1) if recorded is not None and recorded.ttft_ms is not None else None,
+    }
+    return record
 
 
 def _served_by(response: web.StreamResponse, plan: router.Plan) -> EndpointRuntime:
