@@ -56,6 +56,8 @@ from dataplane.providers.bedrock_stream import BedrockStream, classify, finish_r
 from dataplane.providers.errors import parse_retry_after
 from dataplane.providers.gemini import estimate_tokens
 
+# Cross-region inference profiles: `<geography>.<model id>`.
+INFERENCE_PROFILE_PREFIXES = frozenset({"us", "us-gov", "eu", "apac", "jp", "au", "ca", "global"})
 _IMAGE_FORMATS = {"image/jpeg": "jpeg", "image/png": "png", "image/gif": "gif", "image/webp": "webp"}
 
 # --- request: OpenAI chat request -> Converse body -----------------------------------
@@ -179,7 +181,7 @@ def exception_name(headers: Mapping[str, str], body: Any) -> str:
 
 
 def _embedding_family(upstream_model: str) -> str:
-    base = upstream_model.split(".", 1)[1] if upstream_model.split(".", 1)[0] in ("us", "eu", "apac", "global") \
+    base = upstream_model.split(".", 1)[1] if upstream_model.split(".", 1)[0] in INFERENCE_PROFILE_PREFIXES \
         else upstream_model
     if base.startswith("amazon.titan-embed"):
         return "titan"
@@ -291,3 +293,6 @@ class BedrockAdapter:
 def _base64_floats(vector: list[float]) -> str:
     """OpenAI's base64 encoding: little-endian float32s."""
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+ADAPTER = BedrockAdapter()
