@@ -26,7 +26,9 @@ from controlplane.replicas import ReplicaSet
 from controlplane.snapshot import follow_store
 from controlplane.store import StoreError, open_store
 from controlplane.telemetry import TelemetryService, publish_fleet_health
+from controlplane.tracing_interceptor import TracingInterceptor
 from controlplane.usage import FLUSH_INTERVAL_S, UsageAggregator
+from megarouter import tracing
 from megarouter.grpc_tls import TlsConfigError, server_credentials
 from megarouter.runtime import announce_ready, env_default, setup_logging, stop_event
 from megarouter.v1 import (
@@ -106,6 +108,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--session-idle-timeout-s", type=int,
                         default=int(env_default("SESSION_IDLE_TIMEOUT_S", IDLE_TIMEOUT_S)),
                         help="a session unused this long ends [MEGAROUTER_SESSION_IDLE_TIMEOUT_S]")
+    parser.add_argument("--otel-endpoint", default=env_default("OTEL_ENDPOINT", ""), metavar="URL",
+                        help="export OpenTelemetry traces of admin calls over OTLP/HTTP to this URL; also on with "
+                             "OTEL_EXPORTER_OTLP_ENDPOINT [MEGAROUTER_OTEL_ENDPOINT]")
     parser.add_argument("--budget-lease-ttl-s", type=float,
                         default=float(env_default("BUDGET_LEASE_TTL_S", LEASE_TTL_S)),
                         help="a proxy's budget lease not kept alive this long is reclaimed and counted as "
@@ -143,7 +148,10 @@ async def serve(args: argparse.Namespace) -> int:
         raise SystemExit(f"megarouter controlplane: --session-max-s must be 120..{MAX_SESSION_S} and "
                          "--session-idle-timeout-s 60..--session-max-s")
     session_policy = SessionPolicy(max_s=args.session_max_s, idle_timeout_s=args.session_idle_timeout_s)
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[rbac.AuthInterceptor(directory)])
+    tracing.configure("megarouter-controlplane", args.otel_endpoint)
+    # Tracing first: a refused call is part of the trace too.
+    server = grpc.aio.server(options=SERVER_OPTIONS,
+                             interceptors=[TracingInterceptor(), rbac.AuthInterceptor(directory)])
     if not 3 <= args.budget_lease_ttl_s <= 3600:
         raise SystemExit("megarouter controlplane: --budget-lease-ttl-s must be between 3 and 3600")
     ledger = BudgetLedger(store, clock=_ledger_clock(args), lease_ttl_s=args.budget_lease_ttl_s)
@@ -222,6 +230,7 @@ async def serve(args: argparse.Namespace) -> int:
         log.exception("usage could not be persisted at shutdown")
     await metrics_runner.cleanup()
     await store.close()
+    tracing.shutdown()
     return exit_code
 
 

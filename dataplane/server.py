@@ -20,7 +20,7 @@ from dataplane.request_log import RequestLog
 from dataplane.routing import cascade, complexity
 from dataplane.telemetry_client import report_stats
 from dataplane.workers import parse_workers, supervise
-from megarouter import __version__
+from megarouter import __version__, tracing
 from megarouter.grpc_tls import TlsConfigError, add_client_tls_arguments, client_tls_from_args
 from megarouter.runtime import announce_ready, env_default, run_service, setup_logging, stop_event
 from megarouter.v1 import discovery_pb2
@@ -78,6 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-header-bytes", type=int,
                         default=int(env_default("MAX_HEADER_BYTES", limits.max_field_bytes)),
                         help="longest request line or header (then 431) [MEGAROUTER_MAX_HEADER_BYTES]")
+    parser.add_argument("--otel-endpoint", default=env_default("OTEL_ENDPOINT", ""), metavar="URL",
+                        help="export OpenTelemetry traces over OTLP/HTTP to this URL (e.g. http://collector:4318/"
+                             "v1/traces); also on with OTEL_EXPORTER_OTLP_ENDPOINT [MEGAROUTER_OTEL_ENDPOINT]")
     parser.add_argument("--request-log", default=env_default("REQUEST_LOG", ""), metavar="stdout|FILE",
                         help="write one JSON line per request (names, counts, outcomes; never content) to stdout "
                              "or a file rotated by size [MEGAROUTER_REQUEST_LOG]")
@@ -130,6 +133,7 @@ async def serve(args: argparse.Namespace) -> int:
                                 client_tls_from_args(args, "control-plane-"))
     except (TlsConfigError, CredentialError, ValueError) as exc:
         raise SystemExit(f"megarouter proxy: {exc}") from None
+    tracing.configure("megarouter-proxy", args.otel_endpoint)
     state = ProxyState(link, ejection_base_s=args.ejection_base_s, node_id=args.node_id, region=args.region)
     if args.request_log:
         try:
@@ -177,4 +181,5 @@ async def serve(args: argparse.Namespace) -> int:
     await state.budgets.close()  # report the last consumption before exiting
     if state.pipeline.request_log is not None:
         state.pipeline.request_log.close()
+    tracing.shutdown()
     return 0

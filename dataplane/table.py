@@ -278,7 +278,7 @@ def _load_providers(table: routing_pb2.RoutingTable, secrets: SecretReader) -> d
     providers: dict[str, ProviderRuntime] = {}
     for name, provider in _unique(table.providers, "provider").items():
         kind = routing_pb2.ProviderKind.Name(provider.kind).removeprefix("PROVIDER_KIND_").lower()
-        adapter = adapter_for(kind, provider.preset)
+        adapter = adapter_for(kind, provider.preset, provider.options)
         if adapter is None:
             what = f"preset {provider.preset!r}" if provider.preset else f"kind {kind!r}"
             raise TableError(f"provider {name!r} has {what}, which this proxy cannot serve")

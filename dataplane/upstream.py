@@ -16,6 +16,7 @@ import yarl
 from dataplane.errors import ClientError, NoEndpointError, UpstreamError, error_body
 from dataplane.providers.base import ErrorClass, ProviderError
 from dataplane.translate.base import Translator, UpstreamRequest
+from megarouter import tracing
 
 
 class SessionPool:
@@ -63,6 +64,9 @@ async def send(
     endpoint = translator.endpoint
     provider = endpoint.provider
     headers = {**provider.headers, **upstream.headers} if upstream.headers else provider.headers
+    trace_headers = tracing.inject()
+    if trace_headers:  # W3C traceparent: the provider's side of the trace, where it keeps one
+        headers = {**headers, **trace_headers}
     url: str | yarl.URL = upstream.url
     if provider.signer is not None:
         try:

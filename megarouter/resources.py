@@ -33,12 +33,16 @@ MAX_UNIX_MS = 253_402_300_799_999
 TaskLabel = Annotated[str, Field(pattern=NAME_PATTERN)]
 ModelName = Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]
 
-ProviderKindName = Literal["openai", "azure_openai", "anthropic", "gemini", "bedrock"]
+ProviderKindName = Literal["openai", "azure_openai", "anthropic", "gemini", "bedrock", "vertex"]
 StrategyName = Literal["unspecified", "balanced", "cost", "latency", "availability"]
 
 # Provider kinds this release of the proxy can serve. The admin API rejects
 # the others so that no table ever names a kind the proxies would NACK.
-SUPPORTED_PROVIDER_KINDS: frozenset[str] = frozenset({"openai", "azure_openai", "anthropic", "gemini", "bedrock"})
+SUPPORTED_PROVIDER_KINDS: frozenset[str] = frozenset(
+    {"openai", "azure_openai", "anthropic", "gemini", "bedrock", "vertex"})
+# Options a Vertex provider may set: the GCP project (required), the location (default: the one in
+# base_url's host, else global) and the model publisher (google: Gemini; anthropic: Claude).
+_VERTEX_OPTIONS = frozenset({"project", "location", "publisher"})
 # Options a Bedrock provider may set (requests are signed for aws_region with the credentials of
 # aws_profile, or of botocore's default chain; embedding_input_type is Cohere's input_type).
 _BEDROCK_OPTIONS = frozenset({"aws_region", "aws_profile", "embedding_input_type"})
@@ -127,6 +131,22 @@ class Provider(_Resource):
         if not region and not re.search(r"://bedrock-runtime(-fips)?\.[a-z0-9-]+\.amazonaws\.com", self.base_url):
             raise ValueError("options.aws_region: required unless base_url is https://bedrock-runtime.<region>"
                              ".amazonaws.com (requests are signed for a region)")
+        return self
+
+    @model_validator(mode="after")
+    def _vertex(self) -> Provider:
+        if self.kind != "vertex":
+            return self
+        unknown = sorted(set(self.options) - _VERTEX_OPTIONS)
+        if unknown:
+            raise ValueError(f"options: unknown Vertex option(s) {unknown} (known: {sorted(_VERTEX_OPTIONS)})")
+        if not re.fullmatch(r"[a-z][a-z0-9-]{4,61}[a-z0-9]", self.options.get("project", "")):
+            raise ValueError("options.project: required, a Google Cloud project id (e.g. my-project-123)")
+        if self.options.get("publisher", "google") not in ("google", "anthropic"):
+            raise ValueError("options.publisher: 'google' (Gemini) or 'anthropic' (Claude)")
+        location = self.options.get("location", "")
+        if location and not re.fullmatch(r"global|[a-z]+-[a-z]+\d+", location):
+            raise ValueError(f"options.location: {location!r} is not a Vertex location (e.g. us-central1, global)")
         return self
 
     @field_validator("kind")

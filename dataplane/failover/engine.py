@@ -18,6 +18,8 @@ import asyncio
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -31,6 +33,7 @@ from dataplane.stats import ATTEMPTS, EndpointStats
 from dataplane.table import EndpointRuntime, Target
 from dataplane.translate.base import Translator, UpstreamRequest
 from dataplane.upstream import SessionPool, caller_error, exhausted_error, send
+from megarouter import tracing
 
 FALLBACK_DEPTH = Histogram(
     "megarouter_fallback_depth", "Degradation-path tier that served the request (0 = first)",
@@ -111,10 +114,18 @@ async def first_success(
         known_bad = free_retry or stats.outliers.is_ejected(endpoint.name, now)
         stats.started(endpoint.name)
         try:
-            response = await send(sessions, translator, upstream,
-                                  timeout_s=min(policy.per_try_timeout_s, endpoint.provider.timeout_s, remaining),
-                                  read_timeout_s=policy.stall_timeout_s if stream else None)
-            first_chunk = await _first_chunk(response, endpoint, policy, deadline) if stream else b""
+            with tracing.span("client", partial(_attempt_span, endpoint, attempts, stream)) as attempt_span:
+                try:
+                    timeout_s = min(policy.per_try_timeout_s, endpoint.provider.timeout_s, remaining)
+                    response = await send(sessions, translator, upstream, timeout_s=timeout_s,
+                                          read_timeout_s=policy.stall_timeout_s if stream else None)
+                    first_chunk = await _first_chunk(response, endpoint, policy, deadline) if stream else b""
+                    tracing.set_attributes(attempt_span, {"http.response.status_code": response.status})
+                except ProviderError as failure:
+                    tracing.set_attributes(attempt_span, {"megarouter.failover_reason": failure.error_class.value,
+                                                          "http.response.status_code": failure.status or None})
+                    tracing.fail(attempt_span, failure.error_class.value)
+                    raise
         except asyncio.CancelledError:
             stats.record(endpoint.name, "cancelled", loop.time() - started)
             verdicts.settle(served=False, cancelled=True)
@@ -141,6 +152,21 @@ async def first_success(
     if verdicts.settle(served=False):
         raise suspect_request_error(last_failure, attempts)
     raise exhausted_error(last_failure, attempts)
+
+
+# The GenAI conventions' gen_ai.provider.name for each provider kind.
+GENAI_PROVIDERS = {"openai": "openai", "azure_openai": "azure.ai.openai", "anthropic": "anthropic",
+                   "gemini": "gcp.gemini", "bedrock": "aws.bedrock", "vertex": "gcp.vertex_ai"}
+
+
+def _attempt_span(endpoint: EndpointRuntime, attempt: int, stream: bool) -> tuple[str, dict]:
+    return f"chat {endpoint.upstream_model}", {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": GENAI_PROVIDERS.get(endpoint.provider.kind, endpoint.provider.kind),
+        "gen_ai.request.model": endpoint.upstream_model, "gen_ai.request.stream": stream,
+        "megarouter.endpoint": endpoint.name, "megarouter.provider": endpoint.provider.name,
+        "megarouter.region": endpoint.region, "megarouter.attempt": attempt,
+        "server.address": urlsplit(endpoint.provider.base_url).hostname}
 
 
 PROBE_RETRIES = Counter("megarouter_probe_retries_total",

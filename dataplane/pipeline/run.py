@@ -29,6 +29,7 @@ from dataplane.stats import EndpointStats
 from dataplane.table import EndpointRuntime, KeyInfo, RuntimeTable, Target
 from dataplane.upstream import SessionPool
 from dataplane.usage import UsageLedger
+from megarouter import tracing
 
 CASCADE_HEADER = "x-megarouter-cascade"
 CASCADE_REASON_HEADER = "x-megarouter-cascade-reason"
@@ -91,24 +92,37 @@ class Pipeline:
         exchange = Exchange(request, table, key, payload, task, account,
                             request_id=request_id(request.headers.get(REQUEST_ID_HEADER)))
         status, error = 499, None  # 499: the client left first (nginx's name for it)
-        try:
-            response = await self._serve(operation, exchange)
-            status = response.status
-            return response
-        except ApiError as exc:
-            status, error = exc.status, exc
-            account.failed()
-            raise
-        except Exception:
-            status = 500
-            account.failed()
-            raise
-        except BaseException:
-            account.served("")  # the client left before anything was served
-            raise
-        finally:
-            if self.request_log is not None:
-                self.request_log.write(log_record(operation.api, exchange, status, error))
+
+        def describe() -> tuple[str, dict[str, Any]]:
+            operation_name = GENAI_OPERATIONS.get(operation.api, operation.api)
+            asked = model if isinstance(model, str) else ""
+            return f"{operation_name} {asked}".strip(), {
+                "gen_ai.operation.name": operation_name, "gen_ai.request.model": asked,
+                "http.request.method": "POST", "url.path": request.path,
+                "megarouter.request_id": exchange.request_id, "megarouter.key": key.name}
+        with tracing.span("server", describe, request.headers) as server_span:
+            try:
+                response = await self._serve(operation, exchange)
+                status = response.status
+                return response
+            except ApiError as exc:
+                status, error = exc.status, exc
+                account.failed()
+                raise
+            except Exception:
+                status = 500
+                account.failed()
+                raise
+            except BaseException:
+                account.served("")  # the client left before anything was served
+                raise
+            finally:
+                record = log_record(operation.api, exchange, status, error) \
+                    if self.request_log is not None or server_span is not None else None
+                if self.request_log is not None:
+                    self.request_log.write(record)
+                if server_span is not None:
+                    _trace_outcome(server_span, record)
 
     async def _serve(self, operation: Operation, exchange: Exchange) -> web.StreamResponse:
         # parse/validate
@@ -266,6 +280,24 @@ class Pipeline:
 
 
 REQUEST_ID_HEADER = "x-request-id"
+# Our APIs as the GenAI semantic conventions name operations.
+GENAI_OPERATIONS = {"chat": "chat", "responses": "chat", "messages": "chat", "completions": "text_completion",
+                    "embeddings": "embeddings", "count_tokens": "count_tokens"}
+
+
+def _trace_outcome(server_span, record: dict[str, Any]) -> None:
+    """The server span's outcome: the same numbers as the request log's line."""
+    tracing.set_attributes(server_span, {
+        "http.response.status_code": record["status"], "gen_ai.response.model": record["model"],
+        "gen_ai.usage.input_tokens": record["prompt_tokens"], "gen_ai.usage.output_tokens": record["completion_tokens"],
+        "gen_ai.request.stream": record["stream"], "megarouter.route": record["route"],
+        "megarouter.route_kind": record["route_kind"], "megarouter.strategy": record["strategy"],
+        "megarouter.endpoint": record["endpoint"], "megarouter.provider": record["provider"],
+        "megarouter.region": record["region"], "megarouter.attempts": record["attempts"],
+        "megarouter.cost_usd": record["cost_usd"], "megarouter.cached_tokens": record["cached_tokens"],
+        "megarouter.node": record["node"], "megarouter.task": record["task"]})
+    if record["error_class"] or record["status"] >= 400:
+        tracing.fail(server_span, record["error_class"] or str(record["status"]))
 
 
 def _error_class(status: int, error: ApiError | None, failures: list[tuple[str, str]]) -> str:

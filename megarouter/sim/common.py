@@ -44,9 +44,13 @@ class SimState:
         self.responses_requests = 0
         # Responses API requests answered with store not false (the API's default is true).
         self.responses_stored = 0
-        # Requests refused for their credentials (so far counted by the Bedrock wire): lets a
+        # Requests refused for their credentials (counted by the Bedrock and Vertex wires): lets a
         # test assert that a client with bad credentials gave up instead of retrying.
         self.auth_failures = 0
+        # Google OAuth token endpoint (the Vertex wire's /token): access tokens granted, and
+        # grants refused (a bad signature, an unknown account...).
+        self.token_grants = 0
+        self.token_refusals = 0
         self.by_status: dict[str, int] = {}
 
     def count_kind(self, kind: str | None) -> None:
@@ -77,6 +81,10 @@ class SimState:
             stats["responses_stored"] = self.responses_stored
         if self.auth_failures:
             stats["auth_failures"] = self.auth_failures
+        if self.token_grants:
+            stats["token_grants"] = self.token_grants
+        if self.token_refusals:
+            stats["token_refusals"] = self.token_refusals
         return stats
 
 

@@ -1,11 +1,11 @@
-"""Provider simulator: OpenAI, Azure OpenAI, Anthropic, Gemini or Bedrock wire format with scriptable faults.
+"""Provider simulator: OpenAI, Azure OpenAI, Anthropic, Gemini, Bedrock or Vertex AI wire format, scriptable faults.
 
 Integration tests, the local demo and benchmarks point MegaRouter at this
 instead of a real provider. Faults (latency, error rates, 429s, outages,
 stalled streams) are changed at run time through ``/_sim/config``.
 
-This module assembles the app: one wire module (``wire_openai``,
-``wire_azure``, ``wire_anthropic``, ``wire_gemini`` or ``wire_bedrock``) supplies the model routes and its
+This module assembles the app: one wire module (``wire_openai``, ``wire_azure``,
+``wire_anthropic``, ``wire_gemini``, ``wire_bedrock`` or ``wire_vertex``) supplies the model routes and its
 provider's error and auth conventions; the gate here applies stats, outages
 and auth to them; the control API and ``run`` are the same for every wire.
 
@@ -45,13 +45,16 @@ __all__ = ["STATE", "SimSettings", "add_arguments", "build_app", "run", "setting
 # settings) for scripted failures and http_error(status, reason) for aiohttp's.
 # check_auth may be a coroutine function (Bedrock's SigV4 signs the body, so it
 # must read it); a wire with state of its own may provide reset(app), called by
-# /_sim/reset.
+# /_sim/reset, and configure(app), called after each /_sim/config update (to act on
+# one-shot settings such as Vertex's vertex_revoke_tokens).
 #
 # Wires are imported when chosen: the Bedrock wire needs botocore (its SigV4
-# signer), and the other wires must run where it is not installed.
+# signer), the Vertex wire cryptography (its JWT checks), and the other wires
+# must run where they are not installed.
 _WIRE_MODULES: dict[str, str] = {"openai": "megarouter.sim.wire_openai", "azure": "megarouter.sim.wire_azure",
                                  "anthropic": "megarouter.sim.wire_anthropic",
-                                 "gemini": "megarouter.sim.wire_gemini", "bedrock": "megarouter.sim.wire_bedrock"}
+                                 "gemini": "megarouter.sim.wire_gemini", "bedrock": "megarouter.sim.wire_bedrock",
+                                 "vertex": "megarouter.sim.wire_vertex"}
 _WIRE = web.AppKey("megarouter_sim_wire", ModuleType)
 
 
@@ -121,6 +124,9 @@ async def _put_config(request: web.Request) -> web.Response:
         return _invalid_config(str(exc), exc.field)
     if "seed" in changes:
         state.rng.seed(state.settings.seed)
+    configure_wire = getattr(request.app[_WIRE], "configure", None)
+    if configure_wire is not None:
+        configure_wire(request.app)
     return json_response(state.settings.to_dict())
 
 

@@ -17,7 +17,7 @@ from typing import Any
 ENV_PREFIX = "MEGAROUTER_SIM_"
 DEFAULT_MODELS = "sim-small,sim-medium,sim-large"
 OUTAGE_MODES = ("none", "503", "reset")
-WIRES = ("openai", "azure", "anthropic", "gemini", "bedrock")
+WIRES = ("openai", "azure", "anthropic", "gemini", "bedrock", "vertex")
 # Bedrock Runtime errors that can be sent inside a ConverseStream (``stream_error_status``), by HTTP status.
 STREAM_ERROR_STATUSES = (400, 424, 429, 500, 503)
 
@@ -64,6 +64,17 @@ class SimSettings:
     aws_session_token: str = ""
     aws_session_token_expired: bool = False
     aws_region: str = "us-east-1"
+    # Google Vertex AI (the Vertex wire; the others ignore these). Model paths must name this
+    # project ("" = any) and location ("" = any, else e.g. us-central1 or global). The
+    # service-account key file (Google's JSON) whose public key verifies the JWTs traded at
+    # POST /token for access tokens ("" = no grants: only --api-key works as a bearer token);
+    # tokens granted live vertex_token_ttl_s seconds. Setting vertex_revoke_tokens is a one-shot
+    # action: every token issued so far is forgotten, and the setting reads back false.
+    vertex_project: str = ""
+    vertex_location: str = ""
+    vertex_service_account_file: str = ""
+    vertex_token_ttl_s: int = 3600
+    vertex_revoke_tokens: bool = False
 
     def __post_init__(self) -> None:
         for name, (check, _) in _FIELDS.items():
@@ -110,6 +121,20 @@ def _credential(name: str, value: Any, pattern: str, limit: int) -> str:
     # stray newline from a shell variable is a mistake worth reporting early.
     if not isinstance(value, str) or len(value) > limit or (value and not re.fullmatch(pattern, value)):
         raise SettingError(name, f"{name} must be a string of at most {limit} characters matching {pattern}")
+    return value
+
+
+def _service_account_file(name: str, value: Any) -> str:
+    if not isinstance(value, str) or len(value) > 4096:
+        raise SettingError(name, f"{name} must be a file path of at most 4096 characters, got {value!r}")
+    if value:
+        # Imported here: only the Vertex wire needs cryptography, and only when a file is named.
+        from megarouter.sim.google_oauth import load_service_account
+
+        try:
+            load_service_account(value)
+        except ValueError as exc:
+            raise SettingError(name, f"{name}: {exc}") from None
     return value
 
 
@@ -180,6 +205,12 @@ _FIELDS: dict[str, tuple[Any, Any]] = {
     "aws_session_token": (lambda n, v: _credential(n, v, r"[A-Za-z0-9+/=]+", 4096), str),
     "aws_session_token_expired": (_boolean, _parse_bool),
     "aws_region": (lambda n, v: _credential(n, v, r"[a-z]{2}(-[a-z]+)+-[0-9]+", 32), str),
+    # A project id (6-30 lower-case letters, digits and hyphens) or a project number.
+    "vertex_project": (lambda n, v: _credential(n, v, r"[a-z][a-z0-9-]{4,28}[a-z0-9]|[0-9]{1,20}", 30), str),
+    "vertex_location": (lambda n, v: _credential(n, v, r"global|us|eu|[a-z]+-[a-z]+[0-9]+", 32), str),
+    "vertex_service_account_file": (_service_account_file, str),
+    "vertex_token_ttl_s": (lambda n, v: _integer(n, v, 1, 86400), int),
+    "vertex_revoke_tokens": (_boolean, _parse_bool),
 }
 
 

@@ -134,6 +134,14 @@ async def _messages(request: web.Request) -> web.StreamResponse:
         return invalid("anthropic-version: header is required")
     if not isinstance(body, dict):
         return invalid("The request body is not valid JSON.")
+    return await respond(request, state, body, streaming)
+
+
+async def respond(request: web.Request, state: SimState, body: dict, streaming: bool) -> web.StreamResponse:
+    """The answer to a Messages request whose envelope (auth, faults, version) is already checked.
+
+    Shared with the Vertex wire, which serves Claude's Messages API under its own URLs.
+    """
     problem = _validate(body)
     if problem is not None:
         return invalid(problem)

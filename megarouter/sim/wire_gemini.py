@@ -165,17 +165,17 @@ async def _call(request: web.Request) -> web.StreamResponse:
         return invalid("Invalid JSON payload received. The body must be a JSON object.")
     if _KINDS[method] == EMBEDDING:
         return await _embed(request, state, model, method, body)
-    problem = _validate(body)
+    problem = validate(body)
     if problem is not None:
         return invalid(problem)
     if model not in state.model_set:
         return _model_not_found(request, model, method)
-    return await _generate(request, state, model, body, method == "streamGenerateContent")
+    return await generate(request, state, model, body, method == "streamGenerateContent")
 
 
 # ----------------------------------------------------------- generateContent
 
-def _validate(body: dict) -> str | None:
+def validate(body: dict) -> str | None:
     """The first problem with a GenerateContentRequest, naming the field."""
     contents = _get(body, "contents")
     if not isinstance(contents, list) or not contents:
@@ -287,8 +287,9 @@ def _read_part(part: dict, ask: reply.Ask) -> None:
             ask.texts.append(value["name"] + orjson.dumps(value.get(payload)).decode())
 
 
-async def _generate(request: web.Request, state: SimState, model: str, body: dict,
-                    streaming: bool) -> web.StreamResponse:
+async def generate(request: web.Request, state: SimState, model: str, body: dict,
+                   streaming: bool) -> web.StreamResponse:
+    """The answer to a ``validate``d request; shared with the Vertex wire, which serves the same bodies."""
     ask = _ask(body, model)
     over = reply.context_overflow(ask, state.settings)
     if over is not None:

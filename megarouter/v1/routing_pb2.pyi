@@ -15,6 +15,7 @@ class ProviderKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PROVIDER_KIND_ANTHROPIC: _ClassVar[ProviderKind]
     PROVIDER_KIND_GEMINI: _ClassVar[ProviderKind]
     PROVIDER_KIND_BEDROCK: _ClassVar[ProviderKind]
+    PROVIDER_KIND_VERTEX: _ClassVar[ProviderKind]
 
 class Strategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -29,6 +30,7 @@ PROVIDER_KIND_AZURE_OPENAI: ProviderKind
 PROVIDER_KIND_ANTHROPIC: ProviderKind
 PROVIDER_KIND_GEMINI: ProviderKind
 PROVIDER_KIND_BEDROCK: ProviderKind
+PROVIDER_KIND_VERTEX: ProviderKind
 STRATEGY_UNSPECIFIED: Strategy
 STRATEGY_BALANCED: Strategy
 STRATEGY_COST: Strategy

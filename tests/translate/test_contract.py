@@ -31,7 +31,10 @@ from dataplane.usage import UsageLedger
 from megarouter.catalog import PriceTier, Pricing
 from megarouter.sim import eventstream
 
-BACKENDS = ("openai", "azure_openai", "anthropic", "gemini", "bedrock")
+BACKENDS = ("openai", "azure_openai", "anthropic", "gemini", "bedrock", "vertex", "vertex_anthropic")
+# Backend name -> (provider kind, provider options), for the ones a kind's options select.
+BACKEND_KINDS = {"vertex": ("vertex", {"project": "proj-1", "publisher": "google"}),
+                 "vertex_anthropic": ("vertex", {"project": "proj-1", "publisher": "anthropic"})}
 # Backends whose streams are binary framing, not text: no CRLF variant of them exists.
 BINARY_STREAMS = frozenset({"bedrock"})
 TOOL = {"type": "function", "function": {"name": "lookup", "description": "Find",
@@ -74,6 +77,8 @@ JSON_ANSWERS = {
                 "metrics": {"latencyMs": 5}},
 }
 JSON_ANSWERS["azure_openai"] = JSON_ANSWERS["openai"]
+JSON_ANSWERS["vertex"] = JSON_ANSWERS["gemini"]                  # Vertex serves each publisher's own wire
+JSON_ANSWERS["vertex_anthropic"] = JSON_ANSWERS["anthropic"]
 
 
 def _sse(*events: tuple[str, dict | str]) -> bytes:
@@ -120,6 +125,8 @@ STREAM_ANSWERS = {
               "responseId": "r1"})),
 }
 STREAM_ANSWERS["azure_openai"] = STREAM_ANSWERS["openai"]
+STREAM_ANSWERS["vertex"] = STREAM_ANSWERS["gemini"]
+STREAM_ANSWERS["vertex_anthropic"] = STREAM_ANSWERS["anthropic"]
 STREAM_ANSWERS["bedrock"] = b"".join(eventstream.event(name, payload) for name, payload in (
     ("messageStart", {"role": "assistant"}),
     ("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "Hel"}}),
@@ -148,7 +155,31 @@ def _aws(name: str) -> dict[str, str]:
     return {"x-amzn-ErrorType": f"{name}:http://internal.amazon.com/coral/com.amazon.bedrock/"}
 
 
+_GOOGLE_ERRORS = [
+    (429, {"error": {"code": 429, "message": "quota", "status": "RESOURCE_EXHAUSTED"}}, ErrorClass.RATE_LIMITED),
+    (503, {"error": {"code": 503, "message": "busy", "status": "UNAVAILABLE"}}, ErrorClass.RETRYABLE),
+    (500, {"error": {"code": 500, "message": "boom", "status": "INTERNAL"}}, ErrorClass.RETRYABLE),
+    (403, {"error": {"code": 403, "message": "denied", "status": "PERMISSION_DENIED"}}, ErrorClass.ENDPOINT),
+    (401, {"error": {"code": 401, "message": "Request had invalid authentication credentials.",
+                     "status": "UNAUTHENTICATED"}}, ErrorClass.ENDPOINT),
+    (400, {"error": {"code": 400, "message": "The input token count (1200293) exceeds the maximum number of "
+                                             "tokens allowed (1048576).", "status": "INVALID_ARGUMENT"}},
+     ErrorClass.CONTEXT_LENGTH),
+    (400, {"error": {"code": 400, "message": "Invalid value at 'generation_config'",
+                     "status": "INVALID_ARGUMENT"}}, ErrorClass.INVALID_REQUEST),
+]
 ERRORS = {
+    "vertex": _GOOGLE_ERRORS,
+    # Claude on Vertex: Vertex's own refusals in Google's shape, the model's in Anthropic's.
+    "vertex_anthropic": [
+        *_GOOGLE_ERRORS[:5],
+        (529, {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}, ErrorClass.RETRYABLE),
+        (400, {"type": "error", "error": {"type": "invalid_request_error",
+                                          "message": "prompt is too long: 208656 tokens > 200000 maximum"}},
+         ErrorClass.CONTEXT_LENGTH),
+        (400, {"type": "error", "error": {"type": "invalid_request_error", "message": "bad field"}},
+         ErrorClass.INVALID_REQUEST),
+    ],
     "bedrock": [
         (429, {"message": "Too many requests, please wait before trying again."}, ErrorClass.RATE_LIMITED,
          _aws("ThrottlingException")),
@@ -195,15 +226,16 @@ ERRORS = {
 }
 
 
-def endpoint_for(kind: str, *, embeddings: bool = False, native_completions: bool = False) -> EndpointRuntime:
-    adapter = adapter_for(kind)
+def endpoint_for(backend: str, *, embeddings: bool = False, native_completions: bool = False) -> EndpointRuntime:
+    kind, options = BACKEND_KINDS.get(backend, (backend, {}))
+    adapter = adapter_for(kind, "", options)
     base = "https://example.test/v1"
-    provider = ProviderRuntime(f"p-{kind}", kind, adapter, base, "eu", {}, {}, 30.0, "")
+    provider = ProviderRuntime(f"p-{backend}", kind, adapter, base, "eu", {}, options, 30.0, "")
     upstream = "up-model"
     return EndpointRuntime(
-        name=f"e-{kind}", model="m", upstream_model=upstream, region="eu", provider=provider,
-        chat_url=adapter.chat_url(base, {}, upstream, False),
-        chat_stream_url=adapter.chat_url(base, {}, upstream, True),
+        name=f"e-{backend}", model="m", upstream_model=upstream, region="eu", provider=provider,
+        chat_url=adapter.chat_url(base, options, upstream, False),
+        chat_stream_url=adapter.chat_url(base, options, upstream, True),
         embeddings=embeddings, native_completions=native_completions,
         pricing=Pricing(PriceTier(0, 1.0, 4.0, None)), capabilities=frozenset({"tools", "streaming"}),
         context_window=100_000, max_output_tokens=4096, quality_tier=3)
@@ -444,3 +476,14 @@ def test_native_responses_errors_are_classified_as_openai_ones() -> None:
     translator = native_responses_translator(REQUESTS["responses"])
     for status, body, expected in ERRORS["openai"]:
         assert translator.error(status, {}, orjson.dumps(body)).error_class is expected
+
+
+def test_claude_on_vertex_names_the_model_in_the_url_and_the_version_in_the_body() -> None:
+    translator = translator_for("chat", "vertex_anthropic", REQUESTS["chat"])
+    upstream = translator.request()
+    body = orjson.loads(upstream.body)
+    assert "model" not in body and body["anthropic_version"] == "vertex-2023-10-16"
+    assert upstream.url == ("https://example.test/v1/v1/projects/proj-1/locations/global/publishers/anthropic/"
+                            "models/up-model:rawPredict")
+    streamed = translator_for("chat", "vertex", REQUESTS["chat"], stream=True).request()
+    assert streamed.url.endswith("/publishers/google/models/up-model:streamGenerateContent?alt=sse")
