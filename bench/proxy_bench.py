@@ -878,6 +878,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workloads", default=",".join(WORKLOADS), metavar="NAMES",
                         help=f"comma-separated subset of {', '.join(WORKLOADS)} (default: all)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the raw numbers here")
+    parser.add_argument("--tracing", action="store_true",
+                        help="run the proxy with OpenTelemetry tracing on, exporting to bench/otlp_sink.py (compare "
+                             "with a run without it for the cost of tracing)")
     args = parser.parse_args(argv)
     chosen = {name.strip() for name in args.workloads.split(",") if name.strip()}
     unknown = chosen - WORKLOADS.keys()
@@ -967,9 +970,13 @@ def start_system(services: Services, args: argparse.Namespace, tmp: Path,
     admin_address = f"127.0.0.1:{controlplane.port}"
     # The proxy starts before seeding (it waits for its table): all children
     # exist before this process opens gRPC channels and their threads.
+    tracing: list[str] = []
+    if args.tracing:  # spans go to a sink on the load CPU: the proxy pays for making and exporting them
+        sink = services.start("otlp-sink", [python, str(BENCH_DIR / "otlp_sink.py"), "--port", "0"], load_cpu)
+        tracing = ["--otel-endpoint", f"http://127.0.0.1:{sink.port}/v1/traces"]
     proxy = services.start("proxy", [
         python, "-m", "megarouter", "proxy", "--listen", "127.0.0.1:0", "--control-plane", admin_address,
-        "--node-id", "bench-proxy", "--cache-file", str(tmp / "proxy.table"),
+        "--node-id", "bench-proxy", "--cache-file", str(tmp / "proxy.table"), *tracing,
     ], proxy_cpu, env=proxy_env(tmp))
     revision = seed_control_plane(admin_address, upstream.port, anthropic.port, bedrock.port)
     wait_for_table(proxy.port, revision)
@@ -1027,6 +1034,8 @@ def bench(args: argparse.Namespace, services: Services, tmp: Path) -> int:
                     f"the same request to the upstream's {MESSAGES_PATH}. messages-openai(-stream): model {MODEL}, "
                     f"translated to chat and back; baseline the equivalent chat request to {CHAT_PATH}; "
                     "adapter ratio against messages-anthropic(-stream)",
+        "tracing": "on: every request's server and client spans exported over OTLP/HTTP to bench/otlp_sink.py"
+                   if args.tracing else "off",
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
     }
     text, targets = report(machine, settings, where, runs)

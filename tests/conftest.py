@@ -136,6 +136,26 @@ async def start_sim(tmp: Path, name: str = "sim", *flags: str) -> Service:
     ], tmp / "logs")
 
 
+def degrading_route_manifest(flaky_port: int) -> str:
+    """A provider that always fails (a simulator with --error-rate 1) serving demo-large, and
+    route `degrade` from it down to demo-small: one failover per request, for the tests that
+    follow attempts (request log, traces)."""
+    return f"""
+---
+provider: {{name: flaky, kind: openai, base_url: 'http://127.0.0.1:{flaky_port}/v1', region: elsewhere}}
+---
+models:
+  - {{name: demo-large, input_price_per_mtok: 15, output_price_per_mtok: 60, context_window: 200000, quality_tier: 5,
+     capabilities: {{tools: true, streaming: true}}}}
+---
+endpoints:
+  - {{name: large-flaky, model: demo-large, provider: flaky, upstream_model: demo-small}}
+---
+routes:
+  - {{name: degrade, tiers: [{{models: [demo-large]}}, {{models: [demo-small]}}]}}
+"""
+
+
 ORG_TREE = """
 ---
 nodes:

@@ -5,6 +5,7 @@ analytics, rotate by size, and never carry content (a canary sent in prompts is 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,8 +13,8 @@ import openai
 import pytest
 
 from megarouter.v1 import admin_pb2, routing_pb2
-from tests.conftest import API_KEY, System, build_system, start_sim
-from tests.harness import Service, eventually
+from tests.conftest import API_KEY, System, build_system, degrading_route_manifest, start_sim
+from tests.harness import eventually
 
 CANARY = "CANARY-request-log-3b9f"
 SECRET_B = "sk-mr-test-request-log-budget-000000"
@@ -22,21 +23,9 @@ FIELDS = {"time", "proxy", "request_id", "api", "key", "node", "route", "route_k
           "prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd", "latency_ms", "ttft_ms"}
 
 
-def _manifest(flaky: Service) -> str:
-    return f"""
+SLOW_ROUTE = """
 ---
-provider: {{name: flaky, kind: openai, base_url: 'http://127.0.0.1:{flaky.port}/v1', region: elsewhere}}
----
-models:
-  - {{name: demo-large, input_price_per_mtok: 15, output_price_per_mtok: 60, context_window: 200000, quality_tier: 5,
-     capabilities: {{tools: true, streaming: true}}}}
----
-endpoints:
-  - {{name: large-flaky, model: demo-large, provider: flaky, upstream_model: demo-small}}
----
-routes:
-  - {{name: degrade, tiers: [{{models: [demo-large]}}, {{models: [demo-small]}}]}}
-  - {{name: slow, tiers: [{{models: [demo-small]}}], retry: {{max_attempts: 1, per_try_timeout_s: 0.5}}}}
+route: {name: slow, tiers: [{models: [demo-small]}], retry: {max_attempts: 1, per_try_timeout_s: 0.5}}
 """
 
 
@@ -53,7 +42,8 @@ async def logged(tmp_path_factory) -> AsyncIterator[tuple[System, Path]]:
     flaky = await start_sim(tmp, "flaky", "--error-rate", "1.0", "--error-status", "503")
     system = None
     try:
-        system = await build_system(tmp, proxies=0, manifest_extra=_manifest(flaky), seed=_seed)
+        system = await build_system(tmp, proxies=0, manifest_extra=degrading_route_manifest(flaky.port) + SLOW_ROUTE,
+                                    seed=_seed)
         system.sims.append(flaky)
         log = tmp / "requests.jsonl"
         await system.start_proxy("--request-log", str(log))
@@ -73,22 +63,26 @@ async def _lines(log: Path, count: int) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines()]
 
 
-async def _last(log: Path, before: int) -> dict:
-    return (await _lines(log, before + 1))[before]
+async def _line_for(log: Path, request_id: str) -> dict:
+    """The line of the request sent with this x-request-id (lines are written by a background
+    thread, in no order the test could count on)."""
+    async def written() -> bool:
+        return log.exists() and f'"request_id":"{request_id}"' in log.read_text()
+    await eventually(written, what=f"the request-log line of {request_id}")
+    return next(line for line in map(json.loads, log.read_text().splitlines()) if line["request_id"] == request_id)
 
 
-def _count(log: Path) -> int:
-    return len(log.read_text().splitlines()) if log.exists() else 0
+def _rid(name: str) -> dict[str, str]:
+    return {"x-request-id": f"{name}-{uuid.uuid4().hex[:12]}"}
 
 
 async def test_a_served_request_and_a_stream(logged) -> None:
     system, log = logged
     client = openai.AsyncOpenAI(base_url=system.base_url(), api_key=API_KEY, max_retries=0)
-    before = _count(log)
     raw = await client.chat.completions.with_raw_response.create(
         model="chat", messages=[{"role": "user", "content": f"hello {CANARY}"}],
         extra_headers={"x-request-id": "abc-1"})
-    line = await _last(log, before)
+    line = await _line_for(log, "abc-1")
     assert set(line) == FIELDS
     reply = raw.parse()
     assert raw.headers["x-request-id"] == "abc-1"
@@ -100,22 +94,24 @@ async def test_a_served_request_and_a_stream(logged) -> None:
     assert line["completion_tokens"] == reply.usage.completion_tokens
     assert line["cost_usd"] == pytest.approx(float(raw.headers["x-megarouter-cost-usd"]), abs=1e-8)
     assert line["latency_ms"] > 0 and line["stream"] is False
-    before = _count(log)
-    stream = await client.chat.completions.create(model="chat", stream=True, stream_options={"include_usage": True},
-                                                  messages=[{"role": "user", "content": f"story {CANARY}"}])
-    async for _chunk in stream:
+    stream = await client.chat.completions.with_raw_response.create(
+        model="chat", stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": f"story {CANARY}"}])
+    generated = stream.headers["x-request-id"]
+    async for _chunk in stream.parse():
         pass
-    line = await _last(log, before)
+    assert generated.startswith("req_")  # generated when the client sent none
+    line = await _line_for(log, generated)
     assert line["stream"] is True and line["ttft_ms"] is not None and line["ttft_ms"] <= line["latency_ms"]
-    assert line["request_id"].startswith("req_")  # generated when the client sent none
 
 
 async def test_failover_is_recorded_attempt_by_attempt(logged) -> None:
     system, log = logged
     client = openai.AsyncOpenAI(base_url=system.base_url(), api_key=API_KEY, max_retries=0)
-    before = _count(log)
-    await client.chat.completions.create(model="degrade", messages=[{"role": "user", "content": CANARY}])
-    line = await _last(log, before)
+    headers = _rid("failover")
+    await client.chat.completions.create(model="degrade", messages=[{"role": "user", "content": CANARY}],
+                                         extra_headers=headers)
+    line = await _line_for(log, headers["x-request-id"])
     assert line["status"] == 200 and line["endpoint"] == "small-sim" and line["attempts"] == 2
     assert line["failovers"] == [{"endpoint": "large-flaky", "error_class": "retryable"}]
 
@@ -127,50 +123,50 @@ async def test_failover_is_recorded_attempt_by_attempt(logged) -> None:
 async def test_each_error_class_is_recorded(logged, case: str, status: int, error_class: str) -> None:
     system, log = logged
     client = openai.AsyncOpenAI(base_url=system.base_url(), api_key=API_KEY, max_retries=0)
-    before = _count(log)
     messages = [{"role": "user", "content": CANARY}]
+    headers = _rid(case)
     try:
         if case == "bad-request":
-            await client.chat.completions.create(model="chat", messages=[])
+            await client.chat.completions.create(model="chat", messages=[], extra_headers=headers)
         elif case == "unknown-model":
-            await client.chat.completions.create(model="no-such-model", messages=messages)
+            await client.chat.completions.create(model="no-such-model", messages=messages, extra_headers=headers)
         elif case == "rate-limited":
             await system.set_sim(0, rate_limit_rate=1.0)
             try:
-                await client.chat.completions.create(model="chat", messages=messages)
+                await client.chat.completions.create(model="chat", messages=messages, extra_headers=headers)
             finally:
                 await system.set_sim(0, rate_limit_rate=0.0)
         elif case == "timeout":
             await system.set_sim(0, latency_ms=1500)
             try:
-                await client.chat.completions.create(model="slow", messages=messages)
+                await client.chat.completions.create(model="slow", messages=messages, extra_headers=headers)
             finally:
                 await system.set_sim(0, latency_ms=0)
         else:
             capped = openai.AsyncOpenAI(base_url=system.base_url(), api_key=SECRET_B, max_retries=0)
-            await capped.chat.completions.create(model="chat", messages=messages)  # the minute's one request
-            before = _count(log)
-            await capped.chat.completions.create(model="chat", messages=messages)
+            try:  # the minute's one request (refused already if an earlier run of this test took it)
+                await capped.chat.completions.create(model="chat", messages=messages)
+            except openai.RateLimitError:
+                pass
+            await capped.chat.completions.create(model="chat", messages=messages, extra_headers=headers)
     except openai.APIStatusError as exc:
         assert exc.status_code == status
     else:
         pytest.fail("the request succeeded")
-    line = await _last(log, before)
+    line = await _line_for(log, headers["x-request-id"])
     assert (line["status"], line["error_class"]) == (status, error_class), line
     assert line["error_code"]
 
 
 async def test_the_log_agrees_with_usage_and_never_holds_content(logged) -> None:
     system, log = logged
-    lines = await _lines(log, 1)
-    logged_tokens = sum(line["prompt_tokens"] for line in lines if line["key"] == "test")
 
-    async def usage_caught_up() -> bool:
+    async def agree() -> bool:  # both settle a moment after the requests: the log's thread, the usage flush
+        lines = [line for line in map(json.loads, log.read_text().splitlines()) if line["key"] == "test"]
         rows = (await system.admin.QueryUsage(admin_pb2.QueryUsageRequest(key="test"))).rows
-        return bool(rows) and rows[0].requests == sum(1 for line in lines if line["key"] == "test")
-    await eventually(usage_caught_up, timeout=20, what="usage to count the logged requests")
-    rows = (await system.admin.QueryUsage(admin_pb2.QueryUsageRequest(key="test"))).rows
-    assert rows[0].prompt_tokens == logged_tokens
+        return bool(rows) and bool(lines) and (rows[0].requests, rows[0].prompt_tokens, rows[0].completion_tokens) \
+            == (len(lines), sum(x["prompt_tokens"] for x in lines), sum(x["completion_tokens"] for x in lines))
+    await eventually(agree, timeout=20, what="the request log and usage to agree")
     text = log.read_text()
     assert CANARY not in text and API_KEY not in text
     for service in [*system.proxies, system.controlplane, *system.sims]:

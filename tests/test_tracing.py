@@ -15,8 +15,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from megarouter.admin_client import admin_channel
 from megarouter.v1 import admin_pb2, admin_pb2_grpc
-from tests.conftest import API_KEY, System, build_system, start_sim
-from tests.harness import Service, eventually
+from tests.conftest import API_KEY, System, build_system, degrading_route_manifest, start_sim
+from tests.harness import eventually
 
 CANARY = "CANARY-tracing-5d1e"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -74,30 +74,13 @@ async def receiver() -> AsyncIterator[Receiver]:
         await runner.cleanup()
 
 
-def _manifest(flaky: Service) -> str:
-    return f"""
----
-provider: {{name: flaky, kind: openai, base_url: 'http://127.0.0.1:{flaky.port}/v1', region: elsewhere}}
----
-models:
-  - {{name: demo-large, input_price_per_mtok: 15, output_price_per_mtok: 60, context_window: 200000, quality_tier: 5,
-     capabilities: {{tools: true, streaming: true}}}}
----
-endpoints:
-  - {{name: large-flaky, model: demo-large, provider: flaky, upstream_model: demo-small}}
----
-routes:
-  - {{name: degrade, tiers: [{{models: [demo-large]}}, {{models: [demo-small]}}]}}
-"""
-
-
 @pytest.fixture(scope="module")
 async def traced(tmp_path_factory, receiver: Receiver) -> AsyncIterator[System]:
     tmp = tmp_path_factory.mktemp("tracing")
     flaky = await start_sim(tmp, "flaky", "--error-rate", "1.0", "--error-status", "503")
     system = None
     try:
-        system = await build_system(tmp, proxies=0, manifest_extra=_manifest(flaky),
+        system = await build_system(tmp, proxies=0, manifest_extra=degrading_route_manifest(flaky.port),
                                     controlplane_flags=("--otel-endpoint", receiver.url))
         system.sims.append(flaky)
         await system.start_proxy("--otel-endpoint", receiver.url)
