@@ -7,7 +7,10 @@
   and the NetworkPolicies evaluated for which pods may reach which ports.
 * docker-compose.yml: validated against the Compose Specification JSON schema vendored in
   `check-jsonschema`, then structurally (dependencies, healthchecks, ports, volumes), and its
-  commands parsed by the real argument parsers.
+  commands parsed by the real argument parsers. The `observability` profile (OpenTelemetry
+  Collector + Jaeger): pinned images, localhost-only ports, the collector config's pipelines
+  (every component they name is defined, every defined one used), and MEGAROUTER_OTEL_ENDPOINT
+  empty (tracing off) unless set to the documented collector address.
 * The compose topology is rehearsed on loopback: a 3-member etcd cluster, both control planes,
   the three simulators, a proxy and the console run with the compose file's own commands and
   environment (addresses rewritten), the compose seed script applies deploy/examples/demo.yaml
@@ -15,8 +18,10 @@
   an operator signs in to the console; then a control plane is killed (the proxy keeps serving
   and gets changes made through the other one; a new proxy whose first address is the dead
   one finds the second; the console, which has only that one, turns unready) and an etcd
-  member is killed (writes continue and reach the proxy). Needs the etcd binary, like the etcd
-  store tests: skipped without it, unless MEGAROUTER_REQUIRE_ETCD=1 (CI).
+  member is killed (writes continue and reach the proxy). A proxy started with the documented
+  MEGAROUTER_OTEL_ENDPOINT (made local) exports its spans to an OTLP/HTTP receiver the test
+  runs in the collector's place; the profile-only images themselves are not run. Needs the
+  etcd binary, like the etcd store tests: skipped without it, unless MEGAROUTER_REQUIRE_ETCD=1 (CI).
 * Dockerfile: parsed with `dockerfile` (Docker's own Go parser, as a wheel); its build stage's
   `pip wheel .` is run on exactly what its COPY lines bring in, and the wheel must carry the
   console's templates and static files.
@@ -24,7 +29,9 @@
 * Grafana dashboard: every PromQL expression parsed with `promql-parser`; every metric name it
   uses must be exported by the code (found by scanning the sources for Counter/Gauge/Histogram
   definitions here, so renaming a metric fails this test), and every label it filters or
-  groups by must be one of that metric's labels or one Prometheus attaches.
+  groups by must be one of that metric's labels or one Prometheus attaches; the same for the
+  Jaeger datasource's trace-to-metrics queries. Trace links open the provisioned Jaeger
+  datasource on a service MegaRouter reports, with tags from the span attribute allow-list.
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import dockerfile
@@ -56,7 +63,10 @@ import kubernetes_validate
 import promql_parser
 import pytest
 import yaml
+from aiohttp import web
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
+from megarouter import tracing
 from megarouter.cli import COMMANDS
 from megarouter.manifest import parse_manifest
 from tests.console_harness import ConsoleClient
@@ -74,6 +84,13 @@ COMPOSE_FILE = DEPLOY / "docker-compose.yml"
 DEMO_CONFIG = DEPLOY / "examples" / "demo.yaml"
 DASHBOARD = DEPLOY / "grafana" / "megarouter-dashboard.json"
 SOURCE_PACKAGES = ("megarouter", "controlplane", "dataplane", "console")
+
+OTEL_COLLECTOR_CONFIG = DEPLOY / "otel" / "collector.yaml"
+GRAFANA_DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources"
+# The traces endpoint deploy/README.md tells users to set for `--profile observability`.
+DOCUMENTED_OTEL_ENDPOINT = "http://otel-collector:4318/v1/traces"
+# Jaeger all-in-one's ports: the UI and query API, OTLP over gRPC, and the admin (health) port.
+JAEGER_UI_PORT, JAEGER_OTLP_GRPC_PORT, JAEGER_ADMIN_PORT = 16686, 4317, 14269
 
 # The Kubernetes version whose OpenAPI schemas the manifests must satisfy.
 KUBERNETES_VERSION = "1.30"
@@ -448,11 +465,23 @@ def test_compose_services_images_and_dependencies(compose):
 
 DURATION = re.compile(r"^(\d+(\.\d+)?(us|ms|s|m|h))+$")
 
+# Long-running services that have no healthcheck, each for a stated reason: nothing inside
+# their image can probe them.
+NO_HEALTHCHECK = {
+    "otel-collector": "the collector image is distroless (no shell, wget or curl) and the binary has no "
+                      "probe command, so nothing in the container can query its health_check extension",
+}
+
 
 def test_compose_healthchecks_are_well_formed(compose):
     services = compose["services"]
+    assert set(NO_HEALTHCHECK) <= set(services)
     for name, svc in services.items():
         if svc.get("restart") == "on-failure":  # one-shot jobs
+            continue
+        if name in NO_HEALTHCHECK:
+            # Only third-party images may be exempt: ours always has Python to probe with.
+            assert "healthcheck" not in svc and name not in megarouter_services(compose), name
             continue
         check = svc.get("healthcheck")
         assert check, f"long-running service {name} has no healthcheck"
@@ -611,6 +640,181 @@ def test_compose_ports_and_volumes_are_sane(compose):
         assert "no-new-privileges:true" in svc["security_opt"], name
 
 
+# ----------------------------------------------------------- compose: the observability profile
+
+def collector_config() -> dict[str, Any]:
+    return yaml.safe_load(OTEL_COLLECTOR_CONFIG.read_text())
+
+
+COLLECTOR_SECTIONS = ("receivers", "processors", "exporters", "connectors", "extensions")
+COMPONENT_ID = re.compile(r"^[a-z][a-z0-9_]*(/[\w.-]+)?$")
+
+
+def collector_config_errors(config: dict[str, Any]) -> list[str]:
+    """What the collector would refuse (or silently ignore) in a config: unknown top-level
+    sections, malformed component ids, pipelines naming components that are not defined or
+    missing receivers/exporters, components defined but used by no pipeline, extensions
+    enabled but not defined (or defined but not enabled)."""
+    errors = []
+    unknown = set(config) - {*COLLECTOR_SECTIONS, "service"}
+    if unknown:
+        errors.append(f"unknown top-level sections {sorted(unknown)}")
+    defined = {section: set(config.get(section) or {}) for section in COLLECTOR_SECTIONS}
+    for section, ids in defined.items():
+        errors += [f"{section}: malformed component id {cid!r}" for cid in ids if not COMPONENT_ID.match(cid)]
+    service = config.get("service") or {}
+    pipelines = service.get("pipelines") or {}
+    if not pipelines:
+        errors.append("no pipelines")
+    used: dict[str, set[str]] = {section: set() for section in COLLECTOR_SECTIONS}
+    for pipeline, spec in pipelines.items():
+        if pipeline.split("/")[0] not in ("traces", "metrics", "logs"):
+            errors.append(f"pipeline {pipeline!r}: not a traces, metrics or logs pipeline")
+        for role in ("receivers", "processors", "exporters"):
+            names = (spec or {}).get(role) or []
+            if role != "processors" and not names:
+                errors.append(f"pipeline {pipeline!r} has no {role}")
+            if len(names) != len(set(names)):
+                errors.append(f"pipeline {pipeline!r} lists a {role[:-1]} twice")
+            # A connector is an exporter of one pipeline and a receiver of another.
+            allowed = defined[role] | (defined["connectors"] if role != "processors" else set())
+            for name in names:
+                if name not in allowed:
+                    errors.append(f"pipeline {pipeline!r} names undefined {role[:-1]} {name!r}")
+                used["connectors" if name in defined["connectors"] else role].add(name)
+    for section in ("receivers", "processors", "exporters", "connectors"):
+        unused = defined[section] - used[section]
+        if unused:
+            errors.append(f"{section} defined but in no pipeline: {sorted(unused)}")
+    enabled = set(service.get("extensions") or [])
+    if enabled - defined["extensions"]:
+        errors.append(f"extensions enabled but not defined: {sorted(enabled - defined['extensions'])}")
+    if defined["extensions"] - enabled:
+        errors.append(f"extensions defined but not enabled: {sorted(defined['extensions'] - enabled)}")
+    return errors
+
+
+def observability_services(compose) -> dict[str, dict[str, Any]]:
+    return {name: svc for name, svc in compose["services"].items() if "observability" in (svc.get("profiles") or [])}
+
+
+def test_compose_observability_profile_services(compose):
+    services = observability_services(compose)
+    assert sorted(services) == ["jaeger", "otel-collector"]
+    collector, jaeger = services["otel-collector"], services["jaeger"]
+    # Pinned third-party images (a release tag, never latest), only with the profile.
+    assert re.fullmatch(r"otel/opentelemetry-collector-contrib:\d+\.\d+\.\d+", collector["image"])
+    assert re.fullmatch(r"jaegertracing/all-in-one:1\.\d+\.\d+", jaeger["image"])
+    for name, svc in services.items():
+        assert svc["profiles"] == ["observability"] and svc["restart"] == "unless-stopped", name
+        assert svc["read_only"] is True and svc["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in svc["security_opt"], name
+    # The collector reads exactly the mounted, read-only deploy/otel/collector.yaml.
+    config_flag = [arg for arg in collector["command"] if arg.startswith("--config=")]
+    assert len(config_flag) == 1
+    config_path = config_flag[0].removeprefix("--config=")
+    assert f"./otel/collector.yaml:{config_path}:ro" in collector["volumes"]
+    assert (DEPLOY / "otel" / "collector.yaml").resolve() == OTEL_COLLECTOR_CONFIG
+    # It publishes (on localhost) exactly the ports its OTLP receiver listens on, and starts
+    # once Jaeger is healthy.
+    receivers = collector_config()["receivers"]["otlp"]["protocols"]
+    listening = {protocol: host_port(spec["endpoint"]) for protocol, spec in receivers.items()}
+    assert listening == {"grpc": ("0.0.0.0", 4317), "http": ("0.0.0.0", 4318)}, \
+        "the receivers must listen on all interfaces (their default is localhost since v0.104)"
+    assert collector["ports"] == [f"127.0.0.1:{port}:{port}" for _, port in listening.values()]
+    assert collector["depends_on"] == {"jaeger": {"condition": "service_healthy"}}
+    # Jaeger: OTLP on, in-memory and bounded, its UI published on localhost only, and a
+    # healthcheck on its admin port with the wget its Alpine-based image has.
+    env = jaeger["environment"]
+    assert env["COLLECTOR_OTLP_ENABLED"] == "true" and env["SPAN_STORAGE_TYPE"] == "memory"
+    assert int(env["MEMORY_MAX_TRACES"]) > 0
+    assert jaeger["ports"] == [f"127.0.0.1:{JAEGER_UI_PORT}:{JAEGER_UI_PORT}"]
+    assert jaeger["healthcheck"]["test"] == [
+        "CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{JAEGER_ADMIN_PORT}/"]
+    assert "/tmp" in jaeger["tmpfs"]
+    # Nothing outside the profile needs them (a proxy must start, and serve, without traces).
+    for name, svc in compose["services"].items():
+        if name not in services:
+            assert not set(svc.get("depends_on") or {}) & set(services), name
+
+
+def test_collector_config_wires_receivers_processors_exporters(compose):
+    text = OTEL_COLLECTOR_CONFIG.read_text()
+    config = yaml.safe_load(text)
+    assert collector_config_errors(config) == []
+    pipelines = config["service"]["pipelines"]
+    # MegaRouter exports traces only.
+    assert list(pipelines) == ["traces"]
+    traces = pipelines["traces"]
+    assert traces["receivers"] == ["otlp"]
+    # memory_limiter first (it must refuse data before anything else holds it), batch last.
+    assert traces["processors"][0] == "memory_limiter" and traces["processors"][-1] == "batch"
+    limiter = config["processors"]["memory_limiter"]
+    assert limiter["check_interval"] and 0 < limiter["spike_limit_mib"] < limiter["limit_mib"]
+    # Exported over OTLP/gRPC to Jaeger's OTLP port on the compose network (plaintext there).
+    exporters = {name: config["exporters"][name] for name in traces["exporters"]}
+    assert list(exporters) == ["otlp/jaeger"]
+    host, port = host_port(exporters["otlp/jaeger"]["endpoint"])
+    assert host in observability_services(compose) and host == "jaeger" and port == JAEGER_OTLP_GRPC_PORT
+    assert exporters["otlp/jaeger"]["tls"] == {"insecure": True}
+    # The zero-retention note: spans carry no content, so no processor strips any.
+    assert "no prompt or completion content" in " ".join(text.split())
+    assert not [p for p in config["processors"] if p.split("/")[0] in ("attributes", "transform", "redaction")]
+    # The check above is not vacuous: a pipeline naming an undefined component, or a
+    # defined component nobody uses, fails it.
+    broken = json.loads(json.dumps(config))
+    broken["service"]["pipelines"]["traces"]["exporters"].append("otlp/tempo")
+    broken["processors"]["attributes/unused"] = {}
+    errors = collector_config_errors(broken)
+    assert any("undefined exporter 'otlp/tempo'" in e for e in errors)
+    assert any("attributes/unused" in e for e in errors)
+
+
+def traced_service_names() -> set[str]:
+    """The service names MegaRouter's processes report (`tracing.configure("<name>", …)`)."""
+    names = set()
+    for package in SOURCE_PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            names |= set(re.findall(r"\btracing\.configure\(\s*\"([\w.-]+)\"", path.read_text()))
+    return names
+
+
+def test_compose_traces_and_request_log_are_off_unless_set(compose, monkeypatch):
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SERVICE_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    assert traced_service_names() == {"megarouter-proxy", "megarouter-controlplane"}
+    services = compose["services"]
+    shell = {"MEGAROUTER_ADMIN_TOKEN": "mr-admin-x", "MEGAROUTER_PROXY_TOKEN": "mr-proxy-x",
+             "MEGAROUTER_CONSOLE_TOKEN": "mr-console-x"}
+    collector = urlsplit(DOCUMENTED_OTEL_ENDPOINT)
+    http_receiver = host_port(collector_config()["receivers"]["otlp"]["protocols"]["http"]["endpoint"])
+    assert collector.scheme == "http" and collector.hostname in observability_services(compose)
+    assert collector.port == http_receiver[1] and collector.path == "/v1/traces"
+    traced = {**services_running(compose, "controlplane"), **services_running(compose, "proxy")}
+    assert len(traced) == 4
+    for name in traced:
+        svc = services[name]
+        # Default: empty, so the flag is empty and tracing stays off (nothing to export to).
+        env = compose_env(svc, shell)
+        assert env["MEGAROUTER_OTEL_ENDPOINT"] == "", name
+        args = parse_megarouter_args(svc["command"], env)
+        assert args.otel_endpoint == "" and tracing.configure("megarouter-test", args.otel_endpoint) is False
+        # The service name is the code's own: compose does not rename it.
+        assert "OTEL_SERVICE_NAME" not in env and not any(n.startswith("OTEL_") for n in env), name
+        # With the documented value: the collector's OTLP/HTTP receiver.
+        env = compose_env(svc, {**shell, "MEGAROUTER_OTEL_ENDPOINT": DOCUMENTED_OTEL_ENDPOINT})
+        assert parse_megarouter_args(svc["command"], env).otel_endpoint == DOCUMENTED_OTEL_ENDPOINT, name
+    for name in services_running(compose, "proxy"):
+        svc = services[name]
+        assert parse_megarouter_args(svc["command"], compose_env(svc, shell)).request_log == ""
+        env = compose_env(svc, {**shell, "MEGAROUTER_REQUEST_LOG": "stdout"})
+        assert parse_megarouter_args(svc["command"], env).request_log == "stdout"
+    readme = (DEPLOY / "README.md").read_text()
+    assert f"MEGAROUTER_OTEL_ENDPOINT={DOCUMENTED_OTEL_ENDPOINT}" in readme
+    assert f"MEGAROUTER_OTEL_ENDPOINT={DOCUMENTED_OTEL_ENDPOINT}" in COMPOSE_FILE.read_text()
+    assert "--profile observability up" in readme and "MEGAROUTER_REQUEST_LOG=stdout" in readme
+
+
 def seed_script_compose(compose) -> str:
     return compose["services"]["seed"]["command"][0]
 
@@ -717,6 +921,47 @@ async def console_ready(port: int) -> tuple[int, str]:
         return response.status, await response.text()
 
 
+class OtlpReceiver:
+    """An OTLP/HTTP traces endpoint on loopback: the collector's receiver, for the rehearsal."""
+
+    def __init__(self, runner: web.AppRunner, port: int, bodies: list[bytes]) -> None:
+        self._runner, self.port, self._bodies = runner, port, bodies
+
+    @classmethod
+    async def start(cls) -> OtlpReceiver:
+        bodies: list[bytes] = []
+
+        async def export(request: web.Request) -> web.Response:
+            bodies.append(await request.read())
+            return web.Response(body=trace_service_pb2.ExportTraceServiceResponse().SerializeToString(),
+                                content_type="application/x-protobuf")
+        app = web.Application()
+        app.router.add_post("/v1/traces", export)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return cls(runner, runner.addresses[0][1], bodies)
+
+    def spans(self) -> list[dict[str, Any]]:
+        out = []
+        for body in self._bodies:
+            for resource_spans in trace_service_pb2.ExportTraceServiceRequest.FromString(body).resource_spans:
+                service = next((a.value.string_value for a in resource_spans.resource.attributes
+                                if a.key == "service.name"), "")
+                for scope_spans in resource_spans.scope_spans:
+                    for span in scope_spans.spans:
+                        attributes = {}
+                        for attribute in span.attributes:
+                            kind = attribute.value.WhichOneof("value")
+                            attributes[attribute.key] = getattr(attribute.value, kind) if kind else None
+                        out.append({"service": service, "name": span.name, "kind": span.kind,
+                                    "trace_id": span.trace_id.hex(), "attributes": attributes})
+        return out
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+
 async def test_compose_topology_runs_with_its_own_commands(compose, tmp_path, monkeypatch):
     services = compose["services"]
     admin_token = "mr-admin-deploy-test-" + "x" * 24
@@ -726,11 +971,22 @@ async def test_compose_topology_runs_with_its_own_commands(compose, tmp_path, mo
     # conftest for every other test) are removed, so each process gets only what compose gives it.
     shell = {"MEGAROUTER_ADMIN_TOKEN": admin_token, "MEGAROUTER_PROXY_TOKEN": proxy_token,
              "MEGAROUTER_CONSOLE_TOKEN": console_token}
-    for name in shell:
+    # Nor may the session's environment turn tracing or the request log on behind compose's back.
+    for name in (*shell, "MEGAROUTER_OTEL_ENDPOINT", "MEGAROUTER_REQUEST_LOG", "OTEL_EXPORTER_OTLP_ENDPOINT",
+                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SERVICE_NAME"):
         monkeypatch.delenv(name, raising=False)
+    # Rehearsed: the profile-less topology. The profile-only services (`monitoring`: Prometheus,
+    # Grafana; `observability`: the OpenTelemetry Collector, Jaeger) are deliberately not run:
+    # they are third-party images that cannot run here, and nothing profile-less depends on
+    # them (test_compose_services_images_and_dependencies); their configs are checked
+    # statically, and the collector's part, receiving OTLP/HTTP, is played by a receiver below.
+    optional = {name for name, svc in services.items() if svc.get("profiles")}
+    assert optional == {"prometheus", "grafana", "otel-collector", "jaeger"}
+    assert not optional & set(megarouter_services(compose)), "a megarouter service under a profile is not rehearsed"
     cluster = start_or_skip(3)
     started: list[Service] = []
     client: ConsoleClient | None = None
+    otlp: OtlpReceiver | None = None
     try:
         addresses = {f"etcd{i + 1}:2379": endpoint for i, endpoint in enumerate(cluster.endpoints)}
         logs = tmp_path / "logs"
@@ -786,7 +1042,9 @@ async def test_compose_topology_runs_with_its_own_commands(compose, tmp_path, mo
                                         for name, port in cp_ports.items()}}
         proxy_name = "proxy-us-east"
         proxy_env = compose_env(services[proxy_name], shell)
-        assert proxy_env == {"MEGAROUTER_PROXY_TOKEN": proxy_token}
+        # Without MEGAROUTER_OTEL_ENDPOINT / MEGAROUTER_REQUEST_LOG in the shell, both are empty: off.
+        assert proxy_env == {"MEGAROUTER_PROXY_TOKEN": proxy_token, "MEGAROUTER_OTEL_ENDPOINT": "",
+                             "MEGAROUTER_REQUEST_LOG": ""}
         proxy = await start_service(proxy_name, [
             *localize(services[proxy_name]["command"], cp_addresses, tmp_path), "--telemetry-interval=1"], logs,
             env=proxy_env)
@@ -797,6 +1055,7 @@ async def test_compose_topology_runs_with_its_own_commands(compose, tmp_path, mo
             return (await run(check))[0] == 0
         await eventually(healthy, timeout=30, interval=0.2, what="the proxy healthcheck to pass")
         assert (tmp_path / "proxy-table.pb").exists(), "the proxy writes its table cache"
+        assert "tracing on" not in proxy.log_text(), "an empty MEGAROUTER_OTEL_ENDPOINT must leave tracing off"
 
         async def apply_via(controlplane: str, manifest: str) -> bool:
             path = tmp_path / f"{controlplane}.yaml"
@@ -868,13 +1127,47 @@ async def test_compose_topology_runs_with_its_own_commands(compose, tmp_path, mo
                              what="a route created through the surviving control plane to be served")
 
             # A proxy started now, whose first control-plane address is the dead one, finds the
-            # second.
+            # second. It runs as `--profile observability` with the documented endpoint starts
+            # it, the collector's OTLP/HTTP receiver played by one this test runs.
+            otlp = await OtlpReceiver.start()
+            collector = urlsplit(DOCUMENTED_OTEL_ENDPOINT).netloc
+            traced_env = {name: localize([value], {collector: f"127.0.0.1:{otlp.port}"}, tmp_path)[0]
+                          for name, value in compose_env(
+                              services[proxy_name], {**shell, "MEGAROUTER_OTEL_ENDPOINT": DOCUMENTED_OTEL_ENDPOINT}
+                          ).items()}
+            assert traced_env["MEGAROUTER_OTEL_ENDPOINT"] == f"http://127.0.0.1:{otlp.port}/v1/traces"
             late = await start_service("proxy-late", [
                 *localize(services[proxy_name]["command"], cp_addresses, tmp_path / "late"),
-                "--node-id=proxy-late"], logs, env=proxy_env)
+                "--node-id=proxy-late"], logs, env=traced_env)
             started.append(late)
-            await eventually(lambda: served("after-cp-loss", f"http://127.0.0.1:{late.port}"), timeout=30,
+            late_base = f"http://127.0.0.1:{late.port}"
+            await eventually(lambda: served("after-cp-loss", late_base), timeout=30,
                              interval=0.2, what="a proxy whose first control plane is down to serve")
+            # Its spans arrive as the dashboard's links and the Jaeger datasource expect them:
+            # service megarouter-proxy, a client span per attempt naming the endpoint that
+            # served, which is the `endpoint` label of that endpoint's metrics.
+            response = await chat(session, late_base, key.group(1), "after-cp-loss")
+            endpoint = response.headers["x-megarouter-endpoint"]
+
+            def attempt_spans() -> list[dict[str, Any]]:
+                return [span for span in otlp.spans() if span["kind"] == 3  # SPAN_KIND_CLIENT
+                        and span["attributes"].get("megarouter.endpoint") == endpoint]
+
+            async def exported() -> bool:
+                return bool(attempt_spans())
+            await eventually(exported, timeout=15, interval=0.2,
+                             what="the traced proxy's spans to reach the OTLP receiver")
+            assert {span["service"] for span in otlp.spans()} == {"megarouter-proxy"}
+            attempt = attempt_spans()[0]
+            assert attempt["attributes"]["gen_ai.provider.name"] in {"openai", "anthropic", "gcp.gemini"}
+            assert any(span["name"] == "chat after-cp-loss" and span["trace_id"] == attempt["trace_id"]
+                       and span["attributes"].get("megarouter.endpoint") == endpoint for span in otlp.spans())
+            jaeger = yaml.safe_load((GRAFANA_DATASOURCES / "jaeger.yml").read_text())["datasources"][0]
+            for tag in jaeger["jsonData"]["tracesToMetrics"]["tags"]:
+                value = attempt["attributes"][tag["key"]]
+                async with session.get(f"{late_base}/metrics") as metrics:
+                    exposition = await metrics.text()
+                assert f'{tag["value"]}="{value}"' in exposition, f"no metric series with {tag['value']}={value}"
 
             # An etcd member dies: quorum holds, writes continue and reach the proxies.
             cluster.members[0].kill()
@@ -891,6 +1184,8 @@ async def test_compose_topology_runs_with_its_own_commands(compose, tmp_path, mo
         for service in reversed(started):
             with contextlib.suppress(Exception):
                 await service.stop()
+        if otlp is not None:
+            await otlp.stop()
         cluster.stop()
 
 
@@ -1362,6 +1657,49 @@ def metric_name(selector: promql_parser.VectorSelector) -> str:
     return names[0]
 
 
+def check_promql(title: str, expr: str, series: dict[str, set[str]], extra_labels: set[str]) -> set[str]:
+    """Assert that `expr` is valid PromQL over exported series and their labels only; return
+    the series it uses."""
+    try:
+        parsed = promql_parser.parse(expr)
+    except ValueError as exc:
+        raise AssertionError(f"{title!r}: not valid PromQL: {exc}\n{expr}") from None
+    names = set()
+    for selector in selectors(parsed):
+        name = metric_name(selector)
+        assert name in series, f"{title!r} uses {name}, which the code does not export"
+        names.add(name)
+        for matcher in selector.matchers.matchers:
+            assert matcher.name == "__name__" or matcher.name in series[name] | extra_labels, \
+                f"{title!r}: {name} has no label {matcher.name}"
+    available = set().union(*(series[n] for n in names)) | extra_labels
+
+    def check_grouping(node):
+        if isinstance(node, promql_parser.AggregateExpr) and node.modifier is not None:
+            missing = set(node.modifier.labels) - available
+            assert not missing, f"{title!r} groups by {missing}, labels its metrics do not have"
+        if isinstance(node, promql_parser.BinaryExpr) and node.modifier and node.modifier.matching:
+            missing = set(node.modifier.matching.labels) - available
+            assert not missing, f"{title!r} matches on {missing}"
+        return True
+    promql_parser.walk(parsed, check_grouping)
+    return names
+
+
+def outer_grouping(expr: str) -> set[str]:
+    """The labels the first (outermost) aggregation of a query groups by: the labels its
+    result series carry, for the dashboard's queries (`sum by (…)`, or a quantile or ratio of
+    such sums)."""
+    found: list[set[str]] = []
+
+    def visit(node):
+        if not found and isinstance(node, promql_parser.AggregateExpr):
+            found.append(set(node.modifier.labels) if node.modifier else set())
+        return True
+    promql_parser.walk(promql_parser.parse(promql_of_grafana(expr)), visit)
+    return found[0] if found else set()
+
+
 @pytest.fixture(scope="module")
 def dashboard() -> dict[str, Any]:
     return json.loads(DASHBOARD.read_text())
@@ -1429,30 +1767,7 @@ def test_dashboard_queries_use_only_exported_metrics_and_labels(dashboard):
             used.add(match.group(1))
     assert len(queries) >= 25
     for title, expr in queries:
-        try:
-            parsed = promql_parser.parse(promql_of_grafana(expr))
-        except ValueError as exc:
-            raise AssertionError(f"{title!r}: not valid PromQL: {exc}\n{expr}") from None
-        names = set()
-        for selector in selectors(parsed):
-            name = metric_name(selector)
-            assert name in series, f"{title!r} uses {name}, which the code does not export"
-            names.add(name)
-            for matcher in selector.matchers.matchers:
-                assert matcher.name == "__name__" or matcher.name in series[name] | extra_labels, \
-                    f"{title!r}: {name} has no label {matcher.name}"
-        available = set().union(*(series[n] for n in names)) | extra_labels
-
-        def check_grouping(node, title=title, available=available):
-            if isinstance(node, promql_parser.AggregateExpr) and node.modifier is not None:
-                missing = set(node.modifier.labels) - available
-                assert not missing, f"{title!r} groups by {missing}, labels its metrics do not have"
-            if isinstance(node, promql_parser.BinaryExpr) and node.modifier and node.modifier.matching:
-                missing = set(node.modifier.matching.labels) - available
-                assert not missing, f"{title!r} matches on {missing}"
-            return True
-        promql_parser.walk(parsed, check_grouping)
-        used |= names
+        used |= check_promql(title, promql_of_grafana(expr), series, extra_labels)
     families = {re.sub(r"_(bucket|sum|count|created)$", "", name) for name in used}
     required = {"megarouter_requests_total", "megarouter_upstream_requests_total",
                 "megarouter_upstream_latency_seconds", "megarouter_attempts_per_request",
@@ -1460,6 +1775,136 @@ def test_dashboard_queries_use_only_exported_metrics_and_labels(dashboard):
                 "megarouter_retry_budget_exhausted_total", "megarouter_tokens_total", "megarouter_cost_usd_total",
                 "megarouter_table_version", "megarouter_cp_table_version", "megarouter_cp_connected_proxies"}
     assert required <= families, f"the dashboard does not chart {sorted(required - families)}"
+
+
+def provisioned_datasources() -> dict[str, dict[str, Any]]:
+    """Every datasource Grafana provisions in compose, by uid."""
+    found = {}
+    for path in sorted(GRAFANA_DATASOURCES.glob("*.yml")):
+        config = yaml.safe_load(path.read_text())
+        assert config["apiVersion"] == 1, path
+        for datasource in config["datasources"]:
+            assert datasource["uid"] not in found, f"datasource uid {datasource['uid']} twice"
+            found[datasource["uid"]] = datasource
+    return found
+
+
+def test_grafana_jaeger_datasource_and_trace_to_metrics(compose):
+    datasources = provisioned_datasources()
+    assert {ds["type"] for ds in datasources.values()} == {"prometheus", "jaeger"}
+    prometheus = next(ds for ds in datasources.values() if ds["type"] == "prometheus")
+    jaeger = next(ds for ds in datasources.values() if ds["type"] == "jaeger")
+    assert jaeger["uid"] == "jaeger" and not jaeger.get("isDefault") and jaeger["access"] == "proxy"
+    # It reads Jaeger's query API, on the port the jaeger service serves its UI on.
+    url = urlsplit(jaeger["url"])
+    assert url.hostname in observability_services(compose) and url.port == JAEGER_UI_PORT
+    assert f"127.0.0.1:{JAEGER_UI_PORT}:{url.port}" in compose["services"][url.hostname]["ports"]
+    # Trace to metrics: onto the provisioned Prometheus, with span attributes MegaRouter sets
+    # (the allow-list) mapped to labels every linked query's metrics carry.
+    to_metrics = jaeger["jsonData"]["tracesToMetrics"]
+    assert to_metrics["datasourceUid"] == prometheus["uid"]
+    for shift in ("spanStartTimeShift", "spanEndTimeShift"):
+        assert DURATION.match(to_metrics[shift].lstrip("-")), shift
+    mapped = {tag["key"]: tag.get("value") or tag["key"] for tag in to_metrics["tags"]}
+    assert mapped and set(mapped) <= tracing.ALLOWED_ATTRIBUTES, mapped
+    series, extra_labels = exported_series(), target_labels()
+    assert to_metrics["queries"]
+    for query in to_metrics["queries"]:
+        assert query["name"] and "{$__tags}" in query["query"], query
+        # Grafana replaces $__tags with the mapped tags the span has, as label matchers.
+        expr = query["query"].replace("$__tags", ", ".join(f'{label}="x"' for label in mapped.values()))
+        for name in check_promql(query["name"], promql_of_grafana(expr), series, extra_labels):
+            missing = set(mapped.values()) - series[name]
+            assert not missing, f"{query['name']!r}: {name} has no label {missing}, so the link would find nothing"
+    # Grafana shows trace-to-metrics links behind this feature toggle.
+    grafana_env = compose["services"]["grafana"]["environment"]
+    assert "traceToMetrics" in grafana_env["GF_FEATURE_TOGGLES_ENABLE"].split(",")
+
+
+LOGFMT_PAIR = re.compile(r"([\w.]+)=(\S+)")
+GRAFANA_LINK_VARIABLE = re.compile(r"^\$\{(__field\.labels|__data\.fields)\.(\w+)\}$")
+
+
+def dashboard_links(dashboard: dict[str, Any]) -> Iterator[tuple[dict[str, Any] | None, dict[str, Any]]]:
+    """(panel or None for the dashboard's own links, link)."""
+    for link in dashboard.get("links", []):
+        yield None, link
+    for panel in dashboard["panels"]:
+        field_config = panel.get("fieldConfig") or {}
+        for link in (field_config.get("defaults") or {}).get("links", []):
+            yield panel, link
+        for override in field_config.get("overrides", []):
+            for prop in override["properties"]:
+                if prop["id"] == "links":
+                    for link in prop["value"]:
+                        yield panel, link
+
+
+def test_dashboard_trace_links(dashboard, compose):
+    jaeger_uid = next(uid for uid, ds in provisioned_datasources().items() if ds["type"] == "jaeger")
+    services = traced_service_names()
+    linked_services: set[str] = set()
+    endpoint_linked: set[int] = set()
+    for panel, link in dashboard_links(dashboard):
+        where = panel["title"] if panel else f"dashboard link {link['title']!r}"
+        url = urlsplit(link["url"])
+        params = dict(param.split("=", 1) for param in url.query.split("&"))
+        if link["url"].startswith("/explore?"):
+            # Explore on the provisioned Jaeger datasource: a search over the dashboard's range.
+            panes = json.loads(unquote(params["panes"]))
+            assert params["schemaVersion"] == "1" and len(panes) == 1, where
+            pane = next(iter(panes.values()))
+            assert pane["datasource"] == jaeger_uid and pane["range"] == {"from": "${__from}", "to": "${__to}"}
+            (query,) = pane["queries"]
+            assert query["datasource"] == {"type": "jaeger", "uid": jaeger_uid} and query["queryType"] == "search"
+            service, tags = query["service"], query.get("tags", "")
+        else:
+            # Jaeger's own UI, where compose publishes it.
+            assert f"{url.scheme}://{url.netloc}" == f"http://127.0.0.1:{JAEGER_UI_PORT}" and url.path == "/search"
+            assert panel is None and link.get("targetBlank") is True, where
+            service, tags = params["service"], ""
+        assert service in services, f"{where}: no MegaRouter process reports service {service!r}"
+        linked_services.add(service)
+        pairs = LOGFMT_PAIR.findall(tags)
+        assert " ".join(f"{k}={v}" for k, v in pairs) == tags, f"{where}: tags are not logfmt: {tags!r}"
+        for key, value in pairs:
+            # Span attributes MegaRouter sets, or Jaeger's own `error` tag (an error status).
+            assert key in tracing.ALLOWED_ATTRIBUTES or (key, value) == ("error", "true"), f"{where}: tag {key}"
+            variable = GRAFANA_LINK_VARIABLE.match(value)
+            if variable:
+                # A panel's link names a label every one of its queries' series carries (the
+                # endpoint names need no escaping: they match the resources' name pattern).
+                assert panel is not None, where
+                label = variable.group(2)
+                assert all(label in outer_grouping(t["expr"]) for t in panel["targets"]), \
+                    f"{where}: not every query's series carry {label}"
+                if key == "megarouter.endpoint":
+                    assert label == "endpoint"
+                    endpoint_linked.add(panel["id"])
+    # The dashboard links reach both services' traces, and every panel whose series are all
+    # per endpoint links to that endpoint's traces.
+    assert linked_services == services
+    per_endpoint = {panel["id"] for panel in dashboard["panels"] if panel.get("targets")
+                    and all("endpoint" in outer_grouping(t["expr"]) for t in panel["targets"])}
+    assert len(per_endpoint) >= 10 and per_endpoint == endpoint_linked, per_endpoint ^ endpoint_linked
+
+
+def test_dashboard_has_the_per_endpoint_row(dashboard):
+    rows = [panel for panel in dashboard["panels"] if panel["type"] == "row"]
+    row = next(r for r in rows if r["title"].startswith("Per endpoint"))
+    below = sorted((p for p in dashboard["panels"] if p["gridPos"]["y"] > row["gridPos"]["y"]),
+                   key=lambda p: p["gridPos"]["y"])
+    panels = below[:next((i for i, p in enumerate(below) if p["type"] == "row"), len(below))]
+    assert [p["type"] for p in panels].count("table") == 1 and len(panels) >= 5
+    table = next(p for p in panels if p["type"] == "table")
+    # The table's queries are instant, one row per endpoint, merged on the endpoint label.
+    assert all(t["instant"] and t["format"] == "table" for t in table["targets"])
+    assert all(outer_grouping(t["expr"]) == {"endpoint"} or outer_grouping(t["expr"]) == {"le", "endpoint"}
+               for t in table["targets"])
+    assert table["transformations"][0]["id"] == "merge"
+    outcomes = " ".join(t["expr"] for p in panels for t in p["targets"])
+    for outcome in ('outcome="success"', 'outcome=~"rate_limited|timeout"', 'outcome="endpoint"'):
+        assert outcome in outcomes, outcome
 
 
 def test_dashboard_check_rejects_unknown_metrics_and_labels():
