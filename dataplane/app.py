@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import os
@@ -60,11 +61,18 @@ class ProxyState:
         self.retry_budgets = RetryBudgets()  # failover load; spend budgets are self.budgets
         self.budgets = BudgetEnforcer(node_id, link)
         self.pipeline = Pipeline(self.sessions, self.stats, self.usage, self.retry_budgets, self.budgets, region)
+        self._frozen = False
 
     def install(self, table: RuntimeTable) -> None:
         self.table = table
         self.budgets.set_rules(table.proto.budgets)
         TABLE_VERSION.set(table.version)
+        if not self._frozen:
+            # Everything loaded to serve — modules (botocore's alone is ~10 MB of objects), the first
+            # table — lives as long as the process: moved out of the collector's sight, so a full
+            # collection under traffic walks only what requests allocate.
+            gc.freeze()
+            self._frozen = True
 
 
 STATE = web.AppKey("state", ProxyState)
